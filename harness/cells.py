@@ -1,0 +1,118 @@
+"""Cells: one (architecture, method, layout, tier, check) each, with a stable readable id.
+
+Expansion is a pure function of the Matrix. Combinations that cannot run are not generated;
+instead each is kept as a PrunedCell with its reason, so that the docs can say "n/a: EP needs
+a MoE model" instead of leaving a hole.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from harness.constraints import violated_constraint
+from harness.matrix import Matrix
+
+AXES = ("architecture", "method", "layout", "tier", "check")
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    architecture: str
+    method: str
+    layout: str
+    tier: str
+    check: str
+
+    @property
+    def id(self) -> str:
+        return "-".join((self.architecture, self.method, self.layout, self.tier, self.check))
+
+    def axis(self, name: str) -> str:
+        return getattr(self, name)
+
+
+@dataclass(frozen=True, order=True)
+class PrunedCell:
+    cell: Cell
+    reason: str
+
+    @property
+    def id(self) -> str:
+        return self.cell.id
+
+
+def prune_reason(matrix: Matrix, cell: Cell) -> str | None:
+    """Why this combination cannot run, or None when it is a real cell."""
+    check = matrix.checks[cell.check]
+    if cell.tier not in check.tiers:
+        return f"check {cell.check} does not run on tier {cell.tier}"
+    if check.methods and cell.method not in check.methods:
+        return f"check {cell.check} does not apply to method {cell.method}"
+    if check.layouts and cell.layout not in check.layouts:
+        return f"check {cell.check} does not run under layout {cell.layout}"
+    return violated_constraint(matrix, matrix.architectures[cell.architecture], matrix.layouts[cell.layout])
+
+
+def all_combinations(matrix: Matrix) -> Iterable[Cell]:
+    for arch in sorted(matrix.architectures):
+        for method in matrix.methods:
+            for layout in matrix.layouts:
+                for tier in matrix.tiers:
+                    for check in matrix.checks:
+                        yield Cell(arch, method, layout, tier, check)
+
+
+def expand(matrix: Matrix) -> tuple[list[Cell], list[PrunedCell]]:
+    """All runnable cells, in a deterministic order, and the pruned ones with their reasons."""
+    cells, pruned = [], []
+    for cell in all_combinations(matrix):
+        reason = prune_reason(matrix, cell)
+        if reason is None:
+            cells.append(cell)
+        else:
+            pruned.append(PrunedCell(cell, reason))
+    return cells, pruned
+
+
+class SelectionError(ValueError):
+    """A --arch/--method/--layout/--tier/--check value that names nothing in the matrix."""
+
+
+def split_values(values: Iterable[str] | None) -> list[str]:
+    """Accept repeated options and comma lists alike: ['a,b', 'c'] -> ['a', 'b', 'c']."""
+    out: list[str] = []
+    for value in values or ():
+        out.extend(v.strip() for v in value.split(",") if v.strip())
+    return out
+
+
+def validate_selection(matrix: Matrix, selection: dict[str, list[str]]) -> None:
+    known = {
+        "architecture": list(matrix.architectures),
+        "method": list(matrix.methods),
+        "layout": list(matrix.layouts),
+        "tier": list(matrix.tiers),
+        "check": list(matrix.checks),
+    }
+    for axis, wanted in selection.items():
+        for value in wanted:
+            if value not in known[axis]:
+                close = difflib.get_close_matches(value, known[axis], n=3, cutoff=0.5)
+                lowered = [k for k in known[axis] if value.lower() in k.lower() and k not in close]
+                suggestions = (close + lowered)[:5]
+                hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
+                raise SelectionError(
+                    f"unknown {axis} {value!r}{hint} (known: {len(known[axis])} in matrix/*.toml; "
+                    f"`compat-harness cells` lists them)"
+                )
+
+
+def select(cells: Iterable[Cell], selection: dict[str, list[str]]) -> list[Cell]:
+    """Keep the cells whose every axis is in the selection (an empty axis keeps everything)."""
+    return [
+        cell
+        for cell in cells
+        if all(not wanted or cell.axis(axis) in wanted for axis, wanted in selection.items())
+    ]

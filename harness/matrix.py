@@ -1,0 +1,431 @@
+"""Load and validate the declarative matrix (matrix/*.toml) into plain dataclasses.
+
+The matrix is the only place models are described, so a mistake in it must be caught here,
+before any cell runs, with a message that names the file, the key path, the bad value and
+what is allowed. Nothing in this module imports torch or transformers: collecting thousands
+of cells has to stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MATRIX_DIR = Path(__file__).resolve().parent.parent / "matrix"
+
+AUTO_CLASSES = (
+    "AutoModelForCausalLM",
+    "AutoModelForImageTextToText",
+    "AutoModelForSequenceClassification",
+)
+MODALITIES = ("text", "text+vision")
+DTYPES = ("float32", "bfloat16", "float16")
+TIER_SOURCES = ("tiny", "checkpoint", "real-shape")
+MESH_DIMS = ("dp_shard", "tp", "ep")
+# Constraint names a layout may declare; each is implemented in harness/constraints.py.
+CONSTRAINTS = ("moe_only", "tp_divides_heads", "ep_divides_experts", "ep_excludes_tp")
+FAILURE_CATEGORIES = (
+    "needs-newer-transformers",
+    "remote-code",
+    "peft-unsupported",
+    "oom",
+    "numerics",
+    "check-failed",
+    "checkpoint-absent",
+    "no-tp-plan",
+    "layout-unsupported",
+    "crash",
+    "timeout",
+    "error",
+)
+
+
+class MatrixError(ValueError):
+    """A problem in the matrix files, phrased so that the user can fix it in one go."""
+
+    def __init__(self, file: Path | str, key: str, value: Any, problem: str, allowed: Any = None):
+        self.file, self.key, self.value, self.problem, self.allowed = file, key, value, problem, allowed
+        msg = f"{file}: {key} = {value!r}: {problem}"
+        if allowed is not None:
+            shown = ", ".join(map(str, allowed)) if isinstance(allowed, list | tuple) else allowed
+            msg += f" (allowed: {shown})"
+        super().__init__(msg)
+
+
+@dataclass(frozen=True)
+class KnownLimit:
+    """A declared, expected failure: the cell is recorded as xfail while it keeps failing."""
+
+    category: str
+    reason: str
+    method: str | None = None
+    layout: str | None = None
+    tier: str | None = None
+    check: str | None = None
+
+    def covers(self, method: str, layout: str, tier: str, check: str) -> bool:
+        wanted = {"method": method, "layout": layout, "tier": tier, "check": check}
+        return all(getattr(self, k) in (None, v) for k, v in wanted.items())
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    families: tuple[str, ...]
+    examples: tuple[str, ...]
+    auto_class: str
+    model_type: str
+    source_file: str
+    recipes: tuple[str, ...] = ()
+    modality: str = "text"
+    moe: bool = False
+    hf_class: str | None = None
+    trust_remote_code: bool = False
+    tiny: dict = field(default_factory=dict)
+    lora_targets: str | tuple[str, ...] | None = None
+    lora_exclude: tuple[str, ...] = ()
+    sft_frozen: tuple[str, ...] = ()
+    real_checkpoint: str | None = None
+    real_config: dict = field(default_factory=dict)
+    tp_plan: dict = field(default_factory=dict)
+    known_limits: tuple[KnownLimit, ...] = ()
+    min_transformers: str | None = None
+    notes: str = ""
+
+    @property
+    def expected_class(self) -> str:
+        """The transformers class the auto class must produce (the seed spelling may differ)."""
+        return self.hf_class or self.name
+
+    @property
+    def checkpoint_id(self) -> str:
+        return self.real_checkpoint or self.examples[0]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    lr: float
+    lora: dict = field(default_factory=dict)
+
+    @property
+    def is_lora(self) -> bool:
+        return bool(self.lora)
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    summary: str
+    world_size: int
+    mesh: dict
+    constraints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    summary: str
+    source: str
+    dtype: str
+    steps: int
+    batch_size: int
+    seq_len: int
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    summary: str
+    tiers: tuple[str, ...]
+    methods: tuple[str, ...] = ()
+    layouts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Matrix:
+    architectures: dict[str, Architecture]
+    methods: dict[str, Method]
+    layouts: dict[str, Layout]
+    tiers: dict[str, Tier]
+    checks: dict[str, Check]
+    tiny_defaults: dict
+    tolerances: dict[str, dict]
+    files: tuple[str, ...]
+
+
+# --- a small declarative schema: key -> (python type(s), required) ------------------------
+
+_STR, _INT, _NUM, _BOOL = str, int, (int, float), bool
+_LIST_STR, _TABLE = "list[str]", dict
+
+ARCH_SCHEMA: dict[str, tuple[Any, bool]] = {
+    "families": (_LIST_STR, True),
+    "examples": (_LIST_STR, True),
+    "auto_class": (_STR, True),
+    "model_type": (_STR, True),
+    "recipes": (_LIST_STR, False),
+    "modality": (_STR, False),
+    "moe": (_BOOL, False),
+    "hf_class": (_STR, False),
+    "trust_remote_code": (_BOOL, False),
+    "tiny": (_TABLE, False),
+    "lora_targets": ((str, list), False),
+    "lora_exclude": (_LIST_STR, False),
+    "sft_frozen": (_LIST_STR, False),
+    "real_checkpoint": (_STR, False),
+    "real_config": (_TABLE, False),
+    "tp_plan": (_TABLE, False),
+    "known_limits": (list, False),
+    "min_transformers": (_STR, False),
+    "notes": (_STR, False),
+}
+LIMIT_SCHEMA = {
+    "category": (_STR, True),
+    "reason": (_STR, True),
+    "method": (_STR, False),
+    "layout": (_STR, False),
+    "tier": (_STR, False),
+    "check": (_STR, False),
+}
+METHOD_SCHEMA = {"summary": (_STR, True), "lr": (_NUM, True), "lora": (_TABLE, False)}
+LORA_SCHEMA = {
+    "rank": (_INT, True),
+    "alpha": (_NUM, True),
+    "dropout": (_NUM, False),
+    "target_modules": ((str, list), True),
+}
+LAYOUT_SCHEMA = {
+    "summary": (_STR, True),
+    "world_size": (_INT, True),
+    "mesh": (_TABLE, True),
+    "constraints": (_LIST_STR, False),
+}
+TIER_SCHEMA = {
+    "summary": (_STR, True),
+    "source": (_STR, True),
+    "dtype": (_STR, True),
+    "steps": (_INT, True),
+    "batch_size": (_INT, True),
+    "seq_len": (_INT, True),
+}
+CHECK_SCHEMA = {
+    "summary": (_STR, True),
+    "tiers": (_LIST_STR, True),
+    "methods": (_LIST_STR, False),
+    "layouts": (_LIST_STR, False),
+}
+TOLERANCE_SCHEMA = {"rtol": (_NUM, True), "atol": (_NUM, True)}
+TOP_LEVEL = ("architectures", "methods", "layouts", "tiers", "checks", "tiny_defaults", "tolerances")
+
+
+def _type_name(expected: Any) -> str:
+    if expected == _LIST_STR:
+        return "a list of strings"
+    if expected is dict:
+        return "a table"
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+    if isinstance(expected, tuple):
+        return " or ".join(names[t] for t in expected)
+    return names[expected]
+
+
+def _type_ok(value: Any, expected: Any) -> bool:
+    if expected == _LIST_STR:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if expected is int or expected == (int, float):
+        if isinstance(value, bool):
+            return False
+    return isinstance(value, expected)
+
+
+def check_table(file: str, path: str, table: Any, schema: dict[str, tuple[Any, bool]]) -> dict:
+    """Reject unknown keys, missing required keys and wrong types, naming the key path."""
+    if not isinstance(table, dict):
+        raise MatrixError(file, path, table, "must be a table")
+    for key, value in table.items():
+        if key not in schema:
+            close = difflib.get_close_matches(key, schema, n=1)
+            hint = f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+            raise MatrixError(file, f"{path}.{key}", value, hint, sorted(schema))
+        expected, _ = schema[key]
+        if not _type_ok(value, expected):
+            raise MatrixError(file, f"{path}.{key}", value, f"must be {_type_name(expected)}")
+    for key, (_, required) in schema.items():
+        if required and key not in table:
+            raise MatrixError(file, f"{path}.{key}", None, "is required but missing")
+    return table
+
+
+def _must_be_one_of(file: str, path: str, value: Any, allowed: tuple | list) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        problem = f"unknown name (did you mean {close[0]!r}?)" if close else "unknown name"
+        raise MatrixError(file, path, value, problem, list(allowed))
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise MatrixError(path, "<syntax>", None, f"not valid TOML: {exc}") from None
+
+
+def _merge_files(paths: list[Path]) -> dict[str, dict[str, tuple[str, Any]]]:
+    """Merge the files' tables, remembering which file defined each entry for error messages."""
+    sections: dict[str, dict[str, tuple[str, Any]]] = {name: {} for name in TOP_LEVEL}
+    for path in paths:
+        data = _read_toml(path)
+        for top, entries in data.items():
+            if top not in TOP_LEVEL:
+                _must_be_one_of(str(path), top, top, TOP_LEVEL)
+            if not isinstance(entries, dict):
+                raise MatrixError(path, top, entries, "must be a table")
+            for name, body in entries.items():
+                if name in sections[top]:
+                    first = sections[top][name][0]
+                    raise MatrixError(path, f"{top}.{name}", name, f"already defined in {first}")
+                sections[top][name] = (str(path), body)
+    return sections
+
+
+def _limits(file: str, path: str, raw: list, matrix_names: dict[str, tuple]) -> tuple[KnownLimit, ...]:
+    limits = []
+    for i, item in enumerate(raw):
+        where = f"{path}.known_limits[{i}]"
+        check_table(file, where, item, LIMIT_SCHEMA)
+        _must_be_one_of(file, f"{where}.category", item["category"], FAILURE_CATEGORIES)
+        for axis, names in matrix_names.items():
+            if axis in item:
+                _must_be_one_of(file, f"{where}.{axis}", item[axis], names)
+        limits.append(KnownLimit(**item))
+    return tuple(limits)
+
+
+def _architecture(file: str, name: str, body: dict, matrix_names: dict[str, tuple]) -> Architecture:
+    path = f"architectures.{name}"
+    check_table(file, path, body, ARCH_SCHEMA)
+    _must_be_one_of(file, f"{path}.auto_class", body["auto_class"], AUTO_CLASSES)
+    _must_be_one_of(file, f"{path}.modality", body.get("modality", "text"), MODALITIES)
+    if not body["examples"]:
+        raise MatrixError(file, f"{path}.examples", [], "needs at least one example checkpoint")
+    lora_targets = body.get("lora_targets")
+    if isinstance(lora_targets, list):
+        lora_targets = tuple(lora_targets)
+    fields = {k: v for k, v in body.items() if k not in ("known_limits", "lora_targets")}
+    for key in ("families", "examples", "recipes", "lora_exclude", "sft_frozen"):
+        if key in fields:
+            fields[key] = tuple(fields[key])
+    return Architecture(
+        name=name,
+        source_file=file,
+        lora_targets=lora_targets,
+        known_limits=_limits(file, path, body.get("known_limits", []), matrix_names),
+        **fields,
+    )
+
+
+def _layout(file: str, name: str, body: dict) -> Layout:
+    path = f"layouts.{name}"
+    check_table(file, path, body, LAYOUT_SCHEMA)
+    product = 1
+    for dim, size in body["mesh"].items():
+        _must_be_one_of(file, f"{path}.mesh.{dim}", dim, MESH_DIMS)
+        if not _type_ok(size, int) or size < 1:
+            raise MatrixError(file, f"{path}.mesh.{dim}", size, "must be a positive integer")
+        product *= size
+    if body["world_size"] < 1:
+        raise MatrixError(file, f"{path}.world_size", body["world_size"], "must be at least 1")
+    if product != body["world_size"]:
+        raise MatrixError(
+            file, f"{path}.world_size", body["world_size"],
+            f"must equal the product of the mesh dimensions ({product})",
+        )
+    if "ep" in body["mesh"] and body["mesh"].get("tp", 1) > 1:
+        raise MatrixError(file, f"{path}.mesh", body["mesh"], "expert parallel needs tp = 1")
+    for i, constraint in enumerate(body.get("constraints", [])):
+        _must_be_one_of(file, f"{path}.constraints[{i}]", constraint, CONSTRAINTS)
+    return Layout(name=name, summary=body["summary"], world_size=body["world_size"],
+                  mesh=dict(body["mesh"]), constraints=tuple(body.get("constraints", ())))
+
+
+def _method(file: str, name: str, body: dict) -> Method:
+    path = f"methods.{name}"
+    check_table(file, path, body, METHOD_SCHEMA)
+    if "lora" in body:
+        check_table(file, f"{path}.lora", body["lora"], LORA_SCHEMA)
+    if body["lr"] <= 0:
+        raise MatrixError(file, f"{path}.lr", body["lr"], "must be positive")
+    return Method(name=name, summary=body["summary"], lr=float(body["lr"]), lora=body.get("lora", {}))
+
+
+def _tier(file: str, name: str, body: dict) -> Tier:
+    path = f"tiers.{name}"
+    check_table(file, path, body, TIER_SCHEMA)
+    _must_be_one_of(file, f"{path}.source", body["source"], TIER_SOURCES)
+    _must_be_one_of(file, f"{path}.dtype", body["dtype"], DTYPES)
+    for key in ("steps", "batch_size", "seq_len"):
+        if body[key] < 1:
+            raise MatrixError(file, f"{path}.{key}", body[key], "must be at least 1")
+    if body["steps"] < 2:
+        raise MatrixError(file, f"{path}.steps", body["steps"], "must be at least 2 to see a loss fall")
+    return Tier(name=name, **body)
+
+
+def _check(file: str, name: str, body: dict, names: dict[str, tuple]) -> Check:
+    path = f"checks.{name}"
+    check_table(file, path, body, CHECK_SCHEMA)
+    for axis, key in (("tier", "tiers"), ("method", "methods"), ("layout", "layouts")):
+        for i, value in enumerate(body.get(key, [])):
+            _must_be_one_of(file, f"{path}.{key}[{i}]", value, names[axis])
+    return Check(name=name, summary=body["summary"], tiers=tuple(body["tiers"]),
+                 methods=tuple(body.get("methods", ())), layouts=tuple(body.get("layouts", ())))
+
+
+def matrix_files(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> list[Path]:
+    directory = Path(matrix_dir)
+    if not directory.is_dir():
+        raise MatrixError(directory, "<directory>", str(directory), "matrix directory not found")
+    files = sorted(directory.glob("*.toml"))
+    if not files:
+        raise MatrixError(directory, "<directory>", str(directory), "holds no *.toml files")
+    return files
+
+
+def load_matrix(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> Matrix:
+    """Read every matrix/*.toml file and return one validated Matrix (or raise MatrixError)."""
+    files = matrix_files(matrix_dir)
+    sections = _merge_files(files)
+    for axis in ("methods", "layouts", "tiers", "checks", "architectures"):
+        if not sections[axis]:
+            raise MatrixError(files[0].parent, axis, None, "no entries in any matrix file")
+
+    methods = {n: _method(f, n, b) for n, (f, b) in sections["methods"].items()}
+    layouts = {n: _layout(f, n, b) for n, (f, b) in sections["layouts"].items()}
+    tiers = {n: _tier(f, n, b) for n, (f, b) in sections["tiers"].items()}
+    names = {"method": tuple(methods), "layout": tuple(layouts), "tier": tuple(tiers)}
+    checks = {n: _check(f, n, b, names) for n, (f, b) in sections["checks"].items()}
+    names["check"] = tuple(checks)
+    architectures = {
+        n: _architecture(f, n, b, names) for n, (f, b) in sections["architectures"].items()
+    }
+    tolerances = {}
+    for dtype, (f, body) in sections["tolerances"].items():
+        _must_be_one_of(f, f"tolerances.{dtype}", dtype, DTYPES)
+        tolerances[dtype] = check_table(f, f"tolerances.{dtype}", body, TOLERANCE_SCHEMA)
+    tiny_defaults = {k: b for k, (_, b) in sections["tiny_defaults"].items()}
+    return Matrix(
+        architectures=architectures,
+        methods=methods,
+        layouts=layouts,
+        tiers=tiers,
+        checks=checks,
+        tiny_defaults=tiny_defaults,
+        tolerances=tolerances,
+        files=tuple(str(f) for f in files),
+    )
