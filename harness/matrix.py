@@ -237,9 +237,8 @@ def _type_name(expected: Any) -> str:
 def _type_ok(value: Any, expected: Any) -> bool:
     if expected == _LIST_STR:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if expected is int or expected == (int, float):
-        if isinstance(value, bool):
-            return False
+    if (expected is int or expected == (int, float)) and isinstance(value, bool):
+        return False
     return isinstance(value, expected)
 
 

@@ -1,0 +1,1 @@
+"""Checks decide pass or fail. Each module here holds one check's assertions."""

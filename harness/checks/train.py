@@ -1,0 +1,67 @@
+"""The `train` check: does fine-tuning actually train, and train only what it should?
+
+Pass means all of:
+- every loss is finite and the last is below the first (on a fixed batch, so it must fall);
+- SFT: every trainable weight moved (a weight that never moves means a broken graph);
+- LoRA: every adapter weight moved and every base weight is bit-for-bit unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from harness.failures import CellFailure
+from harness.methods import Trainable
+from harness.train import TrainResult
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of every parameter, full (unsharded) where it is a DTensor."""
+    out = {}
+    for name, param in model.named_parameters():
+        data = param.detach()
+        if hasattr(data, "full_tensor"):
+            data = data.full_tensor()
+        out[name] = data.clone().cpu()
+    return out
+
+
+def assert_loss_falls(result: TrainResult) -> None:
+    losses = result.losses
+    if not all(math.isfinite(x) for x in losses):
+        raise CellFailure("numerics", f"non-finite loss: {losses}")
+    if not losses[-1] < losses[0]:
+        raise CellFailure("numerics", f"loss did not fall over {len(losses)} steps: {losses}")
+
+
+def _changed(before: dict, after: dict, names: list[str]) -> tuple[list[str], list[str]]:
+    moved = [n for n in names if not torch.equal(before[n], after[n])]
+    still = [n for n in names if n not in set(moved)]
+    return moved, still
+
+
+def _listing(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def assert_updates(trainable: Trainable, before: dict, after: dict, is_lora: bool) -> dict:
+    """Decide whether the right weights moved; return counts for the record."""
+    _, unmoved = _changed(before, after, trainable.trainable)
+    if unmoved:
+        what = "adapter" if is_lora else "trainable"
+        raise CellFailure(
+            "check-failed",
+            f"{len(unmoved)} of {len(trainable.trainable)} {what} weights did not change: "
+            f"{_listing(unmoved)} (if text-only training cannot reach them, list them in the "
+            "row's sft_frozen)",
+        )
+    frozen_moved, _ = _changed(before, after, trainable.frozen)
+    if frozen_moved:
+        raise CellFailure(
+            "check-failed",
+            f"{len(frozen_moved)} frozen base weights changed: {_listing(frozen_moved)}",
+        )
+    return {"weights_changed": len(trainable.trainable), "weights_frozen": len(trainable.frozen)}

@@ -1,0 +1,203 @@
+"""The pytest plugin: options, markers and one pytest item per matrix cell and device.
+
+Hooks and options live here; behaviour lives in the library (runner, records). Collection
+imports neither torch nor transformers, so listing thousands of cells stays fast.
+
+Each cell is collected once per device, as `<cell id>[cpu]` and `<cell id>[cuda]`, marked
+`cpu` or `gpu`, so `pytest -m gpu --arch LlamaForCausalLM` picks one architecture's GPU cells;
+on a machine without CUDA those skip with a reason. Giving any matrix selection option
+(--arch, --method, --layout, --tier, --check) deselects the harness's own unit tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from harness.cells import Cell, SelectionError, expand, select, split_values, validate_selection
+from harness.matrix import DEFAULT_MATRIX_DIR, Matrix, MatrixError, load_matrix
+from harness.records import DEFAULT_RESULTS, new_run_id
+
+SELECTION_OPTIONS = {"arch": "architecture", "method": "method", "layout": "layout",
+                     "tier": "tier", "check": "check"}
+MARKERS = {
+    "gpu": "a matrix cell that runs on CUDA",
+    "cpu": "a matrix cell that runs on the CPU",
+    "multigpu": "a matrix cell that needs more than one GPU",
+    "real": "a matrix cell on a real (pretrained or real-shape) tier",
+    "slow": "a cell or test that takes more than a few seconds",
+}
+DEVICES = ("cpu", "cuda")
+MATRIX_KEY = pytest.StashKey[Matrix]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("compat-harness", "compatibility matrix selection")
+    for option, axis in SELECTION_OPTIONS.items():
+        group.addoption(f"--{option}", action="append", default=[], metavar="NAME[,NAME]",
+                        help=f"run only these {axis} values (repeatable, comma lists allowed)")
+    group.addoption("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="auto: collect cpu and cuda cells (cuda cells skip without CUDA)")
+    group.addoption("--matrix-dir", default=None,
+                    help=f"directory of matrix TOML files (default {DEFAULT_MATRIX_DIR})")
+    group.addoption("--results", default=None,
+                    help=f"JSONL file records are appended to (default {DEFAULT_RESULTS})")
+    group.addoption("--run-id", default=None, help="run id stored in every record")
+
+
+def _selection(config: pytest.Config) -> dict[str, list[str]]:
+    return {axis: split_values(config.getoption(opt)) for opt, axis in SELECTION_OPTIONS.items()}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    matrix_dir = config.getoption("matrix_dir") or DEFAULT_MATRIX_DIR
+    try:
+        matrix = load_matrix(matrix_dir)
+        validate_selection(matrix, _selection(config))
+    except (MatrixError, SelectionError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[MATRIX_KEY] = matrix
+    config.pluginmanager.register(VerdictSummary(config), "compat-harness-verdicts")
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        config.option.run_id = workerinput["compat_harness_run_id"]
+    elif not config.getoption("run_id"):
+        config.option.run_id = os.environ.get("COMPAT_HARNESS_RUN_ID") or new_run_id()
+
+
+def pytest_configure_node(node) -> None:
+    """xdist: every worker writes records under the controller's run id."""
+    node.workerinput["compat_harness_run_id"] = node.config.getoption("run_id")
+
+
+def _is_matrix_file(config: pytest.Config, path: Path) -> bool:
+    matrix_dir = Path(config.getoption("matrix_dir") or DEFAULT_MATRIX_DIR).resolve()
+    return path.suffix == ".toml" and path.resolve().parent == matrix_dir
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    if _is_matrix_file(parent.config, file_path):
+        return MatrixFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not any(_selection(config).values()):
+        return
+    kept = [item for item in items if isinstance(item, CellItem)]
+    dropped = [item for item in items if not isinstance(item, CellItem)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+class MatrixFile(pytest.File):
+    """One matrix TOML file: yields the cells of the architecture rows it defines."""
+
+    def collect(self):
+        config = self.config
+        matrix = config.stash[MATRIX_KEY]
+        cells, _ = expand(matrix)
+        own = [c for c in cells
+               if Path(matrix.architectures[c.architecture].source_file).resolve() == self.path.resolve()]
+        device_option = config.getoption("device")
+        devices = DEVICES if device_option == "auto" else (device_option,)
+        for cell in select(own, _selection(config)):
+            for device in devices:
+                yield CellItem.from_parent(self, name=f"{cell.id}[{device}]", cell=cell,
+                                           device=device)
+
+
+class CellItem(pytest.Item):
+    def __init__(self, *, cell: Cell, device: str, **kwargs):
+        super().__init__(**kwargs)
+        self.cell = cell
+        self.device = device
+        matrix = self.config.stash[MATRIX_KEY]
+        self.add_marker("gpu" if device == "cuda" else "cpu")
+        if device == "cuda" and matrix.layouts[cell.layout].world_size > 1:
+            self.add_marker("multigpu")
+        if cell.tier != "tiny":
+            self.add_marker("real")
+            self.add_marker("slow")
+
+    def runtest(self) -> None:
+        from harness.hardware import missing_devices
+        from harness.records import append_record, environment, make_record
+        from harness.runner import run_cell
+
+        matrix = self.config.stash[MATRIX_KEY]
+        layout = matrix.layouts[self.cell.layout]
+        reason = missing_devices(self.device, layout.world_size)
+        if reason:
+            pytest.skip(reason)
+        outcome = run_cell(matrix, self.cell, self.device)
+        record = make_record(
+            self.cell, outcome.status, category=outcome.category, message=outcome.message,
+            traceback=outcome.traceback, metrics=outcome.metrics,
+            env=environment(self.device, layout.world_size), run_id=self.config.getoption("run_id"),
+        )
+        append_record(self.config.getoption("results") or DEFAULT_RESULTS, record)
+        self.user_properties.append(("compat_harness", (self.cell.architecture, outcome.status,
+                                                        outcome.category)))
+        label = f"[{outcome.category}] {outcome.message}"
+        if outcome.status == "skip":
+            pytest.skip(label)
+        if outcome.status == "xfail":
+            pytest.xfail(label)
+        if outcome.status == "fail":
+            raise CellFailed(f"{self.cell.id} on {self.device}: {label}\n\n{outcome.traceback}")
+        if outcome.known_limit_stale:
+            raise CellFailed(outcome.known_limit_stale)
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, CellFailed):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, None, f"matrix cell {self.name}"
+
+
+class CellFailed(Exception):
+    """A cell's record says fail; the item fails with the record's message."""
+
+
+class VerdictSummary:
+    """Counts each architecture's cell verdicts; under xdist it runs on the controller."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.counts: dict[str, Counter] = defaultdict(Counter)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        for key, value in report.user_properties:
+            if key == "compat_harness":
+                arch, status, category = value
+                self.counts[arch][status if status == "pass" else f"{status}:{category}"] += 1
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.counts:
+            write_summary(terminalreporter, self.counts, self.config)
+
+
+def write_summary(tr, summary: dict[str, Counter], config: pytest.Config) -> None:
+    tr.section("compat-harness verdicts")
+    width = max(len(a) for a in summary)
+    for arch in sorted(summary):
+        counts = summary[arch]
+        verdict = "PASS" if set(counts) == {"pass"} else (
+            "FAIL" if any(k.startswith("fail") for k in counts) else "PARTIAL")
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        tr.write_line(f"{arch:<{width}}  {verdict:<7}  {detail}")
+    results = config.getoption("results") or DEFAULT_RESULTS
+    tr.write_line(f"records: {results} (run id {config.getoption('run_id')})")

@@ -1,0 +1,43 @@
+"""Fixtures shared by the harness's own tests."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.matrix import DEFAULT_MATRIX_DIR
+
+pytest_plugins = ["pytester"]
+
+AXES = DEFAULT_MATRIX_DIR / "axes.toml"
+
+LLAMA_ROW = """
+[architectures.LlamaForCausalLM]
+families = ["Llama"]
+examples = ["meta-llama/Llama-3.2-1B"]
+auto_class = "AutoModelForCausalLM"
+model_type = "llama"
+"""
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Tiny checkpoints go to one cache per test session, never the user's home."""
+    monkeypatch.setenv("COMPAT_HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "harness-cache"))
+
+
+@pytest.fixture
+def matrix_dir(tmp_path) -> Path:
+    """A matrix directory with the real axes and whatever rows a test writes next to them."""
+    directory = tmp_path / "matrix"
+    directory.mkdir()
+    shutil.copy(AXES, directory / "axes.toml")
+    return directory
+
+
+def write_rows(matrix_dir: Path, text: str, name: str = "architectures.toml") -> Path:
+    path = matrix_dir / name
+    path.write_text(text)
+    return path

@@ -1,0 +1,109 @@
+"""Expansion and selection, checked as properties over generated matrices (hypothesis)."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.cells import Cell, all_combinations, expand, select
+from harness.matrix import Architecture, Check, Layout, Matrix, Method, Tier
+
+NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=6)
+
+
+def _arch(name: str, moe: bool, heads: int) -> Architecture:
+    return Architecture(name=name, families=("f",), examples=("o/m",), auto_class="AutoModelForCausalLM",
+                        model_type="llama", source_file="x.toml", moe=moe,
+                        tiny={"num_attention_heads": heads, "num_key_value_heads": heads})
+
+
+LAYOUT_KINDS = {
+    "single": ({}, ()),
+    "fsdp2": ({"dp_shard": 2}, ()),
+    "tp": ({"tp": 2}, ("tp_divides_heads",)),
+    "tp4": ({"tp": 4}, ("tp_divides_heads",)),
+    "ep": ({"ep": 2}, ("moe_only", "ep_divides_experts", "ep_excludes_tp")),
+}
+
+
+@st.composite
+def matrices(draw) -> Matrix:
+    arch_names = draw(st.lists(NAMES, min_size=1, max_size=5, unique=True))
+    archs = {n: _arch(n, draw(st.booleans()), draw(st.sampled_from([1, 2, 3, 4, 6])))
+             for n in arch_names}
+    methods = {n: Method(n, "m", 1e-3) for n in draw(st.lists(NAMES, min_size=1, max_size=3, unique=True))}
+    layout_names = draw(st.lists(st.sampled_from(sorted(LAYOUT_KINDS)), min_size=1, unique=True))
+    layouts = {}
+    for name in layout_names:
+        mesh, constraints = LAYOUT_KINDS[name]
+        layouts[name] = Layout(name, "l", math.prod(mesh.values()), mesh, constraints)
+    tier_names = draw(st.lists(NAMES, min_size=1, max_size=3, unique=True))
+    tiers = {n: Tier(n, "t", "tiny", "float32", 2, 1, 4) for n in tier_names}
+    checks = {}
+    for name in draw(st.lists(NAMES, min_size=1, max_size=3, unique=True)):
+        check_tiers = draw(st.lists(st.sampled_from(tier_names), min_size=1, unique=True))
+        checks[name] = Check(name, "c", tuple(check_tiers))
+    return Matrix(archs, methods, layouts, tiers, checks,
+                  tiny_defaults={"moe": {"num_experts": 4}}, tolerances={}, files=())
+
+
+@settings(max_examples=150, deadline=None)
+@given(matrices())
+def test_ids_unique_and_count_is_product_minus_pruned(matrix):
+    cells, pruned = expand(matrix)
+    ids = [c.id for c in cells] + [p.id for p in pruned]
+    assert len(ids) == len(set(ids))
+    product = math.prod(len(x) for x in (matrix.architectures, matrix.methods, matrix.layouts,
+                                           matrix.tiers, matrix.checks))
+    assert len(cells) == product - len(pruned)
+    assert all(p.reason for p in pruned)
+
+
+@settings(max_examples=100, deadline=None)
+@given(matrices())
+def test_expansion_is_stable(matrix):
+    first, pruned_first = expand(matrix)
+    second, pruned_second = expand(matrix)
+    assert [c.id for c in first] == [c.id for c in second]
+    assert pruned_first == pruned_second
+
+
+@settings(max_examples=150, deadline=None)
+@given(matrices(), st.data())
+def test_selection_is_a_filter(matrix, data):
+    cells, _ = expand(matrix)
+    selection = {
+        "architecture": data.draw(st.lists(st.sampled_from(sorted(matrix.architectures)), unique=True)),
+        "method": data.draw(st.lists(st.sampled_from(sorted(matrix.methods)), unique=True)),
+        "layout": data.draw(st.lists(st.sampled_from(sorted(matrix.layouts)), unique=True)),
+    }
+    chosen = select(cells, selection)
+    assert set(chosen) <= set(cells)
+    expected = [c for c in cells
+                if all(not want or c.axis(axis) in want for axis, want in selection.items())]
+    assert chosen == expected
+    assert select(cells, {}) == cells
+
+
+@settings(max_examples=100, deadline=None)
+@given(matrices())
+def test_pruned_cells_have_the_constraint_reason(matrix):
+    _, pruned = expand(matrix)
+    for item in pruned:
+        arch = matrix.architectures[item.cell.architecture]
+        if item.cell.layout == "ep" and not arch.moe and item.cell.tier in matrix.checks[item.cell.check].tiers:
+            assert "needs a MoE model" in item.reason
+
+
+def test_cell_id_is_readable():
+    cell = Cell("LlamaForCausalLM", "lora", "single", "tiny", "train")
+    assert cell.id == "LlamaForCausalLM-lora-single-tiny-train"
+
+
+def test_all_combinations_order_is_sorted_by_architecture():
+    matrix = Matrix({n: _arch(n, False, 4) for n in ("b", "a")}, {"m": Method("m", "", 1.0)},
+                    {"single": Layout("single", "", 1, {})}, {"t": Tier("t", "", "tiny", "float32", 2, 1, 1)},
+                    {"c": Check("c", "", ("t",))}, {}, {}, ())
+    assert [c.architecture for c in all_combinations(matrix)] == ["a", "b"]

@@ -1,0 +1,156 @@
+"""Loading and validation: every error names the file, the key path, the value and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.matrix import MatrixError, load_matrix
+from tests.conftest import LLAMA_ROW, write_rows
+
+
+def load_error(matrix_dir) -> MatrixError:
+    with pytest.raises(MatrixError) as info:
+        load_matrix(matrix_dir)
+    return info.value
+
+
+def test_repository_matrix_loads_and_covers_the_seed_table():
+    matrix = load_matrix()
+    assert "LlamaForCausalLM" in matrix.architectures
+    assert {"sft", "lora"} <= set(matrix.methods)
+    assert "single" in matrix.layouts and matrix.layouts["single"].world_size == 1
+
+
+def test_valid_row_loads(matrix_dir):
+    write_rows(matrix_dir, LLAMA_ROW)
+    arch = load_matrix(matrix_dir).architectures["LlamaForCausalLM"]
+    assert arch.model_type == "llama" and arch.checkpoint_id == "meta-llama/Llama-3.2-1B"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "fragment"),
+    [
+        ('famillies = ["x"]', "architectures.LlamaForCausalLM.famillies", "did you mean 'families'"),
+        ("moe = 3", "architectures.LlamaForCausalLM.moe", "must be true or false"),
+        ('modality = "audio"', "architectures.LlamaForCausalLM.modality", "allowed: text, text+vision"),
+        ('lora_exclude = "router"', "architectures.LlamaForCausalLM.lora_exclude", "a list of strings"),
+        (
+            'known_limits = [{ category = "weird", reason = "r" }]',
+            "architectures.LlamaForCausalLM.known_limits[0].category",
+            "allowed: needs-newer-transformers",
+        ),
+        (
+            'known_limits = [{ category = "oom", reason = "r", method = "dpo" }]',
+            "architectures.LlamaForCausalLM.known_limits[0].method",
+            "allowed: sft, lora",
+        ),
+        (
+            'known_limits = [{ category = "oom", reason = "r", layout = "fsdp3" }]',
+            "architectures.LlamaForCausalLM.known_limits[0].layout",
+            "allowed: single",
+        ),
+        (
+            'known_limits = [{ category = "oom" }]',
+            "architectures.LlamaForCausalLM.known_limits[0].reason",
+            "required but missing",
+        ),
+    ],
+)
+def test_row_errors_name_file_key_value_and_allowed(matrix_dir, extra, key, fragment):
+    path = write_rows(matrix_dir, LLAMA_ROW + extra + "\n")
+    error = load_error(matrix_dir)
+    assert str(path) in str(error)
+    assert key in str(error)
+    assert fragment in str(error)
+
+
+def test_missing_required_key(matrix_dir):
+    write_rows(matrix_dir, LLAMA_ROW.replace('model_type = "llama"\n', ""))
+    error = load_error(matrix_dir)
+    assert error.key == "architectures.LlamaForCausalLM.model_type"
+    assert "required" in str(error)
+
+
+def test_unknown_auto_class_lists_the_allowed_ones(matrix_dir):
+    write_rows(matrix_dir, LLAMA_ROW.replace("AutoModelForCausalLM", "AutoModelForCasualLM"))
+    error = load_error(matrix_dir)
+    assert "did you mean 'AutoModelForCausalLM'" in str(error)
+    assert "AutoModelForImageTextToText" in str(error)
+
+
+def test_empty_examples(matrix_dir):
+    write_rows(matrix_dir, LLAMA_ROW.replace('["meta-llama/Llama-3.2-1B"]', "[]"))
+    assert "at least one example" in str(load_error(matrix_dir))
+
+
+def test_syntax_error_names_the_file(matrix_dir):
+    path = write_rows(matrix_dir, LLAMA_ROW + "broken = [\n")
+    error = load_error(matrix_dir)
+    assert str(path) in str(error) and "not valid TOML" in str(error)
+
+
+def test_duplicate_row_across_files(matrix_dir):
+    write_rows(matrix_dir, LLAMA_ROW)
+    second = write_rows(matrix_dir, LLAMA_ROW, name="more.toml")
+    error = load_error(matrix_dir)
+    assert str(second) in str(error) and "already defined in" in str(error)
+
+
+def test_unknown_top_level_section(matrix_dir):
+    write_rows(matrix_dir, LLAMA_ROW + "[architecture.Foo]\nx = 1\n")
+    error = load_error(matrix_dir)
+    assert "did you mean 'architectures'" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("layout", "key", "fragment"),
+    [
+        ("world_size = 2\nmesh = { dp_shard = 4 }", "layouts.bad.world_size", "product of the mesh"),
+        ("world_size = 2\nmesh = { dp = 2 }", "layouts.bad.mesh.dp", "allowed: dp_shard, tp, ep"),
+        ("world_size = 4\nmesh = { tp = 2, ep = 2 }", "layouts.bad.mesh", "expert parallel needs tp = 1"),
+        ('world_size = 1\nmesh = {}\nconstraints = ["tp_divides_head"]', "layouts.bad.constraints[0]",
+         "did you mean 'tp_divides_heads'"),
+        ("world_size = 0\nmesh = {}", "layouts.bad.world_size", "at least 1"),
+        ('world_size = "2"\nmesh = {}', "layouts.bad.world_size", "must be an integer"),
+    ],
+)
+def test_layout_errors(matrix_dir, layout, key, fragment):
+    path = write_rows(matrix_dir, LLAMA_ROW + f'\n[layouts.bad]\nsummary = "x"\n{layout}\n', "layouts.toml")
+    error = load_error(matrix_dir)
+    assert str(path) in str(error) and key in str(error) and fragment in str(error)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "fragment"),
+    [
+        ('[methods.dpo]\nsummary = "x"\nlr = -1.0', "methods.dpo.lr", "must be positive"),
+        ('[methods.q]\nsummary = "x"\nlr = 1.0\nlora = { rank = 8 }', "methods.q.lora.alpha", "required"),
+        ('[tiers.t]\nsummary = "x"\nsource = "hub"\ndtype = "float32"\nsteps = 3\nbatch_size = 1\n'
+         "seq_len = 8", "tiers.t.source", "allowed: tiny, checkpoint, real-shape"),
+        ('[tiers.t]\nsummary = "x"\nsource = "tiny"\ndtype = "fp8"\nsteps = 3\nbatch_size = 1\n'
+         "seq_len = 8", "tiers.t.dtype", "allowed: float32"),
+        ('[tiers.t]\nsummary = "x"\nsource = "tiny"\ndtype = "float32"\nsteps = 1\nbatch_size = 1\n'
+         "seq_len = 8", "tiers.t.steps", "at least 2"),
+        ('[checks.c]\nsummary = "x"\ntiers = ["huge"]', "checks.c.tiers[0]", "allowed: tiny, real"),
+        ('[checks.c]\nsummary = "x"\ntiers = ["tiny"]\nlayouts = ["fsdp9"]', "checks.c.layouts[0]",
+         "allowed: single"),
+        ("[tolerances.float64]\nrtol = 1.0\natol = 1.0", "tolerances.float64", "allowed: float32"),
+    ],
+)
+def test_axis_errors(matrix_dir, section, key, fragment):
+    write_rows(matrix_dir, LLAMA_ROW)
+    path = write_rows(matrix_dir, section + "\n", "extra.toml")
+    error = load_error(matrix_dir)
+    assert str(path) in str(error) and key in str(error) and fragment in str(error)
+
+
+def test_missing_directory_and_empty_directory(tmp_path):
+    with pytest.raises(MatrixError, match="matrix directory not found"):
+        load_matrix(tmp_path / "nope")
+    with pytest.raises(MatrixError, match=r"holds no \*.toml files"):
+        load_matrix(tmp_path)
+
+
+def test_no_architectures(matrix_dir):
+    error = load_error(matrix_dir)
+    assert error.key == "architectures" and "no entries" in str(error)

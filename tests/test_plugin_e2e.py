@@ -1,0 +1,152 @@
+"""The pytest plugin end to end on the CPU: real torch, transformers and peft on tiny models.
+
+Each test runs pytest inside pytest (pytester) against a matrix directory of its own, so the
+rows can be made to fail in each documented way.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+# pytester's in-process runs drop every module first imported inside them; re-importing torch
+# afterwards crashes the interpreter. Importing the heavy stack here keeps it loaded once.
+import harness.checks.train  # noqa: F401
+import harness.hardware  # noqa: F401
+import harness.methods  # noqa: F401
+import harness.models  # noqa: F401
+import harness.runner  # noqa: F401
+import peft  # noqa: F401
+import torch
+import transformers.models.llama.modeling_llama  # noqa: F401
+
+torch.cuda.is_available()
+
+from tests.conftest import LLAMA_ROW, write_rows
+
+
+def run_matrix(pytester, matrix_dir, *args):
+    results = pytester.path / "records.jsonl"
+    outcome = pytester.runpytest_inprocess(
+        str(matrix_dir), "--matrix-dir", str(matrix_dir), "--results", str(results),
+        "-p", "no:cacheprovider", *args,
+    )
+    records = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
+    return outcome, records
+
+
+def test_llama_sft_and_lora_train_on_cpu(pytester, matrix_dir):
+    write_rows(matrix_dir, LLAMA_ROW)
+    outcome, records = run_matrix(pytester, matrix_dir, "--arch", "LlamaForCausalLM", "--tier", "tiny",
+                                  "-m", "cpu")
+    outcome.assert_outcomes(passed=2, deselected=2)
+    assert sorted(r["cell_id"] for r in records) == [
+        "LlamaForCausalLM-lora-single-tiny-train", "LlamaForCausalLM-sft-single-tiny-train"]
+    for record in records:
+        assert record["status"] == "pass"
+        losses = record["metrics"]["losses"]
+        assert losses[-1] < losses[0]
+        assert record["env"]["device_type"] == "cpu" and record["env"]["transformers"]
+    lora = next(r for r in records if r["method"] == "lora")
+    assert "model.layers.0.self_attn.q_proj" in lora["metrics"]["lora_modules"]
+    assert lora["metrics"]["params_trainable"] < lora["metrics"]["params_total"] / 5
+    outcome.stdout.fnmatch_lines(["*compat-harness verdicts*", "LlamaForCausalLM*PASS*2 pass*"])
+
+
+def test_gpu_cells_skip_with_a_reason_without_cuda(pytester, matrix_dir):
+    write_rows(matrix_dir, LLAMA_ROW)
+    outcome, records = run_matrix(pytester, matrix_dir, "-m", "gpu", "--arch", "LlamaForCausalLM",
+                                  "--tier", "tiny", "-rs")
+    outcome.assert_outcomes(skipped=2, deselected=2)
+    outcome.stdout.fnmatch_lines(["*no CUDA device on this machine*"])
+    assert records == []
+
+
+def test_unknown_arch_is_a_usage_error_with_close_matches(pytester, matrix_dir):
+    write_rows(matrix_dir, LLAMA_ROW)
+    outcome, _ = run_matrix(pytester, matrix_dir, "--arch", "LlamaForCasualLM")
+    assert outcome.ret == pytest.ExitCode.USAGE_ERROR
+    outcome.stderr.fnmatch_lines(["*unknown architecture 'LlamaForCasualLM'; did you mean LlamaForCausalLM*"])
+
+
+def test_matrix_error_is_a_usage_error_naming_the_file(pytester, matrix_dir):
+    path = write_rows(matrix_dir, LLAMA_ROW + "moe = 3\n")
+    outcome, _ = run_matrix(pytester, matrix_dir)
+    assert outcome.ret == pytest.ExitCode.USAGE_ERROR
+    outcome.stderr.fnmatch_lines([f"*{path}: architectures.LlamaForCausalLM.moe = 3: must be true or false*"])
+
+
+def test_comma_lists_and_repeats_select_the_same_cells(pytester, matrix_dir):
+    write_rows(matrix_dir, LLAMA_ROW + LLAMA_ROW.replace("LlamaForCausalLM", "Qwen3ForCausalLM")
+               .replace('"llama"', '"qwen3"'))
+    a = pytester.runpytest_inprocess(str(matrix_dir), "--matrix-dir", str(matrix_dir), "--collect-only",
+                                     "-q", "--arch", "LlamaForCausalLM,Qwen3ForCausalLM", "--method", "sft")
+    b = pytester.runpytest_inprocess(str(matrix_dir), "--matrix-dir", str(matrix_dir), "--collect-only",
+                                     "-q", "--arch", "LlamaForCausalLM", "--arch", "Qwen3ForCausalLM",
+                                     "--method", "sft")
+    lines_a = [x for x in a.outlines if "::" in x]
+    lines_b = [x for x in b.outlines if "::" in x]
+    assert lines_a == lines_b and len(lines_a) == 8  # 2 archs x 2 tiers x 2 devices
+
+
+UNKNOWN_TYPE_ROW = """
+[architectures.FutureForCausalLM]
+families = ["Future"]
+examples = ["org/future-7b"]
+auto_class = "AutoModelForCausalLM"
+model_type = "future_model_type"
+min_transformers = "99.0"
+"""
+REMOTE_ROW = UNKNOWN_TYPE_ROW.replace("FutureForCausalLM", "RemoteForCausalLM").replace(
+    'min_transformers = "99.0"', "trust_remote_code = true")
+
+
+@pytest.mark.parametrize(
+    ("row", "category", "fragment"),
+    [
+        (UNKNOWN_TYPE_ROW, "needs-newer-transformers", "does not recognise model type 'future_model_type'"),
+        (REMOTE_ROW, "remote-code", "implemented only as remote code"),
+    ],
+)
+def test_unknown_model_types_are_reported_with_category_not_crashed(pytester, matrix_dir, row, category,
+                                                                      fragment):
+    write_rows(matrix_dir, row)
+    outcome, records = run_matrix(pytester, matrix_dir, "-m", "cpu", "--tier", "tiny", "-rs")
+    outcome.assert_outcomes(skipped=2, deselected=2)
+    assert {r["category"] for r in records} == {category}
+    assert all(fragment in r["message"] for r in records)
+    outcome.stdout.fnmatch_lines([f"*[[]{category}[]]*"])
+
+
+def test_peft_refusal_is_peft_unsupported_and_known_limits_make_it_xfail(pytester, matrix_dir):
+    row = LLAMA_ROW + 'lora_targets = ["no_such_module"]\n'
+    write_rows(matrix_dir, row)
+    outcome, records = run_matrix(pytester, matrix_dir, "-m", "cpu", "--tier", "tiny", "--method", "lora")
+    outcome.assert_outcomes(failed=1, deselected=1)
+    assert records[0]["category"] == "peft-unsupported" and records[0]["status"] == "fail"
+    assert "no_such_module" in records[0]["message"]
+
+    write_rows(matrix_dir, row + 'known_limits = [{ category = "peft-unsupported", method = "lora", '
+                                 'reason = "adapter targets are wrong on purpose" }]\n')
+    outcome, records = run_matrix(pytester, matrix_dir, "-m", "cpu", "--tier", "tiny", "--method", "lora")
+    outcome.assert_outcomes(xfailed=1, deselected=1)
+    assert records[-1]["status"] == "xfail"
+
+
+def test_stale_known_limit_fails_the_item(pytester, matrix_dir):
+    write_rows(matrix_dir, LLAMA_ROW + 'known_limits = [{ category = "oom", method = "sft", reason = "old" }]\n')
+    outcome, records = run_matrix(pytester, matrix_dir, "-m", "cpu", "--tier", "tiny", "--method", "sft")
+    outcome.assert_outcomes(failed=1, deselected=1)
+    assert records[0]["status"] == "pass"
+    outcome.stdout.fnmatch_lines(["*remove that known_limits entry*"])
+
+
+def test_diverging_training_is_numerics(pytester, matrix_dir):
+    write_rows(matrix_dir, LLAMA_ROW)
+    axes = (matrix_dir / "axes.toml").read_text().replace("lr = 1e-3", "lr = 1e30")
+    (matrix_dir / "axes.toml").write_text(axes)
+    outcome, records = run_matrix(pytester, matrix_dir, "-m", "cpu", "--tier", "tiny", "--method", "sft")
+    outcome.assert_outcomes(failed=1, deselected=1)
+    assert records[0]["category"] == "numerics"
+    assert "loss" in records[0]["message"]

@@ -1,0 +1,44 @@
+"""Records: complete, self-describing, and never interleaved by concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+
+from harness.cells import Cell
+from harness.records import append_record, environment, make_record
+
+CELL = Cell("LlamaForCausalLM", "lora", "single", "tiny", "train")
+
+
+def _writer(path: str, worker: int, count: int) -> None:
+    env = environment("cpu")
+    for i in range(count):
+        # A long message makes a torn write visible as a broken JSON line.
+        record = make_record(CELL, "pass", message=f"w{worker}-{i}-" + "x" * 20000, env=env, run_id="r")
+        append_record(path, record)
+
+
+def test_record_has_every_documented_key():
+    record = make_record(CELL, "fail", category="numerics", message="m", env=environment("cpu"), run_id="r")
+    assert set(record) == {"schema", "cell_id", "architecture", "method", "layout", "tier", "check",
+                           "status", "category", "message", "traceback", "metrics", "env",
+                           "git_sha", "run_id", "timestamp"}
+    assert record["cell_id"] == CELL.id
+    assert {"python", "torch", "transformers", "peft", "device_name", "device_count"} <= set(record["env"])
+    assert record["env"]["torch"] and record["env"]["transformers"]
+
+
+def test_concurrent_writers_never_interleave(tmp_path):
+    path = tmp_path / "records.jsonl"
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_writer, args=(str(path), w, 40)) for w in range(4)]
+    for proc in workers:
+        proc.start()
+    for proc in workers:
+        proc.join(60)
+        assert proc.exitcode == 0
+    lines = path.read_text().splitlines()
+    assert len(lines) == 160
+    messages = {json.loads(line)["message"].split("-x")[0] for line in lines}
+    assert len(messages) == 160
