@@ -52,6 +52,11 @@ def prune_reason(matrix: Matrix, cell: Cell) -> str | None:
         return f"check {cell.check} does not apply to method {cell.method}"
     if check.layouts and cell.layout not in check.layouts:
         return f"check {cell.check} does not run under layout {cell.layout}"
+    auto_class = matrix.architectures[cell.architecture].auto_class
+    if check.auto_classes and auto_class not in check.auto_classes:
+        return f"check {cell.check} does not apply to {auto_class} models"
+    if check.load_layouts and cell.layout not in check.load_layouts:
+        return f"check {cell.check} declares no layout to load a {cell.layout} checkpoint under"
     return violated_constraint(matrix, matrix.architectures[cell.architecture], matrix.layouts[cell.layout])
 
 

@@ -26,6 +26,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 TIER_SOURCES = ("tiny", "checkpoint", "real-shape")
 MESH_DIMS = ("dp_shard", "tp", "ep")
 # Constraint names a layout may declare; each is implemented in harness/constraints.py.
+# Check names; each is implemented by the module harness/checks/<name>.py.
+CHECKS = ("train", "parity", "dcp_roundtrip", "peft_roundtrip", "generate")
 CONSTRAINTS = ("moe_only", "tp_divides_heads", "ep_divides_experts", "ep_excludes_tp")
 FAILURE_CATEGORIES = (
     "needs-newer-transformers",
@@ -144,6 +146,11 @@ class Check:
     tiers: tuple[str, ...]
     methods: tuple[str, ...] = ()
     layouts: tuple[str, ...] = ()
+    # Round trips: the layout a checkpoint saved under layout K is loaded back under.
+    load_layouts: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    # The model heads a check applies to (e.g. generate needs a language-model head).
+    auto_classes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,9 @@ CHECK_SCHEMA = {
     "tiers": (_LIST_STR, True),
     "methods": (_LIST_STR, False),
     "layouts": (_LIST_STR, False),
+    "load_layouts": (_TABLE, False),
+    "options": (_TABLE, False),
+    "auto_classes": (_LIST_STR, False),
 }
 TOLERANCE_SCHEMA = {"rtol": (_NUM, True), "atol": (_NUM, True)}
 TOP_LEVEL = ("architectures", "methods", "layouts", "tiers", "checks", "tiny_defaults", "tolerances")
@@ -378,12 +388,20 @@ def _tier(file: str, name: str, body: dict) -> Tier:
 
 def _check(file: str, name: str, body: dict, names: dict[str, tuple]) -> Check:
     path = f"checks.{name}"
+    _must_be_one_of(file, path, name, CHECKS)
     check_table(file, path, body, CHECK_SCHEMA)
     for axis, key in (("tier", "tiers"), ("method", "methods"), ("layout", "layouts")):
         for i, value in enumerate(body.get(key, [])):
             _must_be_one_of(file, f"{path}.{key}[{i}]", value, names[axis])
+    for i, value in enumerate(body.get("auto_classes", [])):
+        _must_be_one_of(file, f"{path}.auto_classes[{i}]", value, AUTO_CLASSES)
+    for saved, loaded in body.get("load_layouts", {}).items():
+        _must_be_one_of(file, f"{path}.load_layouts", saved, names["layout"])
+        _must_be_one_of(file, f"{path}.load_layouts.{saved}", loaded, names["layout"])
     return Check(name=name, summary=body["summary"], tiers=tuple(body["tiers"]),
-                 methods=tuple(body.get("methods", ())), layouts=tuple(body.get("layouts", ())))
+                 methods=tuple(body.get("methods", ())), layouts=tuple(body.get("layouts", ())),
+                 load_layouts=dict(body.get("load_layouts", {})), options=dict(body.get("options", {})),
+                 auto_classes=tuple(body.get("auto_classes", ())))
 
 
 def matrix_files(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> list[Path]:

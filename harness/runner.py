@@ -10,13 +10,16 @@ This is the only place that maps failures to statuses:
 
 from __future__ import annotations
 
+import importlib
 import resource
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness.cells import Cell
-from harness.failures import CellFailure, classify, format_traceback
+from harness.failures import classify, format_traceback
 from harness.matrix import Matrix
 
 SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent")
@@ -42,50 +45,18 @@ def _peak_memory(device: str) -> dict:
             "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
 
 
-def run_train(matrix: Matrix, cell: Cell, device: str) -> dict:
-    """The `train` check on one device; returns the metrics for the record."""
+def run_check(matrix: Matrix, cell: Cell, device: str) -> dict:
+    """Run the cell's check (harness/checks/<name>.py) on this device; return its metrics."""
     import torch
 
-    from harness.checks.train import assert_loss_falls, assert_updates, snapshot
-    from harness.methods import apply_method
-    from harness.models import checkpoint_for, load_model
-    from harness.train import fixed_batch, make_optimizer, train_steps
+    from harness.cellrun import CellRun
 
-    arch, method, tier = (matrix.architectures[cell.architecture], matrix.methods[cell.method],
-                          matrix.tiers[cell.tier])
-    start = time.perf_counter()
-    path = checkpoint_for(arch, tier, matrix)
-    torch.manual_seed(0)
-    model = load_model(arch, path, tier.dtype, device)
-    load_s = time.perf_counter() - start
-    trainable = apply_method(model, arch, method)
-    model = trainable.model
-    before = snapshot(model)
-    vocab = model.get_input_embeddings().num_embeddings
-    batch = fixed_batch(vocab, tier.batch_size, tier.seq_len)
-    optimizer = make_optimizer(model, method.lr)
+    check = importlib.import_module(f"harness.checks.{cell.check}")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = train_steps(model, batch, optimizer, tier.steps)
-    assert_loss_falls(result)
-    counts = assert_updates(trainable, before, snapshot(model), method.is_lora)
-    return {
-        "losses": result.losses,
-        "grad_norms": result.grad_norms,
-        "step_times_s": result.step_times_s,
-        "tokens_per_s": result.tokens_per_s,
-        "load_s": load_s,
-        "params_total": sum(t.numel() for t in before.values()),
-        "params_trainable": sum(before[n].numel() for n in trainable.trainable),
-        "lora_modules": trainable.lora_modules,
-        "checkpoint": str(path),
-        "model_class": type(model).__name__,
-        **counts,
-        **_peak_memory(device),
-    }
-
-
-CHECK_RUNNERS = {"train": run_train}
+    with tempfile.TemporaryDirectory(prefix=f"{cell.id}-") as scratch:
+        metrics = check.run(CellRun(matrix, cell, device, scratch_root=Path(scratch)))
+    return {**metrics, **_peak_memory(device)}
 
 
 def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
@@ -97,7 +68,7 @@ def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
     )
     start = time.perf_counter()
     try:
-        metrics = CHECK_RUNNERS[cell.check](matrix, cell, device)
+        metrics = run_check(matrix, cell, device)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a categorised record
         category, message = classify(exc)
         duration = {"duration_s": time.perf_counter() - start}
@@ -114,5 +85,3 @@ def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
                  f"({limit.category}: {limit.reason}); remove that known_limits entry")
     return Outcome("pass", metrics=metrics, known_limit_stale=stale)
 
-
-__all__ = ["Outcome", "run_cell", "CellFailure", "SKIP_CATEGORIES"]

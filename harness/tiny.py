@@ -110,6 +110,37 @@ def cache_key(arch: Architecture, config) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def _build_expected_class(arch: Architecture, config):
+    """Build through the auto class and insist on the row's class.
+
+    For a remote-code row, transformers either has no class for the config or builds a
+    different native class (e.g. a reward model whose config is plain qwen2): both mean the
+    real class exists only as hub code. For any other row a mismatch is a matrix mistake.
+    """
+    import transformers
+
+    try:
+        model = auto_model_class(arch).from_config(config)
+    except ValueError as exc:
+        if not arch.trust_remote_code:
+            raise
+        raise CellFailure("remote-code", f"{arch.name}: transformers {transformers.__version__} has no "
+                                         f"{arch.auto_class} class for this config ({exc}); the class "
+                                         "exists only as hub remote code") from None
+    built = type(model).__name__
+    if built == arch.expected_class:
+        return model
+    if arch.trust_remote_code:
+        raise CellFailure("remote-code", f"{arch.name} exists only as hub remote code: for model type "
+                                         f"{arch.model_type!r} transformers {transformers.__version__} "
+                                         f"builds {built} instead")
+    raise CellFailure(
+        "error",
+        f"{arch.auto_class} built {built} for model type {arch.model_type!r}, but the "
+        f"row expects {arch.expected_class}: fix hf_class or model_type in {arch.source_file}",
+    )
+
+
 def tiny_checkpoint(arch: Architecture, matrix: Matrix) -> Path:
     """Path of the row's tiny checkpoint, building and saving it the first time it is asked for."""
     import torch
@@ -122,14 +153,7 @@ def tiny_checkpoint(arch: Architecture, matrix: Matrix) -> Path:
         if (target / "config.json").exists():
             return target
         torch.manual_seed(SEED)
-        model = auto_model_class(arch).from_config(config)
-        built = type(model).__name__
-        if built != arch.expected_class:
-            raise CellFailure(
-                "error",
-                f"{arch.auto_class} built {built} for model type {arch.model_type!r}, but the "
-                f"row expects {arch.expected_class}: fix hf_class or model_type in {arch.source_file}",
-            )
+        model = _build_expected_class(arch, config)
         staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=root))
         try:
             model.save_pretrained(staging)

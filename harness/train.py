@@ -39,6 +39,11 @@ def fixed_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -
     return {"input_ids": input_ids, "labels": input_ids.clone()}
 
 
+def classification_labels(batch_size: int, num_labels: int) -> torch.Tensor:
+    """One class id per sequence, for sequence-classification heads."""
+    return torch.arange(batch_size) % num_labels
+
+
 def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     """AdamW with foreach off: it must also step a mix of DTensor and plain tensors (TP)."""
     params = [p for p in model.parameters() if p.requires_grad]

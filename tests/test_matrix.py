@@ -131,9 +131,12 @@ def test_layout_errors(matrix_dir, layout, key, fragment):
          "seq_len = 8", "tiers.t.dtype", "allowed: float32"),
         ('[tiers.t]\nsummary = "x"\nsource = "tiny"\ndtype = "float32"\nsteps = 1\nbatch_size = 1\n'
          "seq_len = 8", "tiers.t.steps", "at least 2"),
-        ('[checks.c]\nsummary = "x"\ntiers = ["huge"]', "checks.c.tiers[0]", "allowed: tiny, real"),
-        ('[checks.c]\nsummary = "x"\ntiers = ["tiny"]\nlayouts = ["fsdp9"]', "checks.c.layouts[0]",
+        ('[checks.parity]\nsummary = "x"\ntiers = ["huge"]', "checks.parity.tiers[0]", "allowed: tiny, real"),
+        ('[checks.parity]\nsummary = "x"\ntiers = ["tiny"]\nlayouts = ["fsdp9"]', "checks.parity.layouts[0]",
          "allowed: single"),
+        ('[checks.lint]\nsummary = "x"\ntiers = ["tiny"]', "checks.lint", "allowed: train, parity"),
+        ('[checks.parity]\nsummary = "x"\ntiers = ["tiny"]\nload_layouts = { single = "fsdp7" }',
+         "checks.parity.load_layouts.single", "allowed: single"),
         ("[tolerances.float64]\nrtol = 1.0\natol = 1.0", "tolerances.float64", "allowed: float32"),
     ],
 )

@@ -27,6 +27,9 @@ from tests.conftest import LLAMA_ROW, write_rows
 
 
 def run_matrix(pytester, matrix_dir, *args):
+    """Run the matrix in matrix_dir; only the `train` check unless the test names another."""
+    if "--check" not in args:
+        args = (*args, "--check", "train")
     results = pytester.path / "records.jsonl"
     outcome = pytester.runpytest_inprocess(
         str(matrix_dir), "--matrix-dir", str(matrix_dir), "--results", str(results),
@@ -81,10 +84,11 @@ def test_comma_lists_and_repeats_select_the_same_cells(pytester, matrix_dir):
     write_rows(matrix_dir, LLAMA_ROW + LLAMA_ROW.replace("LlamaForCausalLM", "Qwen3ForCausalLM")
                .replace('"llama"', '"qwen3"'))
     a = pytester.runpytest_inprocess(str(matrix_dir), "--matrix-dir", str(matrix_dir), "--collect-only",
-                                     "-q", "--arch", "LlamaForCausalLM,Qwen3ForCausalLM", "--method", "sft")
+                                     "-q", "--arch", "LlamaForCausalLM,Qwen3ForCausalLM", "--method", "sft",
+                                     "--check", "train")
     b = pytester.runpytest_inprocess(str(matrix_dir), "--matrix-dir", str(matrix_dir), "--collect-only",
                                      "-q", "--arch", "LlamaForCausalLM", "--arch", "Qwen3ForCausalLM",
-                                     "--method", "sft")
+                                     "--method", "sft", "--check", "train")
     lines_a = [x for x in a.outlines if "::" in x]
     lines_b = [x for x in b.outlines if "::" in x]
     assert lines_a == lines_b and len(lines_a) == 8  # 2 archs x 2 tiers x 2 devices

@@ -9,6 +9,7 @@ Pass means all of:
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -65,3 +66,36 @@ def assert_updates(trainable: Trainable, before: dict, after: dict, is_lora: boo
             f"{len(frozen_moved)} frozen base weights changed: {_listing(frozen_moved)}",
         )
     return {"weights_changed": len(trainable.trainable), "weights_frozen": len(trainable.frozen)}
+
+
+def run(cr) -> dict:
+    """The `train` check for one cell; returns the measurements for its record."""
+    start = time.perf_counter()
+    trainable = cr.trainable()
+    load_s = time.perf_counter() - start
+    model = trainable.model
+    before = snapshot(model)
+    if cr.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = cr.train(trainable)
+    assert_loss_falls(result)
+    counts = assert_updates(trainable, before, snapshot(model), cr.method.is_lora)
+    return {
+        **training_metrics(result),
+        "load_s": load_s,
+        "params_total": sum(t.numel() for t in before.values()),
+        "params_trainable": sum(before[n].numel() for n in trainable.trainable),
+        "lora_modules": trainable.lora_modules,
+        "checkpoint": str(cr.checkpoint),
+        "model_class": type(model).__name__,
+        **counts,
+    }
+
+
+def training_metrics(result: TrainResult) -> dict:
+    return {
+        "losses": result.losses,
+        "grad_norms": result.grad_norms,
+        "step_times_s": result.step_times_s,
+        "tokens_per_s": result.tokens_per_s,
+    }

@@ -1,0 +1,100 @@
+"""What a check needs to run one cell: its matrix entries, its device, and the model steps.
+
+Checks are written once against CellRun and do not know whether they run on one device or on
+a rank of a pool; the layout-specific steps (loading under a TP plan, sharding, splitting the
+batch, reducing the loss) are delegated to harness/parallel.py when the layout has more than
+one rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from harness.cells import Cell
+from harness.matrix import Architecture, Layout, Matrix, Method, Tier
+
+
+@dataclass
+class CellRun:
+    matrix: Matrix
+    cell: Cell
+    device: str
+    scratch_root: Path | None = None
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def arch(self) -> Architecture:
+        return self.matrix.architectures[self.cell.architecture]
+
+    @property
+    def method(self) -> Method:
+        return self.matrix.methods[self.cell.method]
+
+    @property
+    def tier(self) -> Tier:
+        return self.matrix.tiers[self.cell.tier]
+
+    @property
+    def layout(self) -> Layout:
+        return self.matrix.layouts[self.cell.layout]
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def tolerance(self) -> dict:
+        return self.matrix.tolerances[self.tier.dtype]
+
+    @property
+    def check_options(self) -> dict:
+        return self.matrix.checks[self.cell.check].options
+
+    @cached_property
+    def checkpoint(self) -> Path:
+        from harness.models import checkpoint_for
+
+        return checkpoint_for(self.arch, self.tier, self.matrix)
+
+    def load_base(self):
+        """A fresh model from the tier's checkpoint through from_pretrained, on this device."""
+        import torch
+
+        from harness.models import load_model
+
+        torch.manual_seed(0)
+        return load_model(self.arch, self.checkpoint, self.tier.dtype, self.device)
+
+    def trainable(self, model=None):
+        """The model with the cell's method applied (SFT freezes; LoRA wraps with adapters)."""
+        from harness.methods import apply_method
+
+        return apply_method(model if model is not None else self.load_base(), self.arch, self.method)
+
+    def batch(self, model) -> dict:
+        from harness.train import classification_labels, fixed_batch
+
+        # Some models pad their embedding past the output vocabulary (Mllama): stay within both.
+        text_config = model.config.get_text_config()
+        vocab = min(model.get_input_embeddings().num_embeddings,
+                    getattr(text_config, "vocab_size", None) or 1 << 30)
+        batch = fixed_batch(vocab, self.tier.batch_size, self.tier.seq_len)
+        if self.arch.auto_class == "AutoModelForSequenceClassification":
+            batch["labels"] = classification_labels(self.tier.batch_size, model.config.num_labels)
+        return batch
+
+    def train(self, trainable, steps: int | None = None):
+        from harness.train import make_optimizer, train_steps
+
+        model = trainable.model
+        optimizer = make_optimizer(model, self.method.lr)
+        return train_steps(model, self.batch(model), optimizer, steps or self.tier.steps)
+
+    def scratch_dir(self) -> Path:
+        """A fresh directory for this cell's checkpoints, inside the root the runner removes."""
+        import tempfile
+
+        return Path(tempfile.mkdtemp(dir=self.scratch_root))

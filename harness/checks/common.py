@@ -1,0 +1,67 @@
+"""Small helpers the round-trip checks share: logits, state comparison, tied weights."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.failures import CellFailure
+
+
+@torch.no_grad()
+def logits(model, batch: dict) -> torch.Tensor:
+    model.eval()
+    device = next(model.parameters()).device
+    out = model(input_ids=batch["input_ids"].to(device)).logits.float().cpu()
+    return out
+
+
+def assert_same_logits(expected: torch.Tensor, actual: torch.Tensor, what: str) -> None:
+    if not torch.equal(expected, actual):
+        diff = (expected - actual).abs().max().item()
+        raise CellFailure("check-failed", f"{what}: logits differ (max abs diff {diff:.3e})")
+
+
+def assert_close_logits(expected: torch.Tensor, actual: torch.Tensor, tol: dict, what: str) -> None:
+    if not torch.allclose(expected, actual, rtol=tol["rtol"], atol=tol["atol"]):
+        diff = (expected - actual).abs().max().item()
+        raise CellFailure("numerics", f"{what}: logits differ by {diff:.3e} (rtol {tol['rtol']}, "
+                                      f"atol {tol['atol']})")
+
+
+def full_state(model) -> dict[str, torch.Tensor]:
+    """Every entry of the state dict as a plain CPU tensor (DTensors gathered)."""
+    out = {}
+    for name, value in model.state_dict().items():
+        if hasattr(value, "full_tensor"):
+            value = value.full_tensor()
+        out[name] = value.detach().cpu().clone()
+    return out
+
+
+def assert_bit_equal(expected: dict, actual: dict, what: str) -> None:
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    if missing or extra:
+        raise CellFailure("check-failed", f"{what}: state dict keys differ; missing {missing[:5]}, "
+                                          f"unexpected {extra[:5]}")
+    wrong_dtype = [k for k in expected if expected[k].dtype != actual[k].dtype]
+    if wrong_dtype:
+        k = wrong_dtype[0]
+        raise CellFailure("check-failed", f"{what}: dtype not preserved for {len(wrong_dtype)} tensors, "
+                                          f"e.g. {k}: {expected[k].dtype} -> {actual[k].dtype}")
+    unequal = [k for k in expected if not torch.equal(expected[k], actual[k])]
+    if unequal:
+        raise CellFailure("check-failed", f"{what}: {len(unequal)} tensors not bit-equal, e.g. {unequal[:5]}")
+
+
+def assert_ties_kept(model, what: str) -> None:
+    """Tied input and output embeddings must still be one tensor after a reload."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if not getattr(config, "tie_word_embeddings", False):
+        return
+    out = model.get_output_embeddings()
+    if out is None:
+        return
+    if out.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+        raise CellFailure("check-failed", f"{what}: tie_word_embeddings is set but the input and output "
+                                          "embeddings are no longer the same tensor")

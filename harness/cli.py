@@ -1,0 +1,152 @@
+"""`compat-harness`: one argparse subcommand per job, each a small function over the library.
+
+To add a subcommand, write `add_NAME(subparsers)` that registers its arguments and sets
+`func` to a `run_NAME(args) -> int`, then list it in SUBCOMMANDS. The behaviour lives in the
+library modules (history, diff, render); this file only parses arguments and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from harness.results import DEFAULT_RECORDS_GLOB, CorruptRecordWarning
+
+# Local runs (reports/records/local*.jsonl) are gitignored, hence not evidence: the committed
+# docs must be reproducible from committed records alone, so render leaves them out unless
+# they are named with --records.
+LOCAL_RECORDS = "local"
+
+
+def default_committed_records() -> list[str]:
+    from harness.results import expand_paths
+
+    return [str(p) for p in expand_paths([DEFAULT_RECORDS_GLOB])
+            if not p.name.startswith(LOCAL_RECORDS)]
+
+
+# --- ingest ---------------------------------------------------------------------------------
+
+def add_ingest(subparsers) -> None:
+    from harness.history import DEFAULT_DB
+
+    p = subparsers.add_parser("ingest", help="add record files to the SQLite history (idempotent)")
+    p.add_argument("files", nargs="+", help="record files or globs (JSONL)")
+    p.add_argument("--db", default=str(DEFAULT_DB), help="history database (default: %(default)s)")
+    p.set_defaults(func=run_ingest)
+
+
+def run_ingest(args) -> int:
+    from harness.history import count, ingest
+
+    report = ingest(args.files, args.db)
+    print(f"{args.db}: read {report.read} records from {report.files} file(s), added "
+          f"{report.added} new, {report.read - report.added} already present; "
+          f"{count(args.db)} records in total")
+    return 0
+
+
+# --- diff -----------------------------------------------------------------------------------
+
+def add_diff(subparsers) -> None:
+    from harness.history import DEFAULT_DB
+
+    p = subparsers.add_parser(
+        "diff", help="compare two runs: regressions, fixes, new and vanished cells",
+        description="RUN_A and RUN_B are run ids in the history or record files. Without them, "
+                    "the newest run is compared with the previous run on the same device class. "
+                    "Exits 1 when a cell went from pass to fail.")
+    p.add_argument("run_a", nargs="?", metavar="RUN_A")
+    p.add_argument("run_b", nargs="?", metavar="RUN_B")
+    p.add_argument("--db", default=str(DEFAULT_DB),
+                   help="history database; when missing, runs are read from --records")
+    p.add_argument("--records", nargs="+", default=[DEFAULT_RECORDS_GLOB],
+                   help="record files or globs used when the database does not exist")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_diff)
+
+
+def run_diff(args) -> int:
+    from harness.diff import DiffError, compare, format_table, load_sides, to_json_text
+
+    if (args.run_a is None) != (args.run_b is None):
+        print("compat-harness diff: give both RUN_A and RUN_B, or neither", file=sys.stderr)
+        return 2
+    try:
+        a, b = load_sides(args.run_a, args.run_b, args.db, args.records)
+    except (DiffError, FileNotFoundError) as exc:
+        print(f"compat-harness diff: {exc}", file=sys.stderr)
+        return 2
+    result = compare(a, b)
+    print(to_json_text(result) if args.json else format_table(result))
+    return 1 if result.regressions else 0
+
+
+# --- render ---------------------------------------------------------------------------------
+
+def add_render(subparsers) -> None:
+    from harness.matrix import DEFAULT_MATRIX_DIR
+    from harness.render import DEFAULT_OUT
+
+    p = subparsers.add_parser("render", help="render reports/ (llm.md, models/, index.html) from records")
+    p.add_argument("--records", nargs="+", default=None, metavar="GLOB",
+                   help="record files or globs (default: reports/records/*.jsonl without the "
+                        "gitignored local*.jsonl)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="output directory (default: %(default)s)")
+    p.add_argument("--matrix", default=str(DEFAULT_MATRIX_DIR), help="matrix directory")
+    p.add_argument("--db", default=None,
+                   help="also show the history of this SQLite database in index.html")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 when the files in --out differ from the records")
+    p.set_defaults(func=run_render)
+
+
+def run_render(args) -> int:
+    from harness.history import load_frame
+    from harness.matrix import load_matrix
+    from harness.render import render_docs, stale_files, write_docs
+    from harness.results import load_results
+
+    patterns = args.records if args.records is not None else default_committed_records()
+    records = load_results(patterns)
+    history = [load_frame(args.db)] if args.db and Path(args.db).exists() else []
+    docs = render_docs(load_matrix(args.matrix), records, history)
+    if args.check:
+        stale = stale_files(args.out, docs)
+        for rel in stale:
+            print(f"stale: {Path(args.out) / rel}")
+        if stale:
+            print(f"{len(stale)} document(s) differ from the records; run `compat-harness render`",
+                  file=sys.stderr)
+            return 1
+        print(f"{len(docs)} documents are up to date with {len(records)} records")
+        return 0
+    write_docs(args.out, docs)
+    print(f"wrote {len(docs)} documents to {args.out} from {len(records)} records")
+    return 0
+
+
+SUBCOMMANDS = (add_ingest, add_diff, add_render)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compat-harness", description="Compatibility-matrix harness for fine-tuning HF LLMs.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        # Each corrupt line is its own warning; show all of them, not one per call site.
+        warnings.simplefilter("always", CorruptRecordWarning)
+        return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,392 @@
+"""A persistent pool of N ranks: imports and process-group init are paid once, not once per cell.
+
+    pool = get_pool(world_size=2, device_type="cpu")
+    per_rank = pool.run("harness.parallel:train_task", payload, timeout_s=120)
+
+`get_pool` keeps one pool per (world size, device type) in this process (so each pytest-xdist
+worker has its own). A pool starts N spawned worker processes; each initialises
+torch.distributed once (gloo on CPU; NCCL on CUDA, one GPU per rank) through a TCPStore that
+the parent hosts on a port the kernel picks, so pools of different workers never share a
+port. A worker then loops: receive (task, payload), call `fn(payload, ctx)`, send the value back.
+A task is named "module:function" so that the spawned workers import it themselves.
+
+How a task's failure becomes a category (PoolTaskError is a CellFailure, so the runner's
+`classify` already understands it; the failing rank's own traceback is in `rank_traceback`):
+- a rank raises: category "error", or the CellFailure's own category, with that rank's
+  traceback. The other ranks get `error_grace_s` to finish. If they all return, the pool is
+  kept, after a health check (an all-reduce) proves the process group still agrees; if some do
+  not return (they wait in a collective the failed rank never joined) or the check fails, the
+  pool is torn down and rebuilt on the next call. Gloo and NCCL cannot cancel a pending
+  collective, so killing the processes is the one reliable abort.
+- a rank dies (os._exit, segfault, OOM killer): category "crash", with its exit code and the
+  tail of its log; the pool is torn down.
+- the call outlives `timeout_s`: category "timeout". Each hung rank first dumps every thread's
+  stack (faulthandler on SIGUSR1) into its log, so the message shows where it hung; then the
+  pool is torn down.
+A torn-down pool starts again on its next `run`, so the test session goes on.
+
+Each rank's stdout and stderr go to a log file in the pool's temp dir (pytest's capture
+would otherwise swallow them into whichever test started the pool).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import multiprocessing as mp
+import os
+import signal
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+
+from harness.failures import CellFailure
+
+LOG_TAIL_LINES = 40
+
+
+class PoolTaskError(CellFailure):
+    """A pool task failed: category, message, which rank, and that rank's traceback."""
+
+    def __init__(self, category: str, message: str, rank: int | None = None, rank_traceback: str = ""):
+        super().__init__(category, message)
+        self.rank = rank
+        self.rank_traceback = rank_traceback
+
+    def __str__(self) -> str:
+        return f"{self.message}\n{self.rank_traceback}" if self.rank_traceback else self.message
+
+
+@dataclass
+class RankContext:
+    """What a task function gets besides its payload."""
+
+    rank: int
+    world_size: int
+    device: object  # torch.device
+    backend: str
+    _meshes: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    def mesh(self, dims: dict[str, int]):
+        """A DeviceMesh with these named dims, built once per shape (its groups are reused)."""
+        key = tuple(dims.items())
+        if key not in self._meshes:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            self._meshes[key] = init_device_mesh(
+                self.device_type, tuple(dims.values()), mesh_dim_names=tuple(dims)
+            )
+        return self._meshes[key]
+
+
+# --- the worker side ---------------------------------------------------------------------------
+
+def resolve_task(task: str):
+    module, _, name = task.partition(":")
+    if not module or not name:
+        raise ValueError(f"task must be 'module:function', got {task!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _redirect_output(log_path: str):
+    import faulthandler
+
+    log = open(log_path, "w", buffering=1)  # noqa: SIM115 - lives as long as the process
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    faulthandler.enable(file=log, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, file=log, all_threads=True)
+    return log
+
+
+def _worker_main(rank: int, world_size: int, device_type: str, port: int, conn, log_path: str,
+                 visible_devices: str | None, preload: tuple[str, ...] = ()) -> None:
+    """Runs in the spawned process: init torch.distributed once, then serve tasks until told to stop."""
+    _redirect_output(log_path)
+    os.environ.update({
+        "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+    })
+    if visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices
+    start = time.perf_counter()
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    if device_type == "cuda":
+        torch.cuda.set_device(rank)
+        device, backend = torch.device("cuda", rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False)
+    extra = {"device_id": device} if device_type == "cuda" else {}
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, **extra)
+    ctx = RankContext(rank=rank, world_size=world_size, device=device, backend=backend)
+    for module in preload:
+        importlib.import_module(module)
+    conn.send(("ready", rank, time.perf_counter() - start))
+    while True:
+        message = conn.recv()
+        if message is None:
+            break
+        task_id, task, payload = message
+        print(f"--- task {task_id}: {task}", flush=True)
+        try:
+            value = resolve_task(task)(payload, ctx)
+            conn.send(("ok", task_id, value))
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
+            category = exc.category if isinstance(exc, CellFailure) else "error"
+            text = "".join(traceback.format_exception(exc))
+            print(text, flush=True)
+            conn.send(("error", task_id, category, f"{type(exc).__name__}: {exc}", text))
+    dist.destroy_process_group()
+
+
+def _health_check(payload: dict, ctx: RankContext) -> float:
+    import torch
+    import torch.distributed as dist
+
+    value = torch.ones(1, device=ctx.device) * (ctx.rank + 1)
+    dist.all_reduce(value)
+    return float(value)
+
+
+# --- the parent side ---------------------------------------------------------------------------
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class RankPool:
+    """N ranks with one process group, started lazily and rebuilt after a crash or a hang."""
+
+    def __init__(self, world_size: int, device_type: str = "cpu", start_timeout_s: float = 300,
+                 error_grace_s: float = 10, preload: tuple[str, ...] = ()):
+        if device_type not in ("cpu", "cuda"):
+            raise ValueError(f"device_type must be 'cpu' or 'cuda', got {device_type!r}")
+        self.world_size = world_size
+        self.device_type = device_type
+        self.start_timeout_s = start_timeout_s
+        self.error_grace_s = error_grace_s
+        self.preload = tuple(preload)  # modules every rank imports at start, before it is ready
+        self.starts = 0  # how many times the ranks were (re)started
+        self.start_s: float | None = None
+        self._procs: list = []
+        self._conns: list = []
+        self._lease = None
+        self._log_dir = Path(tempfile.mkdtemp(prefix=f"compat-pool-{device_type}{world_size}-"))
+        self._next_id = 0
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._procs)
+
+    def log_path(self, rank: int) -> Path:
+        return self._log_dir / f"rank{rank}.log"
+
+    def log_tail(self, rank: int, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            return "\n".join(self.log_path(rank).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        import torch.distributed as dist
+
+        started = time.perf_counter()
+        visible = None
+        if self.device_type == "cuda":
+            from harness.devices import lease_gpus
+
+            self._lease = lease_gpus(self.world_size)
+            visible = self._lease.visible_devices
+        store = dist.TCPStore("127.0.0.1", 0, self.world_size, is_master=True,
+                              wait_for_workers=False)
+        self._store = store  # the workers' rendezvous lives as long as the pool
+        context = mp.get_context("spawn")
+        for rank in range(self.world_size):
+            parent_end, child_end = context.Pipe()
+            proc = context.Process(
+                target=_worker_main, name=f"compat-pool-rank{rank}", daemon=True,
+                args=(rank, self.world_size, self.device_type, store.port, child_end,
+                      str(self.log_path(rank)), visible, self.preload),
+            )
+            proc.start()
+            child_end.close()
+            self._procs.append(proc)
+            self._conns.append(parent_end)
+        self.starts += 1
+        replies = self._collect(None, self.start_timeout_s, what="start")
+        self.start_s = time.perf_counter() - started
+        del replies
+
+    def close(self) -> None:
+        """Stop the ranks (politely if they are idle, by SIGKILL otherwise) and free the GPUs."""
+        for conn in self._conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+        deadline = time.monotonic() + 5
+        for proc in self._procs:
+            proc.join(timeout=max(deadline - time.monotonic(), 0))
+        self._kill()
+
+    def _kill(self) -> None:
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+        for proc in self._procs:
+            proc.join(timeout=10)
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []
+        self._store = None
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
+    # -- running tasks --
+
+    def run(self, task: str, payload: dict | None = None, timeout_s: float = 600) -> list:
+        """Call `task(payload, ctx)` on every rank; return the per-rank values, or raise PoolTaskError."""
+        if self.alive and not all(proc.is_alive() for proc in self._procs):
+            self._kill()  # a rank died between calls
+        if not self.alive:
+            self.start()
+        self._next_id += 1
+        task_id = self._next_id
+        for rank, conn in enumerate(self._conns):
+            try:
+                conn.send((task_id, task, payload or {}))
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                self._kill()
+                raise PoolTaskError("crash", f"rank {rank} is gone, cannot send {task}: {exc}", rank) from exc
+        return self._collect(task_id, timeout_s, what=task)
+
+    def _collect(self, task_id: int | None, timeout_s: float, what: str) -> list:
+        """Wait for every rank's reply to `task_id` (None: the start-up 'ready' message)."""
+        deadline = time.monotonic() + timeout_s
+        values: dict[int, object] = {}
+        errors: list[tuple[int, str, str, str]] = []  # (rank, category, message, traceback)
+        pending = set(range(self.world_size))
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            watched = {self._conns[r]: r for r in pending} | {self._procs[r].sentinel: r for r in pending}
+            for ready in wait(list(watched), timeout=remaining):
+                rank = watched[ready]
+                if rank not in pending:
+                    continue
+                reply = self._receive(rank)
+                if reply is None:  # the sentinel fired, or the pipe closed, with nothing left to read
+                    self._procs[rank].join(timeout=1)
+                    code = self._procs[rank].exitcode
+                    self._kill()
+                    raise PoolTaskError(
+                        "crash",
+                        f"rank {rank} died during {what} ({_exit_text(code)}); pool torn down",
+                        rank, self.log_tail(rank),
+                    )
+                if task_id is None or reply[1] == task_id:
+                    pending.discard(rank)
+                    if reply[0] == "error":
+                        errors.append((rank, *reply[2:]))
+                        deadline = min(deadline, time.monotonic() + self.error_grace_s)
+                    else:
+                        values[rank] = reply[-1] if task_id is not None else reply[2]
+        if errors:
+            kept = self._after_error(pending)
+            rank, category, message, text = errors[0]
+            if kept:
+                note = ""
+            elif pending:
+                note = (f" (ranks {sorted(pending)} did not return within {self.error_grace_s:g} s, "
+                        "stuck in a collective: pool torn down)")
+            else:
+                note = " (process group unhealthy afterwards: pool torn down)"
+            raise PoolTaskError(category, f"rank {rank}: {message}{note}", rank, text)
+        if pending:
+            self._dump_stacks(pending)
+            tails = "\n".join(f"--- rank {r} log tail ---\n{self.log_tail(r)}" for r in sorted(pending))
+            self._kill()
+            raise PoolTaskError(
+                "timeout",
+                f"ranks {sorted(pending)} still busy in {what} after {timeout_s:g} s; pool torn down",
+                min(pending), tails,
+            )
+        return [values[r] for r in range(self.world_size)]
+
+    def _receive(self, rank: int):
+        """The rank's next message, or None when it died (EOF on its pipe)."""
+        conn = self._conns[rank]
+        try:
+            return conn.recv() if conn.poll() else None
+        except (EOFError, OSError):
+            return None
+
+    def _after_error(self, pending: set[int]) -> bool:
+        """A rank raised: keep the pool only if every rank came back and the group still agrees."""
+        if pending:
+            self._kill()
+            return False
+        try:
+            sums = self.run("harness.pool:_health_check", timeout_s=self.error_grace_s)
+        except PoolTaskError:
+            self._kill()
+            return False
+        expected = self.world_size * (self.world_size + 1) / 2
+        if any(s != expected for s in sums):
+            self._kill()
+            return False
+        return True
+
+    def _dump_stacks(self, ranks: set[int]) -> None:
+        for rank in ranks:
+            pid = self._procs[rank].pid
+            if pid and self._procs[rank].is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+        time.sleep(1.0)
+
+
+_POOLS: dict[tuple[int, str], RankPool] = {}
+# What matrix cells import anyway: paid once at pool start rather than by the first cell.
+PRELOAD = ("transformers", "peft", "harness.parallel")
+
+
+def get_pool(world_size: int, device_type: str = "cpu") -> RankPool:
+    """This process's pool for (world size, device type); started on its first `run`.
+
+    On CUDA a process holds at most one pool, hence one GPU lease: asking for another world
+    size closes the other pool first, so no process holds GPUs while it waits for more.
+    """
+    key = (world_size, device_type)
+    if key not in _POOLS:
+        if device_type == "cuda":
+            for other in [k for k in _POOLS if k[1] == "cuda"]:
+                _POOLS.pop(other).close()
+        _POOLS[key] = RankPool(world_size, device_type, preload=PRELOAD)
+    return _POOLS[key]
+
+
+@atexit.register
+def close_pools() -> None:
+    while _POOLS:
+        _POOLS.popitem()[1].close()
