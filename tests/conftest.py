@@ -6,8 +6,19 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+import transformers.models.llama.modeling_llama  # noqa: F401
 
+# pytester's in-process runs drop every module first imported inside them, and importing torch
+# a second time crashes the interpreter; loading the whole stack here keeps it loaded once.
+import harness.checks.dcp_roundtrip  # noqa: F401
+import harness.checks.generate  # noqa: F401
+import harness.checks.peft_roundtrip  # noqa: F401
+import harness.hardware  # noqa: F401
+import harness.runner  # noqa: F401
 from harness.matrix import DEFAULT_MATRIX_DIR
+
+torch.cuda.is_available()
 
 pytest_plugins = ["pytester"]
 

@@ -10,19 +10,6 @@ import json
 
 import pytest
 
-# pytester's in-process runs drop every module first imported inside them; re-importing torch
-# afterwards crashes the interpreter. Importing the heavy stack here keeps it loaded once.
-import harness.checks.train  # noqa: F401
-import harness.hardware  # noqa: F401
-import harness.methods  # noqa: F401
-import harness.models  # noqa: F401
-import harness.runner  # noqa: F401
-import peft  # noqa: F401
-import torch
-import transformers.models.llama.modeling_llama  # noqa: F401
-
-torch.cuda.is_available()
-
 from tests.conftest import LLAMA_ROW, write_rows
 
 
@@ -139,8 +126,10 @@ def test_peft_refusal_is_peft_unsupported_and_known_limits_make_it_xfail(pyteste
 
 
 def test_stale_known_limit_fails_the_item(pytester, matrix_dir):
-    write_rows(matrix_dir, LLAMA_ROW + 'known_limits = [{ category = "oom", method = "sft", reason = "old" }]\n')
-    outcome, records = run_matrix(pytester, matrix_dir, "-m", "cpu", "--tier", "tiny", "--method", "sft")
+    limit = 'known_limits = [{ category = "oom", method = "sft", reason = "old" }]\n'
+    write_rows(matrix_dir, LLAMA_ROW + limit)
+    outcome, records = run_matrix(pytester, matrix_dir, "-m", "cpu", "--tier", "tiny",
+                                  "--method", "sft")
     outcome.assert_outcomes(failed=1, deselected=1)
     assert records[0]["status"] == "pass"
     outcome.stdout.fnmatch_lines(["*remove that known_limits entry*"])

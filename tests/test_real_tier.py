@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 
-import harness.runner  # noqa: F401 - keep the stack loaded across pytester runs (see test_plugin_e2e)
 from harness.matrix import load_matrix
 from harness.tiny import tiny_checkpoint
 from tests.conftest import LLAMA_ROW, write_rows

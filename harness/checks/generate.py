@@ -41,5 +41,6 @@ def run(cr) -> dict:
         reloaded = reload_hf(cr.arch, scratch / "hf", cr.device)
     after = greedy(reloaded, prompt, new_tokens)
     if before != after:
-        raise CellFailure("check-failed", f"greedy tokens changed across save and reload: {before} -> {after}")
+        raise CellFailure("check-failed",
+                          f"greedy tokens changed across save and reload: {before} -> {after}")
     return {"losses": result.losses, "generated": before}
