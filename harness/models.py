@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.matrix import Architecture, Matrix, Tier
-from harness.realckpt import resolve_offline
+from harness.providers import resolve
 from harness.tiny import auto_model_class, config_class, tiny_checkpoint
 
 
@@ -18,7 +18,7 @@ def checkpoint_for(arch: Architecture, tier: Tier, matrix: Matrix) -> Path:
         return tiny_checkpoint(arch, matrix)
     if tier.source == "checkpoint":
         config_class(arch)  # an unknown model type is a category, not a loading crash
-        return resolve_offline(arch.checkpoint_id)
+        return resolve(arch.checkpoint_id, arch.real_provider)
     raise NotImplementedError(f"tier source {tier.source!r} is not implemented yet")
 
 

@@ -268,7 +268,7 @@ def mark_for(cells: list[str], found: list[Evidence]) -> Mark | None:
     """The verdict of one place on one group of cells (see the module docstring)."""
     ran = [e for e in found if e.status in RAN]
     if not ran:
-        return None
+        return _blocked_mark(found)
     failed = [e for e in ran if e.status in FAILED]
     passed = [e for e in ran if e.status == "pass"]
     notes = tuple(sorted({e.note for e in ran}))
@@ -280,6 +280,18 @@ def mark_for(cells: list[str], found: list[Evidence]) -> Mark | None:
         return Mark("✗", where, ", ".join(categories), notes, "fail", title)
     detail = "" if len(passed) == len(cells) else f"{len(passed)}/{len(cells)}"
     return Mark("✓", where, detail, notes, "pass", title)
+
+
+def _blocked_mark(found: list[Evidence]) -> Mark | None:
+    """Cells this place could not run (remote code, an older transformers, no checkpoint):
+    not a pass and not a failure of the model, but a reason the docs must show."""
+    blocked = [e for e in found if e.status == "skip" and e.category]
+    if not blocked:
+        return None
+    title = "; ".join(f"{e.cell_id}: skip {e.category} (run {e.run_id})"
+                      for e in sorted(blocked, key=lambda e: e.cell_id))
+    return Mark("⊘", blocked[0].where_short, ", ".join(sorted({e.category for e in blocked})),
+                tuple(sorted({e.note for e in blocked})), "skip", title)
 
 
 def group_view(method: str, layout: str, cells: list[Cell], pruned: list[str],
@@ -308,6 +320,13 @@ def verdict_for(required: list[str], runnable: list[str], evidence: dict[str, li
     missing = [cell_id for cell_id, wheres in passed_where.items() if not wheres]
     if missing:
         done = len(required) - len(missing)
+        blocked = sorted({(e.category, e.where_short) for cell_id in missing
+                          for e in evidence.get(cell_id, []) if e.status == "skip" and e.category},
+                         key=lambda x: (x[0], where_order(x[1])))
+        if blocked and done == 0:
+            text = ", ".join(f"{cat} ({where})" for cat, where in blocked)
+            categories = tuple(sorted({c for c, _ in blocked}))
+            return Verdict("not-supported", f"✗ not supported: {text}", categories)
         return Verdict("not-verified", f"— not verified: {done} of {len(required)} required cells passed")
     wheres = sorted({w for ws in passed_where.values() for w in ws}, key=where_order)
     return Verdict("supported", f"✓ supported ({', '.join(wheres)})")
@@ -385,7 +404,7 @@ def failure_table(views: list[ArchView]) -> list[dict]:
     seen: dict[str, dict] = {}
     for view in views:
         for e in view.evidence:
-            if e.status not in FAILED:
+            if e.status not in FAILED and not (e.status == "skip" and e.category):
                 continue
             category = e.category or e.status
             row = seen.setdefault(category, {"category": category, "example": e, "archs": set()})

@@ -223,3 +223,17 @@ def test_the_real_matrix_renders_a_verdict_for_every_row(tmp_path):
     verdicts = {line.split("|")[1].strip(" `"): line.split("|")[-2] for line in rows}
     assert set(matrix.architectures) <= set(verdicts)
     assert all(v.strip() for v in verdicts.values())
+
+
+def test_cells_an_environment_cannot_run_are_shown_with_their_category(matrix, tmp_path):
+    """Remote-code and needs-newer-transformers skips are verdicts, not holes in the table."""
+    rows = [record(c, "skip", run_id="cpu-run", timestamp=DAY, category="remote-code",
+                   message="Qwen3ForCausalLM exists only as hub remote code")
+            for c in arch_cells(matrix, "Qwen3ForCausalLM")]
+    path = write(tmp_path / "records" / "run.jsonl", rows)
+    out = render_docs(matrix, load_results([path]))
+    qwen = next(line for line in out["llm.md"].splitlines() if line.startswith("| `Qwen3ForCausalLM`"))
+    assert "⊘ cpu remote-code" in qwen
+    assert "✗ not supported: remote-code (cpu)" in qwen
+    assert "**remote-code**" in out["overview.md"]
+    assert "exists only as hub remote code" in out["overview.md"]

@@ -15,6 +15,7 @@ import torch
 
 from harness.failures import CellFailure
 from harness.methods import Trainable
+from harness.providers import provenance
 from harness.train import TrainResult
 
 
@@ -87,6 +88,8 @@ def run(cr) -> dict:
         "params_trainable": sum(before[n].numel() for n in trainable.trainable),
         "lora_modules": trainable.lora_modules,
         "checkpoint": str(cr.checkpoint),
+        "provenance": provenance(cr.checkpoint) or ("tiny random init" if cr.tier.source == "tiny"
+                                                    else "local Hugging Face cache"),
         "model_class": type(model).__name__,
         **counts,
     }
