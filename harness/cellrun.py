@@ -8,7 +8,7 @@ one rank.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -24,6 +24,16 @@ class CellRun:
     scratch_root: Path | None = None
     rank: int = 0
     world_size: int = 1
+    # On a pool rank: the pool's RankContext (device, process group, meshes).
+    ctx: object = None
+    # Resolved once by the runner, so that the ranks do not race to build the same checkpoint.
+    checkpoint_path: Path | None = None
+    _placed: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def distributed(self) -> bool:
+        """Whether this cell runs under a multi-rank layout (this is one rank of it)."""
+        return self.layout.world_size > 1
 
     @property
     def arch(self) -> Architecture:
@@ -57,6 +67,8 @@ class CellRun:
     def checkpoint(self) -> Path:
         from harness.models import checkpoint_for
 
+        if self.checkpoint_path is not None:
+            return Path(self.checkpoint_path)
         return checkpoint_for(self.arch, self.tier, self.matrix)
 
     def load_base(self):
@@ -69,10 +81,28 @@ class CellRun:
         return load_model(self.arch, self.checkpoint, self.tier.dtype, self.device)
 
     def trainable(self, model=None):
-        """The model with the cell's method applied (SFT freezes; LoRA wraps with adapters)."""
+        """The model with the cell's method applied (SFT freezes; LoRA wraps with adapters).
+
+        Under a multi-rank layout the model is placed by harness/parallel.py (loaded, sharded,
+        method applied) on this rank; `train` then feeds it this rank's slice of the batch.
+        """
+        if self.distributed:
+            if model is not None:
+                raise ValueError("under a multi-rank layout, trainable() places its own model")
+            return self.place(self.layout).trainable
         from harness.methods import apply_method
 
         return apply_method(model if model is not None else self.load_base(), self.arch, self.method)
+
+    def place(self, layout: Layout):
+        """parallel.place for this cell under `layout` (single: an unsharded model on this rank)."""
+        from harness.parallel import place
+
+        ctx = self.ctx if layout.world_size > 1 else None
+        placed = place(self.arch, self.method, layout, self.checkpoint, self.tier.dtype, ctx,
+                       device=self.device)
+        self._placed[id(placed.trainable)] = placed
+        return placed
 
     def batch(self, model) -> dict:
         from harness.train import classification_labels, fixed_batch
@@ -87,11 +117,21 @@ class CellRun:
         return batch
 
     def train(self, trainable, steps: int | None = None):
+        """A few optimizer steps on the fixed global batch; the global loss curve.
+
+        A trainable from `place` trains on its data-parallel slice of the batch, and its
+        losses are reduced to the global ones, so every layout reports comparable curves.
+        """
         from harness.train import make_optimizer, train_steps
 
         model = trainable.model
         optimizer = make_optimizer(model, self.method.lr)
-        return train_steps(model, self.batch(model), optimizer, steps or self.tier.steps)
+        batch = self.batch(model)
+        placed = self._placed.get(id(trainable))
+        if placed is None:
+            return train_steps(model, batch, optimizer, steps or self.tier.steps)
+        return train_steps(model, placed.local_batch(batch), optimizer, steps or self.tier.steps,
+                           placed.reduce_loss)
 
     def scratch_dir(self) -> Path:
         """A fresh directory for this cell's checkpoints, inside the root the runner removes."""

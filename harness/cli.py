@@ -128,7 +128,17 @@ def run_render(args) -> int:
     return 0
 
 
-SUBCOMMANDS = (add_ingest, add_diff, add_render)
+def _nightly(name: str):
+    """The nightly pipeline's subcommands live in harness/nightly.py."""
+    def add(subparsers) -> None:
+        from harness import nightly
+
+        getattr(nightly, name)(subparsers)
+    return add
+
+
+SUBCOMMANDS = (add_ingest, add_diff, add_render, _nightly("add_nightly_sim"),
+               _nightly("add_nightly_merge"), _nightly("add_durations"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -128,6 +128,8 @@ class Layout:
     world_size: int
     mesh: dict
     constraints: tuple[str, ...] = ()
+    # Whether a row must pass under this layout to be called supported in the docs.
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,7 @@ LAYOUT_SCHEMA = {
     "world_size": (_INT, True),
     "mesh": (_TABLE, True),
     "constraints": (_LIST_STR, False),
+    "required": (_BOOL, False),
 }
 TIER_SCHEMA = {
     "summary": (_STR, True),
@@ -372,7 +375,8 @@ def _layout(file: str, name: str, body: dict) -> Layout:
     for i, constraint in enumerate(body.get("constraints", [])):
         _must_be_one_of(file, f"{path}.constraints[{i}]", constraint, CONSTRAINTS)
     return Layout(name=name, summary=body["summary"], world_size=body["world_size"],
-                  mesh=dict(body["mesh"]), constraints=tuple(body.get("constraints", ())))
+                  mesh=dict(body["mesh"]), constraints=tuple(body.get("constraints", ())),
+                  required=body.get("required", False))
 
 
 def _method(file: str, name: str, body: dict) -> Method:

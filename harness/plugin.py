@@ -142,7 +142,8 @@ class CellItem(pytest.Item):
         record = make_record(
             self.cell, outcome.status, category=outcome.category, message=outcome.message,
             traceback=outcome.traceback, metrics=outcome.metrics,
-            env=environment(self.device, layout.world_size), run_id=self.config.getoption("run_id"),
+            env=environment(self.device, layout.world_size, backend_for(self.device, layout.world_size)),
+            run_id=self.config.getoption("run_id"),
         )
         append_record(self.config.getoption("results") or DEFAULT_RESULTS, record)
         self.user_properties.append(("compat_harness", (self.cell.architecture, outcome.status,
@@ -164,6 +165,13 @@ class CellItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, None, f"matrix cell {self.name}"
+
+
+def backend_for(device: str, world_size: int) -> str | None:
+    """The process-group backend a cell ran on: the pool uses gloo on CPU and NCCL on CUDA."""
+    if world_size == 1:
+        return None
+    return "nccl" if device == "cuda" else "gloo"
 
 
 class CellFailed(Exception):

@@ -145,10 +145,13 @@ def _worker_main(rank: int, world_size: int, device_type: str, port: int, conn, 
             value = resolve_task(task)(payload, ctx)
             conn.send(("ok", task_id, value))
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-            category = exc.category if isinstance(exc, CellFailure) else "error"
+            if isinstance(exc, CellFailure):  # its category and message are already the story
+                category, message = exc.category, exc.message
+            else:
+                category, message = "error", f"{type(exc).__name__}: {exc}"
             text = "".join(traceback.format_exception(exc))
             print(text, flush=True)
-            conn.send(("error", task_id, category, f"{type(exc).__name__}: {exc}", text))
+            conn.send(("error", task_id, category, message, text))
     dist.destroy_process_group()
 
 
@@ -313,7 +316,7 @@ class RankPool:
                         values[rank] = reply[-1] if task_id is not None else reply[2]
         if errors:
             kept = self._after_error(pending)
-            rank, category, message, text = errors[0]
+            rank, category, message, text = min(errors)  # the lowest failing rank: stable records
             if kept:
                 note = ""
             elif pending:

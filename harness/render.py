@@ -351,10 +351,11 @@ def arch_views(matrix: Matrix, evidence: dict[str, list[Evidence]]) -> list[Arch
                 reasons = [r for i, r in own_pruned.items() if i.startswith(f"{name}-{method}-{layout}-")]
                 groups.append(group_view(method, layout, chosen, reasons, evidence))
         tiny_tiers = {t for t, tier in matrix.tiers.items() if tier.source == "tiny"}
-        required = [c.id for c in own if c.tier in tiny_tiers] or [c.id for c in own]
+        required = ([c.id for c in own if c.tier in tiny_tiers and matrix.layouts[c.layout].required]
+                    or [c.id for c in own])
         rows = sorted((e for c in own for e in evidence.get(c.id, [])),
                       key=lambda e: (e.cell_id, where_order(e.where)))
-        views.append(ArchView(name, arch, groups, verdict_for(required, [c.id for c in own], evidence),
+        views.append(ArchView(name, arch, groups, verdict_for(required, required, evidence),
                               rows, own_pruned))
     return views
 
@@ -492,6 +493,27 @@ def environment() -> jinja2.Environment:
     return env
 
 
+def oldest_transformers_passed(records: pd.DataFrame) -> dict[str, str]:
+    """Per architecture, the oldest transformers release with which one of its cells passed:
+    with a transformers-version axis in CI this is the documented minimum version."""
+    from packaging.version import InvalidVersion, Version
+
+    out: dict[str, str] = {}
+    if records.empty:
+        return out
+    passed = records[records["status"] == "pass"]
+    for arch, versions in passed.groupby("architecture")["transformers"]:
+        parsed = []
+        for text in set(versions.dropna()):
+            try:
+                parsed.append((Version(text), text))
+            except InvalidVersion:
+                continue
+        if parsed:
+            out[arch] = min(parsed)[1]
+    return out
+
+
 def render_docs(matrix: Matrix, records: pd.DataFrame,
                 history_frames: Iterable[pd.DataFrame] = ()) -> dict[str, str]:
     """Relative path -> text of every generated document. Pure: same inputs, same bytes."""
@@ -505,6 +527,7 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
     env = environment()
     common = {"matrix": matrix, "views": views, "notes": [notes[k] for k in sorted(notes)],
               "notes_by_run": notes, "unused": unused, "records": len(records),
+              "oldest_passed": oldest_transformers_passed(shown),
               "counts": {k: sum(v.verdict.kind == k for v in views)
                          for k in ("supported", "not-supported", "not-verified", "n/a")}}
     docs = {

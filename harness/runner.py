@@ -6,11 +6,18 @@ This is the only place that maps failures to statuses:
   not in the cache) is `skip`, with its category and the real message;
 - a failure that a row declares in `known_limits` is `xfail`;
 - anything else is `fail`, with its category and the real message and traceback.
+
+A cell whose layout has more than one rank runs on the persistent rank pool (harness/pool.py):
+every rank runs the same check module through `rank_task`, with a CellRun for that rank, and
+rank 0's metrics come back. A rank that raises, dies or hangs fails the cell with its category
+(`crash`, `timeout`, or the check's own) and that rank's traceback; the pool carries on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import os
 import resource
 import sys
 import tempfile
@@ -19,10 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.cells import Cell
-from harness.failures import classify, format_traceback
-from harness.matrix import Matrix
+from harness.failures import CellFailure, classify, format_traceback, trimmed
+from harness.matrix import Matrix, load_matrix
+from harness.pool import PoolTaskError
 
 SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent")
+DEFAULT_CELL_TIMEOUT_S = 300.0
+RANK_TASK = "harness.runner:rank_task"
+
+
+def cell_timeout_s() -> float:
+    """How long a multi-rank cell may run before its pool is torn down (env overrides)."""
+    return float(os.environ.get("COMPAT_HARNESS_CELL_TIMEOUT") or DEFAULT_CELL_TIMEOUT_S)
 
 
 @dataclass
@@ -51,12 +66,86 @@ def run_check(matrix: Matrix, cell: Cell, device: str) -> dict:
 
     from harness.cellrun import CellRun
 
+    if matrix.layouts[cell.layout].world_size > 1:
+        return run_on_pool(matrix, cell, device)
     check = importlib.import_module(f"harness.checks.{cell.check}")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix=f"{cell.id}-") as scratch:
         metrics = check.run(CellRun(matrix, cell, device, scratch_root=Path(scratch)))
     return {**metrics, **_peak_memory(device)}
+
+
+# --- multi-rank cells --------------------------------------------------------------------------
+
+def matrix_dir(matrix: Matrix) -> str:
+    dirs = {str(Path(f).resolve().parent) for f in matrix.files}
+    if len(dirs) != 1:
+        raise CellFailure("error", f"matrix files span several directories: {sorted(dirs)}")
+    return dirs.pop()
+
+
+def run_on_pool(matrix: Matrix, cell: Cell, device: str) -> dict:
+    """Run the cell on every rank of this process's pool for its world size; rank 0's metrics."""
+    from harness.models import checkpoint_for
+    from harness.pool import get_pool
+
+    layout = matrix.layouts[cell.layout]
+    # Resolved here, once: a missing checkpoint is a skip before any rank starts, and the ranks
+    # do not race to write the same tiny checkpoint.
+    checkpoint = checkpoint_for(matrix.architectures[cell.architecture], matrix.tiers[cell.tier], matrix)
+    with tempfile.TemporaryDirectory(prefix=f"{cell.id}-") as scratch:
+        payload = {"matrix_dir": matrix_dir(matrix), "cell": dataclasses.asdict(cell),
+                   "checkpoint": str(checkpoint), "scratch": scratch}
+        per_rank = get_pool(layout.world_size, device).run(RANK_TASK, payload, cell_timeout_s())
+    metrics = per_rank[0]
+    losses = [r.get("losses") for r in per_rank]
+    if losses[0] is not None and any(x != losses[0] for x in losses):
+        raise CellFailure("numerics", "ranks disagree on the global loss curve: "
+                                      + "; ".join(f"rank {i}: {x}" for i, x in enumerate(losses)))
+    return {**metrics, "world_size": layout.world_size, "mesh": dict(layout.mesh)}
+
+
+_MATRICES: dict[tuple, Matrix] = {}
+
+
+def _rank_matrix(directory: str) -> Matrix:
+    """load_matrix once per process and matrix contents (the files' sizes and mtimes)."""
+    from harness.matrix import matrix_files
+
+    key = (directory, *((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in matrix_files(directory)))
+    if key not in _MATRICES:
+        _MATRICES[key] = load_matrix(directory)
+    return _MATRICES[key]
+
+
+def rank_task(payload: dict, ctx) -> dict:
+    """On every pool rank: run the cell's check module with this rank's CellRun; its metrics."""
+    import torch
+
+    from harness.cellrun import CellRun
+
+    matrix = _rank_matrix(payload["matrix_dir"])
+    cell = Cell(**payload["cell"])
+    check = importlib.import_module(f"harness.checks.{cell.check}")
+    if ctx.device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    scratch = Path(payload["scratch"]) / f"rank{ctx.rank}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    cr = CellRun(matrix, cell, ctx.device_type, scratch_root=scratch, rank=ctx.rank,
+                 world_size=ctx.world_size, ctx=ctx, checkpoint_path=Path(payload["checkpoint"]))
+    try:
+        metrics = check.run(cr)
+    except Exception as exc:  # the same categories as on one device (e.g. oom), not only "error"
+        category, message = classify(exc)
+        if isinstance(exc, CellFailure) or category == "error":
+            raise
+        raise CellFailure(category, message) from exc
+    placed = next(iter(cr._placed.values()), None)
+    if placed is not None:
+        metrics = {**metrics, "layout_kind": placed.kind, "dp_size": placed.dp_size,
+                   "layout_notes": placed.notes}
+    return {**metrics, **_peak_memory(ctx.device_type)}
 
 
 def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
@@ -77,7 +166,11 @@ def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
         status = "xfail" if limit and limit.category == category else "fail"
         if status == "xfail":
             message = f"known limit ({limit.reason}): {message}"
-        return Outcome(status, category, message, format_traceback(exc), metrics=duration)
+        if isinstance(exc, PoolTaskError) and exc.rank_traceback:
+            text = trimmed(f"rank {exc.rank}:\n{exc.rank_traceback}", 8000)
+        else:
+            text = format_traceback(exc)
+        return Outcome(status, category, message, text, metrics=duration)
     metrics["duration_s"] = time.perf_counter() - start
     stale = None
     if limit:

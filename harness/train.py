@@ -45,9 +45,16 @@ def classification_labels(batch_size: int, num_labels: int) -> torch.Tensor:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    """AdamW with foreach off: it must also step a mix of DTensor and plain tensors (TP)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=False)
+    """AdamW over one parameter group per tensor kind, foreach left at torch's default.
+
+    Under TP some parameters are DTensors and some plain tensors (norms); foreach kernels
+    refuse a group that mixes them ("got mixed torch.Tensor and DTensor"). Grouping by kind
+    (harness/parallel.py: param_groups) keeps the default kernels for every layout; on one
+    device it is a single group, the same optimizer as before.
+    """
+    from harness.parallel import param_groups  # imports nothing distributed at module level
+
+    return torch.optim.AdamW(param_groups(model), lr=lr, weight_decay=0.0)
 
 
 def _grad_norm(model: torch.nn.Module) -> float:

@@ -13,8 +13,11 @@ import transformers.models.llama.modeling_llama  # noqa: F401
 # a second time crashes the interpreter; loading the whole stack here keeps it loaded once.
 import harness.checks.dcp_roundtrip  # noqa: F401
 import harness.checks.generate  # noqa: F401
+import harness.checks.parity  # noqa: F401
 import harness.checks.peft_roundtrip  # noqa: F401
 import harness.hardware  # noqa: F401
+import harness.parallel  # noqa: F401
+import harness.pool  # noqa: F401
 import harness.runner  # noqa: F401
 from harness.matrix import DEFAULT_MATRIX_DIR
 

@@ -42,3 +42,16 @@ def die_on_rank(payload: dict, ctx) -> int:
 def sleep(payload: dict, ctx) -> int:
     time.sleep(payload["seconds"])
     return ctx.rank
+
+
+def rank_task_with_faults(payload: dict, ctx):
+    """harness.runner.rank_task, except for the cells a test marks: rank 1 dies or hangs there."""
+    from harness.runner import rank_task
+
+    cell = payload["cell"]
+    fault = {"crash": ("lora", "train"), "hang": ("sft", "parity")}
+    if ctx.rank == 1 and (cell["method"], cell["check"]) == fault["crash"]:
+        os._exit(7)
+    if ctx.rank == 1 and (cell["method"], cell["check"]) == fault["hang"]:
+        time.sleep(600)
+    return rank_task(payload, ctx)

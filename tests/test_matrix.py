@@ -142,6 +142,11 @@ def test_layout_errors(matrix_dir, layout, key, fragment):
 )
 def test_axis_errors(matrix_dir, section, key, fragment):
     write_rows(matrix_dir, LLAMA_ROW)
+    if section.startswith("[checks.parity]"):  # the real axes define parity: redefine it here
+        axes = matrix_dir / "axes.toml"
+        text = axes.read_text()
+        start = text.index("[checks.parity]")
+        axes.write_text(text[:start] + text[text.index("\n[", start) + 1:])
     path = write_rows(matrix_dir, section + "\n", "extra.toml")
     error = load_error(matrix_dir)
     assert str(path) in str(error) and key in str(error) and fragment in str(error)

@@ -14,9 +14,11 @@ from tests.conftest import LLAMA_ROW, write_rows
 
 
 def run_matrix(pytester, matrix_dir, *args):
-    """Run the matrix in matrix_dir; only the `train` check unless the test names another."""
+    """Run the matrix in matrix_dir; only `train` on `single` unless the test names others."""
     if "--check" not in args:
         args = (*args, "--check", "train")
+    if "--layout" not in args:  # multi-rank layouts have their own tests (test_layout_cells.py)
+        args = (*args, "--layout", "single")
     results = pytester.path / "records.jsonl"
     outcome = pytester.runpytest_inprocess(
         str(matrix_dir), "--matrix-dir", str(matrix_dir), "--results", str(results),
@@ -72,10 +74,10 @@ def test_comma_lists_and_repeats_select_the_same_cells(pytester, matrix_dir):
                .replace('"llama"', '"qwen3"'))
     a = pytester.runpytest_inprocess(str(matrix_dir), "--matrix-dir", str(matrix_dir), "--collect-only",
                                      "-q", "--arch", "LlamaForCausalLM,Qwen3ForCausalLM", "--method", "sft",
-                                     "--check", "train")
+                                     "--check", "train", "--layout", "single")
     b = pytester.runpytest_inprocess(str(matrix_dir), "--matrix-dir", str(matrix_dir), "--collect-only",
                                      "-q", "--arch", "LlamaForCausalLM", "--arch", "Qwen3ForCausalLM",
-                                     "--method", "sft", "--check", "train")
+                                     "--method", "sft", "--check", "train", "--layout", "single")
     lines_a = [x for x in a.outlines if "::" in x]
     lines_b = [x for x in b.outlines if "::" in x]
     assert lines_a == lines_b and len(lines_a) == 8  # 2 archs x 2 tiers x 2 devices

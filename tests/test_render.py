@@ -89,7 +89,7 @@ def test_every_architecture_gets_a_row_with_a_verdict(docs, matrix):
     llm = docs["llm.md"]
     for name in matrix.architectures:
         row = table_row(llm, name)
-        assert re.search(r"(✓ supported|✗ not supported|— not verified|n/a)", row.split("|")[-2])
+        assert re.search(r"(✓ supported|✗ not supported|— not verified|n/a)", row.split("|")[-3])
     assert "✓ supported (cpu)" in table_row(llm, "LlamaForCausalLM")
     assert "✗ not supported: oom (H100)" in table_row(llm, "MixtralForCausalLM")
     assert "— not verified: 0 of" in table_row(llm, "Qwen3ForCausalLM")
@@ -237,3 +237,15 @@ def test_cells_an_environment_cannot_run_are_shown_with_their_category(matrix, t
     assert "✗ not supported: remote-code (cpu)" in qwen
     assert "**remote-code**" in out["overview.md"]
     assert "exists only as hub remote code" in out["overview.md"]
+
+
+def test_oldest_transformers_with_a_pass_is_stated(matrix, tmp_path):
+    cells = arch_cells(matrix, "LlamaForCausalLM")
+    rows = [record(c, "pass", run_id="new", env=cpu_env(transformers="5.23.0")) for c in cells]
+    rows += [record(c, "pass", run_id="old", env=gpu_env(transformers="5.17.0")) for c in cells]
+    rows += [record(c, "fail", run_id="older", env=gpu_env(name="NVIDIA A100", transformers="5.1.0"))
+             for c in arch_cells(matrix, "Qwen3ForCausalLM")]
+    out = render_docs(matrix, load_results([write(tmp_path / "records" / "run.jsonl", rows)]))
+    lines = out["llm.md"].splitlines()
+    assert next(x for x in lines if x.startswith("| `LlamaForCausalLM`")).endswith("| ≥ 5.17.0 |")
+    assert next(x for x in lines if x.startswith("| `Qwen3ForCausalLM`")).endswith("| — |")

@@ -1,0 +1,112 @@
+"""Multi-rank layouts as matrix cells, end to end through the plugin on CPU (gloo).
+
+Cells of layouts with more than one rank go to the persistent rank pool; every rank runs the
+same check module and rank 0's metrics become the record. A rank that dies or hangs fails its
+own cell (crash / timeout, with that rank's log) and the cells after it still run and record.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import runner
+from tests.conftest import LLAMA_ROW, write_rows
+from tests.test_plugin_e2e import run_matrix
+
+
+@pytest.fixture
+def private_pools(monkeypatch):
+    """Pools of this test only: its crash and timeout restarts do not touch the shared pools."""
+    from harness import pool
+
+    pools: dict = {}
+    monkeypatch.setattr(pool, "_POOLS", pools)
+    yield pools
+    for each in pools.values():
+        each.close()
+
+
+def by_id(records):
+    return {r["cell_id"]: r for r in records}
+
+
+def test_fsdp2_tp_and_fsdp2_tp_cells_train_and_match_one_device(pytester, matrix_dir):
+    write_rows(matrix_dir, LLAMA_ROW)
+    outcome, records = run_matrix(pytester, matrix_dir, "--arch", "LlamaForCausalLM", "--layout",
+                                  "fsdp2,tp,fsdp2_tp", "--check", "train,parity", "--method", "sft",
+                                  "-m", "cpu", "--tier", "tiny")
+    outcome.assert_outcomes(passed=6)
+    records = by_id(records)
+    assert len(records) == 6
+    for layout, world in (("fsdp2", 2), ("tp", 2), ("fsdp2_tp", 4)):
+        train = records[f"LlamaForCausalLM-sft-{layout}-tiny-train"]
+        parity = records[f"LlamaForCausalLM-sft-{layout}-tiny-parity"]
+        for record in (train, parity):
+            assert record["status"] == "pass", record["message"]
+            assert record["env"]["world_size"] == world
+            assert record["metrics"]["world_size"] == world
+            assert record["metrics"]["layout_kind"] == layout
+        losses = train["metrics"]["losses"]
+        assert losses[-1] < losses[0]
+        assert train["metrics"]["weights_changed"] > 0
+        metrics = parity["metrics"]
+        assert len(metrics["reference_losses"]) == len(metrics["losses"])
+        assert metrics["max_rel_diff_loss"] <= metrics["rtol"]
+
+
+def test_a_rank_that_dies_or_hangs_fails_only_its_cell(pytester, matrix_dir, monkeypatch, private_pools):
+    """sft-parity hangs on rank 1 (timeout) and lora-train kills rank 1 (crash); the rest pass."""
+    write_rows(matrix_dir, LLAMA_ROW)
+    monkeypatch.setattr(runner, "RANK_TASK", "tests.pool_tasks:rank_task_with_faults")
+    monkeypatch.setenv("COMPAT_HARNESS_CELL_TIMEOUT", "10")
+    outcome, records = run_matrix(pytester, matrix_dir, "--arch", "LlamaForCausalLM", "--layout", "fsdp2",
+                                  "--check", "train,parity", "-m", "cpu", "--tier", "tiny")
+    outcome.assert_outcomes(passed=2, failed=2)
+    records = by_id(records)
+    assert len(records) == 4, "every cell is recorded, including those after the failures"
+    hang = records["LlamaForCausalLM-sft-fsdp2-tiny-parity"]
+    assert (hang["status"], hang["category"]) == ("fail", "timeout")
+    assert "still busy" in hang["message"] and "rank 1" in hang["traceback"]
+    crash = records["LlamaForCausalLM-lora-fsdp2-tiny-train"]
+    assert (crash["status"], crash["category"]) == ("fail", "crash")
+    assert "rank 1 died" in crash["message"] and "exit code 7" in crash["message"]
+    for cell_id in ("LlamaForCausalLM-sft-fsdp2-tiny-train", "LlamaForCausalLM-lora-fsdp2-tiny-parity"):
+        assert records[cell_id]["status"] == "pass", records[cell_id]["message"]
+    assert private_pools[(2, "cpu")].starts == 3, "rebuilt after the timeout and after the crash"
+
+
+def test_a_rank_that_raises_is_a_fail_with_its_traceback_and_the_pool_stays(pytester, matrix_dir):
+    """GPT-2 has no TP plan in transformers: every rank raises no-tp-plan; nothing is torn down."""
+    write_rows(matrix_dir, LLAMA_ROW + LLAMA_ROW.replace("LlamaForCausalLM", "GPT2LMHeadModel")
+               .replace('"llama"', '"gpt2"'))
+    from harness.pool import get_pool
+
+    outcome, records = run_matrix(pytester, matrix_dir, "--arch", "GPT2LMHeadModel", "--layout", "tp",
+                                  "--check", "train", "--method", "sft", "-m", "cpu", "--tier", "tiny")
+    outcome.assert_outcomes(failed=1)
+    (record,) = records
+    assert (record["status"], record["category"]) == ("fail", "no-tp-plan")
+    assert "base_model_tp_plan" in record["message"]
+    assert "Traceback" in record["traceback"]
+    assert get_pool(2, "cpu").alive
+
+
+def test_cell_timeout_default_and_override(monkeypatch):
+    monkeypatch.delenv("COMPAT_HARNESS_CELL_TIMEOUT", raising=False)
+    assert runner.cell_timeout_s() == runner.DEFAULT_CELL_TIMEOUT_S
+    monkeypatch.setenv("COMPAT_HARNESS_CELL_TIMEOUT", "42.5")
+    assert runner.cell_timeout_s() == 42.5
+
+
+def test_parity_compare_shows_both_curves():
+    from harness.checks.parity import compare
+    from harness.failures import CellFailure
+    from harness.train import TrainResult
+
+    ref = TrainResult([2.0, 1.5], [1.0, 0.9], [0.1, 0.1], 64)
+    got = TrainResult([2.0, 1.6], [1.0, 0.9], [0.1, 0.1], 64)
+    assert compare("tp", ref, ref, {"rtol": 1e-5, "atol": 1e-6})["max_rel_diff_loss"] == 0
+    with pytest.raises(CellFailure) as info:
+        compare("tp", got, ref, {"rtol": 1e-5, "atol": 1e-6})
+    assert info.value.category == "numerics"
+    assert "[2.0, 1.6]" in info.value.message and "[2.0, 1.5]" in info.value.message
