@@ -26,7 +26,7 @@ class CheckpointCorrupt(Exception):
     """A checkpoint file is missing, truncated or altered; the message names the file."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -39,7 +39,7 @@ def _files(root: Path) -> list[Path]:
 
 
 def write_manifest(root: Path) -> None:
-    entries = {str(p.relative_to(root)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    entries = {str(p.relative_to(root)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                for p in _files(root)}
     (root / MANIFEST).write_text(json.dumps(entries, indent=1, sort_keys=True))
 
@@ -61,7 +61,7 @@ def verify(root: Path | str) -> None:
         size = path.stat().st_size
         if size != entry["bytes"]:
             raise CheckpointCorrupt(f"{path}: truncated or grown ({size} bytes, expected {entry['bytes']})")
-        if _sha256(path) != entry["sha256"]:
+        if sha256_file(path) != entry["sha256"]:
             raise CheckpointCorrupt(f"{path}: contents do not match the sha256 in {MANIFEST}")
 
 

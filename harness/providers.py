@@ -41,6 +41,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from harness.ckpt_io import sha256_file
 from harness.failures import CellFailure
 
 # Bump when the materialised output changes for the same packages (new files, new dtype ...).
@@ -187,14 +188,6 @@ def _package_dir(module: str) -> Path:
     return Path(next(iter(found.submodule_search_locations)))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _assemble_parts(spec: ProviderSpec, target: Path) -> str:
     """Concatenate the chunks into `target`; the sha256 must match the one the package lists."""
     listed = (_package_dir(spec.module) / spec.sha256_list).read_text().split()
@@ -245,7 +238,7 @@ def _build_from_gguf(spec: ProviderSpec, staging: Path, versions: dict[str, str]
         gguf_sha = _assemble_parts(spec, gguf_dir / spec.path)
     else:
         gguf_dir = _package_dir(spec.module)
-        gguf_sha = _sha256(gguf_dir / spec.path)
+        gguf_sha = sha256_file(gguf_dir / spec.path)
     try:
         auto = getattr(transformers, spec.auto_class)
         tokenizer = transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=spec.path)
@@ -302,7 +295,7 @@ def _build_from_directory(spec: ProviderSpec, staging: Path, versions: dict[str,
     """Copy a plain checkpoint directory; its weights need no conversion."""
     source = _package_dir(spec.module) / spec.path
     shutil.copytree(source, staging, dirs_exist_ok=True)
-    hashes = {p.name: _sha256(p) for p in sorted(staging.glob("*.safetensors"))}
+    hashes = {p.name: sha256_file(p) for p in sorted(staging.glob("*.safetensors"))}
     return _Built(
         source=f"copied from {spec.name} {versions[spec.name]} (plain safetensors)",
         extra={"safetensors_sha256": hashes},

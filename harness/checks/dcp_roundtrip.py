@@ -18,7 +18,7 @@ from harness.checks.common import (
     full_state,
     logits,
 )
-from harness.checks.train import assert_loss_falls, training_metrics
+from harness.checks.train import trained, training_metrics
 from harness.ckpt_io import atomic_directory, verify
 from harness.failures import CellFailure
 from harness.tiny import auto_model_class
@@ -51,23 +51,20 @@ def reload_hf(arch, source, device: str):
 
 
 def run(cr) -> dict:
-    trainable = cr.trainable()
-    result = cr.train(trainable)
-    assert_loss_falls(result)
-    model = trainable.model
+    model, result = trained(cr)
     batch = cr.batch(model)
-    trained, trained_logits = full_state(model), logits(model, batch)
+    trained_state, trained_logits = full_state(model), logits(model, batch)
     scratch = cr.scratch_dir()
 
     save_dcp(model, scratch / "dcp")
     loaded = cr.trainable().model
     load_dcp(loaded, scratch / "dcp")
-    assert_bit_equal(trained, full_state(loaded), "DCP save -> load")
+    assert_bit_equal(trained_state, full_state(loaded), "DCP save -> load")
     assert_same_logits(trained_logits, logits(loaded, batch), "DCP save -> load")
 
     export_hf(loaded, scratch / "hf", cr.check_options.get("export_max_shard_size", "5GB"))
     reloaded = reload_hf(cr.arch, scratch / "hf", cr.device)
-    assert_bit_equal(trained, full_state(reloaded), "HF export -> from_pretrained")
+    assert_bit_equal(trained_state, full_state(reloaded), "HF export -> from_pretrained")
     assert_ties_kept(reloaded, "HF export -> from_pretrained")
     assert_same_logits(trained_logits, logits(reloaded, batch), "HF export -> from_pretrained")
     shards = sorted(p.name for p in (scratch / "hf").glob("*.safetensors"))

@@ -10,7 +10,7 @@ import torch
 
 from harness.checks.dcp_roundtrip import export_hf, reload_hf
 from harness.checks.peft_roundtrip import load_adapter, save_adapter
-from harness.checks.train import assert_loss_falls
+from harness.checks.train import trained
 from harness.failures import CellFailure
 
 
@@ -25,10 +25,7 @@ def greedy(model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
 
 
 def run(cr) -> dict:
-    trainable = cr.trainable()
-    result = cr.train(trainable)
-    assert_loss_falls(result)
-    model = trainable.model
+    model, result = trained(cr)
     prompt = cr.batch(model)["input_ids"][:1, :8]
     new_tokens = cr.check_options.get("new_tokens", 8)
     before = greedy(model, prompt, new_tokens)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from harness.checks.common import assert_close_logits, assert_same_logits, logits
 from harness.checks.dcp_roundtrip import export_hf, reload_hf
-from harness.checks.train import assert_loss_falls, training_metrics
+from harness.checks.train import trained, training_metrics
 from harness.ckpt_io import atomic_directory, verify
 
 
@@ -27,10 +27,7 @@ def load_adapter(cr, source):
 
 
 def run(cr) -> dict:
-    trainable = cr.trainable()
-    result = cr.train(trainable)
-    assert_loss_falls(result)
-    model = trainable.model
+    model, result = trained(cr)
     batch = cr.batch(model)
     trained_logits = logits(model, batch)
     scratch = cr.scratch_dir()

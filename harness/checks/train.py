@@ -95,6 +95,14 @@ def run(cr) -> dict:
     }
 
 
+def trained(cr):
+    """The round trips' common start: the cell's method applied, trained, loss checked."""
+    trainable = cr.trainable()
+    result = cr.train(trainable)
+    assert_loss_falls(result)
+    return trainable.model, result
+
+
 def training_metrics(result: TrainResult) -> dict:
     return {
         "losses": result.losses,
