@@ -41,7 +41,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from harness.ckpt_io import sha256_file
+from harness.ckpt_io import atomic_directory, sha256_file
 from harness.failures import CellFailure
 
 # Bump when the materialised output changes for the same packages (new files, new dtype ...).
@@ -342,10 +342,8 @@ def materialise(provider: str | ProviderSpec, cache: Path | None = None) -> Path
     lock_dir = cache / ".locks" / repo.name
     lock_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock_dir / f"compat-harness-{rev}.lock")):
-        if not (target / PROVENANCE_FILE).exists():  # written last: its presence means complete
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".compat-harness-staging-", dir=repo))
-            try:
+        if not (target / PROVENANCE_FILE).exists():  # the snapshot only ever appears whole
+            with atomic_directory(target) as staging:
                 started = time.perf_counter()
                 build = _build_from_directory if spec.kind == "directory" else _build_from_gguf
                 built = build(spec, staging, versions)
@@ -364,10 +362,6 @@ def materialise(provider: str | ProviderSpec, cache: Path | None = None) -> Path
                 }
                 (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
                 _make_readable(staging)
-                shutil.rmtree(target, ignore_errors=True)  # a leftover from an interrupted build
-                os.replace(staging, target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
         _point_main(repo, rev)
     return target
 

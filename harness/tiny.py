@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from filelock import FileLock
 
+from harness.ckpt_io import atomic_directory
 from harness.failures import CellFailure
 from harness.matrix import Architecture, Matrix
 
@@ -154,10 +153,6 @@ def tiny_checkpoint(arch: Architecture, matrix: Matrix) -> Path:
             return target
         torch.manual_seed(SEED)
         model = _build_expected_class(arch, config)
-        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=root))
-        try:
+        with atomic_directory(target) as staging:
             model.save_pretrained(staging)
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return target
