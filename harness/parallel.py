@@ -201,22 +201,37 @@ def param_groups(model) -> list[dict]:
 
 # --- adapters outside FSDP (newer transformers shard at load, LoRA comes after) ---------------
 
+DATA_PARALLEL_DIMS = frozenset({"dp_shard", "fsdp", "efsdp", "dp_replicate"})
+
+
+def _outside_data_parallel(param) -> bool:
+    """Not sharded over a data-parallel mesh dim: a plain tensor, or a DTensor on TP/EP dims only."""
+    mesh = getattr(param, "device_mesh", None)
+    return mesh is None or not DATA_PARALLEL_DIMS & set(mesh.mesh_dim_names or ())
+
+
 def replicate_outside_params(model, dp_group) -> list[str]:
-    """Plain trainable parameters: same start on every rank, gradients averaged over dp ranks."""
+    """Trainable parameters FSDP does not own: same start on every dp rank, gradients averaged.
+
+    Plain ones are broadcast from the group's first rank; TP-sharded adapters (DTensors on the
+    tp dim only) already start equal, drawn whole by `reset_adapters`, so each rank's shard
+    agrees with its dp peers. Either way the gradient (its local shard) is averaged here.
+    """
     import torch.distributed as dist
-    from torch.distributed.tensor import DTensor
 
     names = []
     size = dist.get_world_size(dp_group)
     src = dist.get_global_rank(dp_group, 0)
     for name, param in model.named_parameters():
-        if not param.requires_grad or isinstance(param, DTensor):
+        if not param.requires_grad or not _outside_data_parallel(param):
             continue
-        dist.broadcast(param.data, src=src, group=dp_group)
+        if getattr(param, "device_mesh", None) is None:
+            dist.broadcast(param.data, src=src, group=dp_group)
 
         def average(p, group=dp_group, size=size):
-            dist.all_reduce(p.grad, group=group)
-            p.grad.div_(size)
+            grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+            dist.all_reduce(grad, group=group)
+            grad.div_(size)
 
         param.register_post_accumulate_grad_hook(average)
         names.append(name)
@@ -244,41 +259,88 @@ def _load_distributed(arch, path, dtype, distributed_config, device_mesh=None):
         return auto_model_class(arch).from_pretrained(path, trust_remote_code=False, **kwargs)
 
 
-def _method(model, arch, method, seed):
+def _method(model, arch, method, seed, notes: list[str] | None = None):
     torch.manual_seed(seed)
     trainable = apply_method(model, arch, method)
     if method.is_lora:
-        reset_adapters(trainable.model, seed)
+        repaired = reset_adapters(trainable.model, seed)
+        if repaired and notes is not None:
+            notes.append(f"rebuilt {len(repaired)} LoRA adapters that peft sized from a sharded base "
+                         f"layer's local shape, e.g. {repaired[0]}")
     return trainable
 
 
-@torch.no_grad()
-def reset_adapters(model, seed: int) -> None:
-    """Give every LoRA A the same initial values under every layout (B stays zero).
+def _base_weight_shape(lora_layer) -> tuple[int, int]:
+    """The global (out, in) of a LoRA layer's base layer.
 
-    peft initialises a sharded adapter per rank, on the shard's shape, so the same seed gives
-    a different (equally valid) start under TP than on one device, and parity would compare
-    different runs. Here each A is drawn whole, from a generator seeded by its name, with
-    peft's default init (kaiming uniform, a = sqrt(5)), and each rank keeps its own shard.
+    A sharded base weight is a DTensor, whose shape is global (TP styles shard nn.Linear, so it
+    is (out, in)). Unsharded, peft's own in/out_features are right, and they also cover bases
+    whose weight is stored transposed (GPT-2's Conv1D).
+    """
+    weight = getattr(lora_layer.get_base_layer(), "weight", None)
+    if getattr(weight, "device_mesh", None) is not None and weight.ndim == 2:
+        return tuple(weight.shape)
+    return lora_layer.out_features, lora_layer.in_features
+
+
+@torch.no_grad()
+def reset_adapters(model, seed: int) -> list[str]:
+    """Give every LoRA adapter the same start under every layout, at its global shape.
+
+    Same start: peft initialises a sharded adapter per rank, on the shard's shape, so the same
+    seed gives a different (equally valid) start under TP than on one device, and parity would
+    compare different runs. Each A is drawn whole, from a generator seeded by its name, with
+    peft's default init (kaiming uniform, a = sqrt(5)); each B is zero, as peft makes it.
+
+    Global shape: A is (r, in) and B is (out, r) of the base layer's global weight. A sharded
+    adapter is rebuilt with `distribute_tensor` on the mesh and placements peft chose. On this
+    stack (peft 0.21.2, transformers 5.23) peft sizes adapters from the base layer's *local*
+    weight, which is wrong when the base layer is sharded:
+    - under tp, o_proj's lora_A is (r, 64) as a DTensor but its Linear says in_features=32, and
+      transformers' RowwiseParallel reads `in_features` as the global width: "shape '[64, 16]'
+      is invalid for input of size 2048";
+    - under fsdp2_tp (TP and FSDP2 both applied at load) the local weight is split twice, so
+      q_proj's lora_B holds 16 rows where Shard(0) over 2 TP ranks means 32, and o_proj's plain
+      lora_B has 32 outputs for a 64-wide result.
+    Nothing else about the adapters changes: same modules, placements and forward. Returns the
+    names of the adapters whose shape or in/out_features peft had wrong, for the cell's notes;
+    tests/test_parallel.py keeps showing peft's own failure, so this goes when the stack is fixed.
     """
     import math
     import zlib
 
-    for name, param in model.named_parameters():
-        if ".lora_A." not in name:
-            continue
-        generator = torch.Generator().manual_seed(seed + zlib.crc32(name.encode()))
-        full = torch.empty(param.shape, dtype=param.dtype)
-        torch.nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=generator)
-        mesh = getattr(param, "device_mesh", None)
-        if mesh is None:
-            param.copy_(full.to(param.device))
-        else:
-            from torch.distributed.tensor import distribute_tensor
+    from torch.distributed.tensor import distribute_tensor
 
-            local = distribute_tensor(full.to(param.to_local().device), mesh, param.placements,
-                                      src_data_rank=None).to_local()
-            param.to_local().copy_(local)
+    repaired = []
+    for layer_name, layer in model.named_modules():
+        if not (hasattr(layer, "lora_A") and hasattr(layer, "get_base_layer")):
+            continue
+        out_features, in_features = _base_weight_shape(layer)
+        for part, table in (("lora_A", layer.lora_A), ("lora_B", layer.lora_B)):
+            for adapter, linear in table.items():
+                name = f"{layer_name}.{part}.{adapter}"
+                rank = layer.r[adapter]
+                want = (rank, in_features) if part == "lora_A" else (out_features, rank)
+                param = linear.weight
+                full = torch.zeros(want, dtype=param.dtype)
+                if part == "lora_A":
+                    generator = torch.Generator().manual_seed(seed + zlib.crc32(f"{name}.weight".encode()))
+                    torch.nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=generator)
+                mesh = getattr(param, "device_mesh", None)
+                device = param.to_local().device if mesh is not None else param.device
+                local_shape = tuple(param.to_local().shape) if mesh is not None else tuple(param.shape)
+                if mesh is not None:
+                    value = distribute_tensor(full.to(device), mesh, param.placements, src_data_rank=None)
+                    wrong = tuple(value.to_local().shape) != local_shape
+                else:
+                    value = full.to(device)
+                    wrong = tuple(param.shape) != want
+                wrong = wrong or (linear.out_features, linear.in_features) != want
+                linear.weight = torch.nn.Parameter(value, requires_grad=param.requires_grad)
+                linear.out_features, linear.in_features = want
+                if wrong:
+                    repaired.append(name)
+    return repaired
 
 
 def place(arch: Architecture, method: Method, layout: Layout, path, dtype: str, ctx=None,
@@ -312,8 +374,8 @@ def place(arch: Architecture, method: Method, layout: Layout, path, dtype: str, 
         dp = dims.get("dp_shard", 1)
         config = _distributed_config(tp_plan=plan, tp_size=dims["tp"], fsdp_size=dp)
         model = _load_distributed(arch, path, dtype, config, None if new_api else mesh)
-        trainable = _method(model, arch, method, seed)
         notes = [f"TP plan {plan if isinstance(plan, str) else 'from the matrix row'}"]
+        trainable = _method(model, arch, method, seed, notes)
         if kind == "tp":
             return Placed(trainable.model, trainable, kind, notes=notes)
         apply_fsdp2(trainable.model, mesh["dp_shard"])
@@ -323,11 +385,12 @@ def place(arch: Architecture, method: Method, layout: Layout, path, dtype: str, 
     if kind == "fsdp2_tp":  # newer transformers: TP and FSDP2 both at load
         plan = tp_plan(arch)
         config = _distributed_config(tp_plan=plan, tp_size=dims["tp"], fsdp_size=dims["dp_shard"])
-        trainable = _method(_load_distributed(arch, path, dtype, config), arch, method, seed)
+        notes = [f"TP plan {plan if isinstance(plan, str) else 'from the matrix row'}"]
+        trainable = _method(_load_distributed(arch, path, dtype, config), arch, method, seed, notes)
         group = mesh.get_group("dp_shard")
         outside = replicate_outside_params(trainable.model, group)
         return Placed(trainable.model, trainable, kind, mesh.get_local_rank("dp_shard"), dims["dp_shard"],
-                      group, [f"transformers TP+FSDP2 at load; {len(outside)} adapter params outside FSDP"])
+                      group, [*notes, f"transformers TP+FSDP2 at load; {len(outside)} params outside FSDP"])
 
     # kind == "ep"
     if not arch.moe:
@@ -340,20 +403,22 @@ def place(arch: Architecture, method: Method, layout: Layout, path, dtype: str, 
     ep = dims["ep"]
     if new_api:
         config = _distributed_config(ep_size=ep, fsdp_size=ep)
-        trainable = _method(_load_distributed(arch, path, dtype, config), arch, method, seed)
+        notes = []
+        trainable = _method(_load_distributed(arch, path, dtype, config), arch, method, seed, notes)
         group = mesh.get_group("ep")
         outside = replicate_outside_params(trainable.model, group)
         return Placed(trainable.model, trainable, kind, mesh.get_local_rank("ep"), ep, group,
-                      [f"transformers EP (ep_size={ep}, fsdp_size={ep}); {len(outside)} params outside FSDP"])
+                      [*notes, f"transformers EP (ep_size={ep}, fsdp_size={ep}); "
+                                f"{len(outside)} params outside FSDP"])
     if not _supports_legacy_ep():
         import transformers
 
         raise CellFailure("layout-unsupported",
                           f"transformers {transformers.__version__} has no expert parallel support")
     config = _distributed_config(tp_size=ep, enable_expert_parallel=True)
-    trainable = _method(_load_distributed(arch, path, dtype, config, mesh), arch, method, seed)
-    return Placed(trainable.model, trainable, kind,
-                  notes=[f"transformers EP over the TP ranks (enable_expert_parallel, {ep} ranks, dp 1)"])
+    notes = [f"transformers EP over the TP ranks (enable_expert_parallel, {ep} ranks, dp 1)"]
+    trainable = _method(_load_distributed(arch, path, dtype, config, mesh), arch, method, seed, notes)
+    return Placed(trainable.model, trainable, kind, notes=notes)
 
 
 def _supports_legacy_ep() -> bool:

@@ -6,9 +6,11 @@ default, which mixed DTensor/plain parameter lists used to break). `train`: the 
 the right weights move (checked inside the task), all ranks report the same curve. `parity`:
 loss curve and gradient norms equal the single-device ones within fp32 tolerance.
 
-Cells that fail because of the stack under test are listed in KNOWN_STACK_FAILURES with the
-real error; they are strict xfails, so a release that fixes them turns the test red until the
-entry is removed.
+Cells that fail because of the stack under test are listed in `known_failure` with the real
+error; they are strict xfails, so a release that fixes them turns the test red until the entry
+is removed. LoRA under tp and fsdp2_tp passes only because `parallel.reset_adapters` rebuilds
+the adapters that peft sizes from a sharded layer's local shape; `test_peft_alone_fails_under_tp`
+shows that failure of plain transformers + peft, so the repair goes when the stack is fixed.
 """
 
 from __future__ import annotations
@@ -57,10 +59,6 @@ CELLS = sorted(  # by world size: on CUDA a process holds one pool (one GPU leas
 
 NEW = transformers_owns_mesh()  # transformers >= 5.18: DistributedConfig builds the mesh itself
 OLD_TORCH = tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 13)
-ROWWISE_LORA = ("peft 0.21.2 + transformers 5.23: the LoRA A of a row-wise layer gets the local "
-                "in_features, RowwiseParallel reads it as global: \"shape '[64, 16]' is invalid\"")
-LORA_AFTER_FSDP = ("peft LoRA added to a model transformers already sharded with FSDP2+TP: the adapter "
-                   "DTensors get local shapes as global ones; full_tensor() fails")
 MOE_LORA_DTENSOR = ("peft LoRA on the fused 3-D expert weights (ParamWrapper) under a sharded "
                     "layout: \"baddbmm got mixed torch.Tensor and DTensor\" / no attribute 'weight'")
 STRIDED_EXPERTS = ("torch 2.11 cannot gather transformers' packed_colwise expert weights: full_tensor() of "
@@ -79,7 +77,7 @@ def known_failure(arch: str, method: str, layout: str, check: str) -> str | None
     if ARCHS[arch].moe and layout in ("tp", "fsdp2_tp", "ep"):
         return MOE_LORA_DTENSOR
     if NEW:
-        return ROWWISE_LORA if layout == "tp" else LORA_AFTER_FSDP
+        return None  # peft's wrongly sized adapters are rebuilt (parallel.reset_adapters)
     return PARTIAL_ADAPTER_GRADS if check == "parity" else None
 
 
@@ -170,3 +168,25 @@ def test_local_batch_and_reduce_loss():
     halves = [Placed(None, None, "fsdp2", dp_rank=r, dp_size=2).local_batch(batch) for r in (0, 1)]
     assert torch.equal(torch.cat([h["input_ids"] for h in halves]), batch["input_ids"])
     assert float(Placed(None, None, "tp").reduce_loss(torch.tensor(2.5))) == 2.5
+
+
+PEFT_ALONE = {  # layout sizes -> the error plain peft 0.21.2 + transformers >= 5.18 give
+    "tp": ({"tp_size": 2}, 2, "is invalid for input of size"),
+    "fsdp2_tp": ({"tp_size": 2, "fsdp_size": 2}, 4, ""),
+}
+
+
+@pytest.mark.skipif(not NEW, reason="the sharded-adapter sizing bug is on the DistributedConfig(ep_size) API")
+@pytest.mark.parametrize("layout", sorted(PEFT_ALONE))
+def test_peft_alone_fails_under_tp(layout):
+    """Without the harness's adapter rebuild, LoRA on a TP-sharded Llama fails in the forward."""
+    from harness.hardware import missing_devices
+
+    sizes, world_size, message = PEFT_ALONE[layout]
+    if reason := missing_devices(DEVICE, world_size):
+        pytest.skip(reason)
+    spec = ARCHS["LlamaForCausalLM"]
+    payload = {"arch": spec, "path": str(tiny_checkpoint(spec, MATRIX)), "sizes": sizes}
+    with pytest.raises(PoolTaskError) as info:
+        get_pool(world_size, DEVICE).run("tests.layout_tasks:peft_lora_forward", payload, 120)
+    assert message in info.value.message, info.value.message
