@@ -22,6 +22,8 @@ class CellRun:
     cell: Cell
     device: str
     scratch_root: Path | None = None
+    # A directory every rank of the cell sees (a sharded checkpoint is written by all of them).
+    shared_root: Path | None = None
     rank: int = 0
     world_size: int = 1
     # On a pool rank: the pool's RankContext (device, process group, meshes).
@@ -50,6 +52,12 @@ class CellRun:
     @property
     def layout(self) -> Layout:
         return self.matrix.layouts[self.cell.layout]
+
+    @property
+    def load_layout(self) -> Layout:
+        """Where a round trip loads what this cell saved (the check's `load_layouts`; default: here)."""
+        name = self.matrix.checks[self.cell.check].load_layouts.get(self.cell.layout, self.cell.layout)
+        return self.matrix.layouts[name]
 
     @property
     def is_main(self) -> bool:
@@ -99,8 +107,9 @@ class CellRun:
         from harness.parallel import place
 
         ctx = self.ctx if layout.world_size > 1 else None
+        device = self.ctx.device if self.ctx is not None else self.device
         placed = place(self.arch, self.method, layout, self.checkpoint, self.tier.dtype, ctx,
-                       device=self.device)
+                       device=device)
         self._placed[id(placed.trainable)] = placed
         return placed
 
@@ -138,3 +147,29 @@ class CellRun:
         import tempfile
 
         return Path(tempfile.mkdtemp(dir=self.scratch_root))
+
+    def shared_dir(self, name: str) -> Path:
+        """`name` in the directory all ranks of this cell share (one rank: its scratch root)."""
+        root = self.shared_root or self.scratch_root
+        if root is None:
+            raise ValueError("this CellRun has no scratch directory")
+        return Path(root) / name
+
+    def one_device_model(self, state: dict | None = None):
+        """The cell's method on an unsharded model on this rank's device, holding `state`.
+
+        The round trips compare a sharded model with this one: `state` is the sharded model's
+        gathered state dict (full_state), loaded strictly, so both hold the same weights.
+        """
+        single = next(lay for lay in self.matrix.layouts.values() if lay.world_size == 1)
+        model = self.place(single).model
+        if state is not None:
+            device = next(model.parameters()).device
+            missing, unexpected = model.load_state_dict({k: v.to(device) for k, v in state.items()},
+                                                        strict=False)
+            if missing or unexpected:
+                from harness.failures import CellFailure
+
+                raise CellFailure("check-failed", "the gathered state dict does not fit a one-device model: "
+                                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return model

@@ -87,6 +87,34 @@ def atomic_directory(target: Path | str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def collective_atomic_directory(target: Path | str) -> Iterator[Path]:
+    """atomic_directory for a checkpoint that every rank writes a part of (a sharded DCP save).
+
+    Rank 0 owns the staging directory and the rename; every rank writes into the same staging
+    directory (the ranks share a filesystem), and the rename waits until all have finished. A
+    rank that fails leaves the others waiting in a barrier; the pool's timeout ends that, and
+    the staging directory never replaces the target.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        with atomic_directory(target) as staging:
+            yield staging
+        return
+    if dist.get_rank() == 0:
+        with atomic_directory(target) as staging:
+            dist.broadcast_object_list([str(staging)], src=0)
+            yield staging
+            dist.barrier()  # every rank's part is written
+    else:
+        box = [None]
+        dist.broadcast_object_list(box, src=0)
+        yield Path(box[0])
+        dist.barrier()
+    dist.barrier()  # renamed into place before anyone reads it
+
+
 def recover(target: Path | str) -> None:
     """Clean up after a writer that was killed: restore the previous checkpoint if the kill fell
     between moving it aside and moving the new one in, and drop unfinished staging dirs."""

@@ -270,17 +270,17 @@ def _method(model, arch, method, seed, notes: list[str] | None = None):
     return trainable
 
 
-def _base_weight_shape(lora_layer) -> tuple[int, int]:
-    """The global (out, in) of a LoRA layer's base layer.
+def _sharded_base_shape(lora_layer) -> tuple[int, int] | None:
+    """The global (out, in) of a LoRA layer's base Linear when that base is sharded, else None.
 
-    A sharded base weight is a DTensor, whose shape is global (TP styles shard nn.Linear, so it
-    is (out, in)). Unsharded, peft's own in/out_features are right, and they also cover bases
-    whose weight is stored transposed (GPT-2's Conv1D).
+    A sharded base weight is a DTensor, whose shape is global (TP and FSDP shard nn.Linear as
+    (out, in)); an unsharded base leaves peft's adapter shapes as they are, which also covers
+    bases stored transposed (GPT-2's Conv1D) and fused 3-D experts (peft's ParamWrapper).
     """
     weight = getattr(lora_layer.get_base_layer(), "weight", None)
     if getattr(weight, "device_mesh", None) is not None and weight.ndim == 2:
         return tuple(weight.shape)
-    return lora_layer.out_features, lora_layer.in_features
+    return None
 
 
 @torch.no_grad()
@@ -315,13 +315,16 @@ def reset_adapters(model, seed: int) -> list[str]:
     for layer_name, layer in model.named_modules():
         if not (hasattr(layer, "lora_A") and hasattr(layer, "get_base_layer")):
             continue
-        out_features, in_features = _base_weight_shape(layer)
+        base_shape = _sharded_base_shape(layer)
         for part, table in (("lora_A", layer.lora_A), ("lora_B", layer.lora_B)):
             for adapter, linear in table.items():
                 name = f"{layer_name}.{part}.{adapter}"
-                rank = layer.r[adapter]
-                want = (rank, in_features) if part == "lora_A" else (out_features, rank)
                 param = linear.weight
+                want = tuple(param.shape)
+                if base_shape is not None:
+                    out_features, in_features = base_shape
+                    rank = layer.r[adapter]
+                    want = (rank, in_features) if part == "lora_A" else (out_features, rank)
                 full = torch.zeros(want, dtype=param.dtype)
                 if part == "lora_A":
                     generator = torch.Generator().manual_seed(seed + zlib.crc32(f"{name}.weight".encode()))

@@ -132,8 +132,9 @@ def rank_task(payload: dict, ctx) -> dict:
         torch.cuda.reset_peak_memory_stats()
     scratch = Path(payload["scratch"]) / f"rank{ctx.rank}"
     scratch.mkdir(parents=True, exist_ok=True)
-    cr = CellRun(matrix, cell, ctx.device_type, scratch_root=scratch, rank=ctx.rank,
-                 world_size=ctx.world_size, ctx=ctx, checkpoint_path=Path(payload["checkpoint"]))
+    cr = CellRun(matrix, cell, ctx.device_type, scratch_root=scratch, shared_root=Path(payload["scratch"]),
+                 rank=ctx.rank, world_size=ctx.world_size, ctx=ctx,
+                 checkpoint_path=Path(payload["checkpoint"]))
     try:
         metrics = check.run(cr)
     except Exception as exc:  # the same categories as on one device (e.g. oom), not only "error"

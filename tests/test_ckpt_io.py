@@ -116,3 +116,28 @@ def test_reload_of_a_non_checkpoint_is_a_check_failure(llama, tmp_path):
         (staging / "README").write_text("not a model")
     with pytest.raises(CellFailure, match="from_pretrained"):
         reload_hf(arch, tmp_path / "empty", "cpu")
+
+
+def test_sharded_save_by_two_ranks_is_atomic_and_verified(llama, tmp_path):
+    """A DCP checkpoint written by 2 FSDP2 ranks: complete and verified, or not there at all."""
+    from harness.pool import PoolTaskError, get_pool
+
+    arch, model = llama
+    target = tmp_path / "dcp"
+    pool = get_pool(2, "cpu")
+    files = pool.run("tests.layout_tasks:fsdp2_dcp_save", {"target": str(target)}, 120)[0]
+    assert sum(name.endswith(".distcp") for name in files) == 2, files  # one file per rank
+    verify(target)
+    old = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    with pytest.raises(PoolTaskError, match="disk full"):
+        pool.run("tests.layout_tasks:fsdp2_dcp_save", {"target": str(target), "fail_rank": 1}, 60)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == old, "the failed save replaced nothing"
+    load_dcp(model, target)  # the old sharded checkpoint still loads into one unsharded model
+
+    shard = sorted(target.glob("*.distcp"))[1]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(CheckpointCorrupt) as info:
+        load_dcp(model, target)
+    print(f"error shown to the user: {info.value}")
+    assert str(shard) in str(info.value) and "truncated" in str(info.value)

@@ -7,12 +7,27 @@ import torch
 from harness.failures import CellFailure
 
 
+def _device(model) -> torch.device:
+    param = next(model.parameters())
+    return param.to_local().device if hasattr(param, "to_local") else param.device
+
+
 @torch.no_grad()
 def logits(model, batch: dict) -> torch.Tensor:
+    """The model's logits on the whole batch (every rank of a layout feeds the same batch)."""
     model.eval()
-    device = next(model.parameters()).device
-    out = model(input_ids=batch["input_ids"].to(device)).logits.float().cpu()
-    return out
+    out = model(input_ids=batch["input_ids"].to(_device(model))).logits
+    if hasattr(out, "full_tensor"):
+        out = out.full_tensor()
+    return out.float().cpu()
+
+
+def full_adapter_state(model) -> dict[str, torch.Tensor]:
+    """The LoRA adapter in PEFT's state-dict form, gathered whole from any shards."""
+    from peft import get_peft_model_state_dict
+
+    return {name: (value.full_tensor() if hasattr(value, "full_tensor") else value).detach().cpu().clone()
+            for name, value in get_peft_model_state_dict(model).items()}
 
 
 def assert_same_logits(expected: torch.Tensor, actual: torch.Tensor, what: str) -> None:

@@ -1,23 +1,33 @@
 """The `generate` check: greedy tokens are identical before saving and after reloading.
 
-SFT saves the whole model with save_pretrained; LoRA saves only the adapter and reloads it
-into a fresh base, which is how users ship each of them.
+Before: the trained model generates under the cell's layout (every rank the same prompt).
+After: SFT saves the whole model with save_pretrained and reloads it with from_pretrained;
+LoRA saves only the adapter (gathered whole from any shards) and loads it into a fresh base
+with plain peft, which is how users ship each of them. The reload is on one device.
 """
 
 from __future__ import annotations
 
 import torch
 
+from harness.checks.common import full_state
 from harness.checks.dcp_roundtrip import export_hf, reload_hf
-from harness.checks.peft_roundtrip import load_adapter, save_adapter
+from harness.checks.peft_roundtrip import load_adapter, one_device_adapter_model, save_adapter
 from harness.checks.train import trained
 from harness.failures import CellFailure
 
 
 @torch.no_grad()
 def greedy(model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
+    """Greedy tokens; under FSDP2 on every rank (generate runs the model's submodules outside
+    the root forward, so `generate` is registered as a forward method: torch's own API for it)."""
+    from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
+    if isinstance(model, FSDPModule):
+        register_fsdp_forward_method(model, "generate")
     model.eval()
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device = param.to_local().device if hasattr(param, "to_local") else param.device
     out = model.generate(input_ids=prompt.to(device), attention_mask=torch.ones_like(prompt).to(device),
                          max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                          pad_token_id=0)
@@ -31,13 +41,23 @@ def run(cr) -> dict:
     before = greedy(model, prompt, new_tokens)
     scratch = cr.scratch_dir()
     if cr.method.is_lora:
-        save_adapter(model, scratch / "adapter")
+        single = one_device_adapter_model(cr, model)
+        if single is None:
+            return {"losses": result.losses, "generated": before}
+        save_adapter(single, scratch / "adapter")
         reloaded = load_adapter(cr, scratch / "adapter")
     else:
-        export_hf(model, scratch / "hf", "5GB")
-        reloaded = reload_hf(cr.arch, scratch / "hf", cr.device)
+        if cr.load_layout.world_size != 1:
+            raise CellFailure("error", f"generate reloads on one device: load_layouts must map "
+                                       f"{cr.layout.name} to a one-rank layout")
+        state = full_state(model) if cr.distributed else None
+        if not cr.is_main:
+            return {"losses": result.losses, "generated": before}
+        single = cr.one_device_model(state) if cr.distributed else model
+        export_hf(single, scratch / "hf", "5GB")
+        reloaded = reload_hf(cr.arch, scratch / "hf", next(single.parameters()).device)
     after = greedy(reloaded, prompt, new_tokens)
     if before != after:
-        raise CellFailure("check-failed",
-                          f"greedy tokens changed across save and reload: {before} -> {after}")
-    return {"losses": result.losses, "generated": before}
+        raise CellFailure("check-failed", f"greedy tokens changed across save (under {cr.layout.name}) and "
+                                          f"reload (one device): {before} -> {after}")
+    return {"losses": result.losses, "generated": before, "saved_under": cr.layout.name}

@@ -1,17 +1,25 @@
-"""The `peft_roundtrip` check: a trained LoRA adapter survives PEFT's own save and load.
+"""The `peft_roundtrip` check: a LoRA adapter trained under a layout survives PEFT's own format.
 
-Pass means: the adapter, saved in PEFT's format and loaded into a fresh base with plain peft,
-gives logits equal to the trained model; `merge_and_unload` gives logits close to them (within
-the matrix's tolerance for the dtype); and the merged model saves and reloads as a plain
-Hugging Face checkpoint with equal logits.
+The adapter is gathered whole from the layout's shards (`full_adapter_state`), put into an
+unsharded model, and saved with peft's `save_pretrained`; the check's `load_layouts` must name
+a one-rank layout, because loading an adapter is plain peft on one device, as users ship it.
+
+Pass means:
+- the adapter loaded into a fresh base with plain `PeftModel.from_pretrained` gives logits
+  equal to the unsharded model holding the gathered adapter;
+- under a multi-rank layout, the trained model's own logits are close to those, within the
+  matrix tolerance for the dtype (a sharded matmul sums in another order);
+- `merge_and_unload` gives logits close to them, and the merged model saves and reloads as a
+  plain Hugging Face checkpoint with equal logits.
 """
 
 from __future__ import annotations
 
-from harness.checks.common import assert_close_logits, assert_same_logits, logits
+from harness.checks.common import assert_close_logits, assert_same_logits, full_adapter_state, logits
 from harness.checks.dcp_roundtrip import export_hf, reload_hf
 from harness.checks.train import trained, training_metrics
 from harness.ckpt_io import atomic_directory, verify
+from harness.failures import CellFailure
 
 
 def save_adapter(peft_model, target) -> None:
@@ -26,22 +34,55 @@ def load_adapter(cr, source):
     return PeftModel.from_pretrained(cr.load_base(), source)
 
 
+def one_device_adapter_model(cr, model):
+    """The trained adapter on an unsharded model (the trained model itself on one device).
+
+    Collective under a layout: every rank must call it; only rank 0 gets a model back.
+    """
+    if cr.load_layout.world_size != 1:
+        raise CellFailure("error", f"{cr.cell.check} loads with plain peft on one device: its "
+                                   f"load_layouts must map {cr.layout.name} to a one-rank layout, "
+                                   f"not {cr.load_layout.name}")
+    if not cr.distributed:
+        return model
+    from peft import set_peft_model_state_dict
+
+    adapter = full_adapter_state(model)
+    if not cr.is_main:
+        return None
+    single = cr.one_device_model()
+    result = set_peft_model_state_dict(single, adapter)
+    if getattr(result, "unexpected_keys", None):
+        raise CellFailure("check-failed", f"gathered adapter keys unknown to a one-device model: "
+                                          f"{result.unexpected_keys[:5]}")
+    return single
+
+
 def run(cr) -> dict:
     model, result = trained(cr)
     batch = cr.batch(model)
-    trained_logits = logits(model, batch)
+    layout_logits = logits(model, batch)
+    single = one_device_adapter_model(cr, model)
+    if single is None:
+        return training_metrics(result)
+    single_logits = logits(single, batch)
+    metrics = {**training_metrics(result), "saved_under": cr.layout.name, "loaded_under": cr.load_layout.name}
+    if cr.distributed:
+        assert_close_logits(single_logits, layout_logits, cr.tolerance,
+                            f"trained under {cr.layout.name} vs its gathered adapter on one device")
+        metrics["layout_vs_one_device_max_abs_diff"] = float((single_logits - layout_logits).abs().max())
     scratch = cr.scratch_dir()
 
-    save_adapter(model, scratch / "adapter")
+    save_adapter(single, scratch / "adapter")
     reloaded = load_adapter(cr, scratch / "adapter")
-    assert_same_logits(trained_logits, logits(reloaded, batch), "adapter save -> load into a fresh base")
+    assert_same_logits(single_logits, logits(reloaded, batch), "adapter save -> load into a fresh base")
 
     merged = reloaded.merge_and_unload()
     merged_logits = logits(merged, batch)
-    assert_close_logits(trained_logits, merged_logits, cr.tolerance, "merge_and_unload")
+    assert_close_logits(single_logits, merged_logits, cr.tolerance, "merge_and_unload")
     export_hf(merged, scratch / "merged", cr.check_options.get("export_max_shard_size", "5GB"))
-    plain = reload_hf(cr.arch, scratch / "merged", cr.device)
+    plain = reload_hf(cr.arch, scratch / "merged", next(merged.parameters()).device)
     assert_same_logits(merged_logits, logits(plain, batch), "merged model -> from_pretrained")
     adapter_bytes = sum(p.stat().st_size for p in (scratch / "adapter").glob("*.safetensors"))
-    return {**training_metrics(result), "adapter_bytes": adapter_bytes,
-            "merge_max_abs_diff": float((trained_logits - merged_logits).abs().max())}
+    return {**metrics, "adapter_bytes": adapter_bytes,
+            "merge_max_abs_diff": float((single_logits - merged_logits).abs().max())}
