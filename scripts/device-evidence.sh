@@ -5,6 +5,7 @@
 #      the same time the tiny layout matrix on the host's 16 CPU cores (gloo) with the newest
 #      transformers and peft, installed from wheels carried in .wheels/ (the host is offline).
 # Usage (device tool, carry [".wheels"]): bash scripts/device-evidence.sh  -> logs and records in $OUT
+# SKIP_BENCHMARK=1 / SKIP_GPU=1 leave out steps 1 / 2's GPU half.
 set -u
 OUT=${OUT:-/tmp/device-evidence}
 mkdir -p "$OUT"
@@ -14,20 +15,22 @@ python -c "$versions" | tee "$OUT/versions.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$OUT/versions.txt"
 
 start=$(date +%s)
-timeout 240 python benchmarks/pool_vs_torchrun.py --device cpu --world-size 2 > "$OUT/cpu-pool-benchmark.log" 2>&1
+[ -n "${SKIP_BENCHMARK:-}" ] || timeout 240 python benchmarks/pool_vs_torchrun.py --device cpu --world-size 2 > "$OUT/cpu-pool-benchmark.log" 2>&1
 echo "benchmark rc=$? in $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
 
+# The image's torch is not in its system site-packages, so a venv cannot see it: the newest
+# transformers and peft (and the libraries they need newer) go to a --target dir put first on
+# PYTHONPATH; compiled libraries the image already has (numpy, pydantic, yaml) stay the image's.
+NEWEST=python
 if [ -d .wheels ]; then
-  python -m venv --system-site-packages /tmp/newest
-  /tmp/newest/bin/pip install -q --no-index --find-links .wheels transformers peft > "$OUT/pip.log" 2>&1
-  NEWEST=/tmp/newest/bin/python
-else
-  NEWEST=python
+  python -m pip install -q --no-index --no-deps --no-compile --target /tmp/newest \
+    $(ls .wheels/*.whl | grep -v -E 'numpy|pydantic|annotated_types|typing_inspection|pyyaml') > "$OUT/pip.log" 2>&1
+  NEWEST="env PYTHONPATH=/tmp/newest:$PWD python"
 fi
 $NEWEST -c "$versions" | tee -a "$OUT/versions.txt"
 
 start=$(date +%s)
-(timeout 300 python -m pytest matrix -q -m gpu --tier tiny --layout single -n 3 -p no:cacheprovider \
+[ -n "${SKIP_GPU:-}" ] || (timeout 300 python -m pytest matrix -q -m gpu --tier tiny --layout single -n 3 -p no:cacheprovider \
    --results "$OUT/gpu-tiny-single.jsonl" > "$OUT/gpu-tiny-single.log" 2>&1
  echo "gpu single rc=$? in $(( $(date +%s) - start )) s" >> "$OUT/summary.txt") &
 (timeout 330 $NEWEST -m pytest matrix -q -m cpu --tier tiny --layout fsdp2,tp,fsdp2_tp,ep -n 6 \
@@ -35,4 +38,4 @@ start=$(date +%s)
  echo "cpu layouts rc=$? in $(( $(date +%s) - start )) s" >> "$OUT/summary.txt") &
 wait
 cat "$OUT/summary.txt"
-tail -5 "$OUT/gpu-tiny-single.log" "$OUT/cpu-gloo-tiny-layouts.log"
+tail -n 5 "$OUT"/*.log
