@@ -46,6 +46,7 @@ import importlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -489,6 +490,6 @@ def get_pool(world_size: int, device_type: str = "cpu") -> RankPool:
 def close_pools() -> None:
     while _POOLS:
         _POOLS.popitem()[1].close()
-    from harness.poolnode import shutdown_nodes
-
-    shutdown_nodes()  # the pool-worker processes of other nodes exit
+    poolnode = sys.modules.get("harness.poolnode")  # imported only where a pool spanned hosts
+    if poolnode is not None:
+        poolnode.shutdown_nodes()  # the pool-worker processes of the other nodes exit
