@@ -135,3 +135,14 @@ def test_get_pool_reads_the_rendezvous(monkeypatch):
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
     with pytest.raises(PoolTaskError, match="one pytest process"):
         get_pool(4, "cpu")
+
+
+def test_cuda_cells_larger_than_this_host_run_when_the_rendezvous_has_the_gpus(monkeypatch):
+    from harness import hardware
+
+    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 2)
+    monkeypatch.delenv(rendezvous.RDZV_ENV, raising=False)
+    assert hardware.missing_devices("cuda", 4) == "needs 4 GPUs, this machine has 2"
+    monkeypatch.setenv(rendezvous.RDZV_ENV, "nnodes=2,nproc=2,endpoint=node0:29500")
+    assert hardware.missing_devices("cuda", 4) is None
+    assert hardware.missing_devices("cuda", 8) == "needs 8 GPUs, this machine has 2 and the rendezvous 4"
