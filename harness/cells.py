@@ -24,10 +24,14 @@ class Cell:
     layout: str
     tier: str
     check: str
+    # real-shape tier only: which of the row's real configs (matrix `real_shapes`) the cell builds.
+    # One row covers several sizes (Llama-3.2-1B and Llama-3.1-8B), so the size is part of the id.
+    shape: str = ""
 
     @property
     def id(self) -> str:
-        return "-".join((self.architecture, self.method, self.layout, self.tier, self.check))
+        base = "-".join((self.architecture, self.method, self.layout, self.tier, self.check))
+        return f"{base}@{self.shape}" if self.shape else base
 
     def axis(self, name: str) -> str:
         return getattr(self, name)
@@ -46,6 +50,9 @@ class PrunedCell:
 def prune_reason(matrix: Matrix, cell: Cell) -> str | None:
     """Why this combination cannot run, or None when it is a real cell."""
     check = matrix.checks[cell.check]
+    tier = matrix.tiers[cell.tier]
+    if tier.layouts and cell.layout not in tier.layouts:
+        return f"tier {cell.tier} runs under layouts {', '.join(tier.layouts)} only"
     if cell.tier not in check.tiers:
         return f"check {cell.check} does not run on tier {cell.tier}"
     if check.methods and cell.method not in check.methods:
@@ -60,13 +67,23 @@ def prune_reason(matrix: Matrix, cell: Cell) -> str | None:
     return violated_constraint(matrix, matrix.architectures[cell.architecture], matrix.layouts[cell.layout])
 
 
+def shapes_for(matrix: Matrix, arch: str, tier: str) -> list[str]:
+    """The shapes a tier expands over: the row's real configs on real-shape, else just ""."""
+    if matrix.tiers[tier].source != "real-shape":
+        return [""]
+    return sorted(n for n, s in matrix.real_shapes.items() if s.architecture == arch)
+
+
 def all_combinations(matrix: Matrix) -> Iterable[Cell]:
     for arch in sorted(matrix.architectures):
         for method in matrix.methods:
             for layout in matrix.layouts:
                 for tier in matrix.tiers:
-                    for check in matrix.checks:
-                        yield Cell(arch, method, layout, tier, check)
+                    # A row without a real config in the matrix has no real-shape cells: nothing
+                    # to build, so nothing to prune either (the docs list the configs it has).
+                    for shape in shapes_for(matrix, arch, tier):
+                        for check in matrix.checks:
+                            yield Cell(arch, method, layout, tier, check, shape)
 
 
 def expand(matrix: Matrix) -> tuple[list[Cell], list[PrunedCell]]:

@@ -137,8 +137,15 @@ def _nightly(name: str):
     return add
 
 
+def add_pool_worker(subparsers) -> None:
+    """A node of a rank pool that spans hosts lives in harness/poolnode.py."""
+    from harness.poolnode import add_pool_worker as add
+
+    add(subparsers)
+
+
 SUBCOMMANDS = (add_ingest, add_diff, add_render, _nightly("add_nightly_sim"),
-               _nightly("add_nightly_merge"), _nightly("add_durations"))
+               _nightly("add_nightly_merge"), _nightly("add_durations"), add_pool_worker)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,10 +14,13 @@ MESSAGE_LIMIT = 2000
 class CellFailure(Exception):
     """A failure whose category is already known at the point it is raised."""
 
-    def __init__(self, category: str, message: str):
+    def __init__(self, category: str, message: str, metrics: dict | None = None):
         super().__init__(message)
         self.category = category
         self.message = message
+        # Measurements that are still worth recording when the cell fails (e.g. the memory an
+        # out-of-memory cell asked for).
+        self.metrics = metrics or {}
 
 
 def trimmed(text: str, limit: int = MESSAGE_LIMIT) -> str:
@@ -25,12 +28,19 @@ def trimmed(text: str, limit: int = MESSAGE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 20] + " ... [truncated]"
 
 
+def is_oom(exc: BaseException) -> bool:
+    """Out of memory: torch's OutOfMemoryError (CUDA), Python's MemoryError, or the CPU allocator's
+    refusal (a RuntimeError from c10's DefaultCPUAllocator)."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
+
+
 def classify(exc: BaseException) -> tuple[str, str]:
     """Category and message for any exception raised while a cell ran."""
     if isinstance(exc, CellFailure):
         return exc.category, trimmed(exc.message)
     message = trimmed(f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+    if is_oom(exc):
         return "oom", message
     return "error", message
 

@@ -20,5 +20,16 @@ def missing_devices(device: str, world_size: int) -> str | None:
     if have == 0:
         return "no CUDA device on this machine: run on a GPU host, or select cpu cells (-m cpu)"
     if have < world_size:
-        return f"needs {world_size} GPUs, this machine has {have}"
+        # A rendezvous over several hosts (COMPAT_HARNESS_RDZV) gives a pool more GPUs than this one.
+        from harness.rendezvous import RendezvousError, capacity, placement
+
+        try:
+            total = capacity("cuda")
+            if total is not None and world_size <= total:
+                placement(world_size, "cuda")  # the ranks must also split evenly over the nodes
+                return None
+        except RendezvousError as exc:
+            return f"needs {world_size} GPUs, this machine has {have}: {exc}"
+        return f"needs {world_size} GPUs, this machine has {have}" + (
+            f" and the rendezvous {total}" if total is not None else "")
     return None

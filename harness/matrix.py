@@ -24,6 +24,10 @@ AUTO_CLASSES = (
 MODALITIES = ("text", "text+vision")
 DTYPES = ("float32", "bfloat16", "float16")
 TIER_SOURCES = ("tiny", "checkpoint", "real-shape")
+# Where a tier's training text comes from: random token ids, or the QA set (harness/datasets.py).
+TIER_DATA = ("random", "qa")
+DEVICE_TYPES = ("cpu", "cuda")
+CLAIM_METHODS = ("sft", "lora")
 MESH_DIMS = ("dp_shard", "tp", "ep")
 # Constraint names a layout may declare; each is implemented in harness/constraints.py.
 # Check names; each is implemented by the module harness/checks/<name>.py.
@@ -141,6 +145,65 @@ class Tier:
     steps: int
     batch_size: int
     seq_len: int
+    data: str = "random"
+    # A local JSONL/parquet file of the QA shape (harness/datasets.py); None: the shipped set.
+    dataset: str | None = None
+    # Learning rate per method on this tier (pretrained weights want smaller steps than tiny).
+    lr: dict = field(default_factory=dict)
+    # A pretrained model starts near this loss or below on the tier's text; above it, it is broken.
+    start_loss_max: float | None = None
+    heldout_batch_size: int | None = None
+    gradient_checkpointing: bool = False
+    # Whether the train check compares every weight before and after (real-shape: too big to copy).
+    check_updates: bool = True
+    # The device types the tier can run on; others skip with the reason (real-shape: cuda only).
+    devices: tuple[str, ...] = DEVICE_TYPES
+    # The layouts a tier runs under (empty: all); the rest are pruned with the reason.
+    layouts: tuple[str, ...] = ()
+
+    def lr_for(self, method: Method) -> float:
+        return float(self.lr.get(method.name, method.lr))
+
+
+@dataclass(frozen=True)
+class RealShape:
+    """A real checkpoint's config as data: random init at its true size, no hub access."""
+
+    name: str  # the short name in cell ids, e.g. "Llama-3.1-8B"
+    architecture: str
+    checkpoint: str  # the hub id the config was copied from (documentation, never fetched)
+    config: dict
+    expected_params: int  # the published parameter count; tests build the config and compare
+    source_file: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A published statement of what a training run needs (e.g. seed 003's Training Options)."""
+
+    name: str
+    model: str
+    method: str
+    gpus: int
+    gpu_memory_gib: float
+    source: str
+    # The real shape whose measurement speaks for this model (same architecture and sizes).
+    shape: str | None = None
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """Peak dense bf16 throughput of a GPU model, for MFU; matched against the device name."""
+
+    name: str
+    match: tuple[str, ...]
+    bf16_tflops: float
+    memory_gib: float
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,6 +230,9 @@ class Matrix:
     tiny_defaults: dict
     tolerances: dict[str, dict]
     files: tuple[str, ...]
+    real_shapes: dict[str, RealShape] = field(default_factory=dict)
+    claims: dict[str, Claim] = field(default_factory=dict)
+    gpus: dict[str, Gpu] = field(default_factory=dict)
 
 
 # --- a small declarative schema: key -> (python type(s), required) ------------------------
@@ -225,6 +291,39 @@ TIER_SCHEMA = {
     "steps": (_INT, True),
     "batch_size": (_INT, True),
     "seq_len": (_INT, True),
+    "data": (_STR, False),
+    "dataset": (_STR, False),
+    "lr": (_TABLE, False),
+    "start_loss_max": (_NUM, False),
+    "heldout_batch_size": (_INT, False),
+    "gradient_checkpointing": (_BOOL, False),
+    "check_updates": (_BOOL, False),
+    "devices": (_LIST_STR, False),
+    "layouts": (_LIST_STR, False),
+}
+REAL_SHAPE_SCHEMA = {
+    "architecture": (_STR, True),
+    "checkpoint": (_STR, True),
+    "config": (_TABLE, True),
+    "expected_params": (_INT, True),
+}
+CLAIM_SCHEMA = {
+    "model": (_STR, True),
+    "method": (_STR, True),
+    "gpus": (_INT, True),
+    "gpu_memory_gib": (_NUM, True),
+    "source": (_STR, True),
+    "shape": (_STR, False),
+    "tp": (_INT, False),
+    "pp": (_INT, False),
+    "ep": (_INT, False),
+    "note": (_STR, False),
+}
+GPU_SCHEMA = {
+    "match": (_LIST_STR, True),
+    "bf16_tflops": (_NUM, True),
+    "memory_gib": (_NUM, True),
+    "source": (_STR, False),
 }
 CHECK_SCHEMA = {
     "summary": (_STR, True),
@@ -236,7 +335,8 @@ CHECK_SCHEMA = {
     "auto_classes": (_LIST_STR, False),
 }
 TOLERANCE_SCHEMA = {"rtol": (_NUM, True), "atol": (_NUM, True)}
-TOP_LEVEL = ("architectures", "methods", "layouts", "tiers", "checks", "tiny_defaults", "tolerances")
+TOP_LEVEL = ("architectures", "methods", "layouts", "tiers", "checks", "tiny_defaults", "tolerances",
+             "real_shapes", "claims", "gpus")
 
 
 def _type_name(expected: Any) -> str:
@@ -389,17 +489,58 @@ def _method(file: str, name: str, body: dict) -> Method:
     return Method(name=name, summary=body["summary"], lr=float(body["lr"]), lora=body.get("lora", {}))
 
 
-def _tier(file: str, name: str, body: dict) -> Tier:
+def _tier(file: str, name: str, body: dict, methods: dict[str, Method]) -> Tier:
     path = f"tiers.{name}"
     check_table(file, path, body, TIER_SCHEMA)
     _must_be_one_of(file, f"{path}.source", body["source"], TIER_SOURCES)
     _must_be_one_of(file, f"{path}.dtype", body["dtype"], DTYPES)
+    _must_be_one_of(file, f"{path}.data", body.get("data", "random"), TIER_DATA)
+    for i, device in enumerate(body.get("devices", [])):
+        _must_be_one_of(file, f"{path}.devices[{i}]", device, DEVICE_TYPES)
+    for method, lr in body.get("lr", {}).items():
+        _must_be_one_of(file, f"{path}.lr", method, list(methods))
+        if not _type_ok(lr, _NUM) or lr <= 0:
+            raise MatrixError(file, f"{path}.lr.{method}", lr, "must be a positive number")
     for key in ("steps", "batch_size", "seq_len"):
         if body[key] < 1:
             raise MatrixError(file, f"{path}.{key}", body[key], "must be at least 1")
     if body["steps"] < 2:
         raise MatrixError(file, f"{path}.steps", body["steps"], "must be at least 2 to see a loss fall")
-    return Tier(name=name, **body)
+    fields = dict(body)
+    for key in ("devices", "layouts"):
+        if key in fields:
+            fields[key] = tuple(fields[key])
+    return Tier(name=name, **fields)
+
+
+def _real_shape(file: str, name: str, body: dict, architectures: dict) -> RealShape:
+    path = f"real_shapes.{name}"
+    check_table(file, path, body, REAL_SHAPE_SCHEMA)
+    _must_be_one_of(file, f"{path}.architecture", body["architecture"], sorted(architectures))
+    if "@" in name or "[" in name:
+        raise MatrixError(file, path, name, "a shape name may not contain '@' or '[' (it ends cell ids)")
+    return RealShape(name=name, source_file=file, **body)
+
+
+def _claim(file: str, name: str, body: dict, shapes: dict) -> Claim:
+    path = f"claims.{name}"
+    check_table(file, path, body, CLAIM_SCHEMA)
+    _must_be_one_of(file, f"{path}.method", body["method"], CLAIM_METHODS)
+    if "shape" in body:
+        _must_be_one_of(file, f"{path}.shape", body["shape"], sorted(shapes))
+    for key in ("gpus", "tp", "pp", "ep"):
+        if body.get(key, 1) < 1:
+            raise MatrixError(file, f"{path}.{key}", body[key], "must be at least 1")
+    return Claim(name=name, **body)
+
+
+def _gpu(file: str, name: str, body: dict) -> Gpu:
+    path = f"gpus.{name}"
+    check_table(file, path, body, GPU_SCHEMA)
+    if body["bf16_tflops"] <= 0:
+        raise MatrixError(file, f"{path}.bf16_tflops", body["bf16_tflops"], "must be positive")
+    return Gpu(name=name, match=tuple(body["match"]), bf16_tflops=float(body["bf16_tflops"]),
+               memory_gib=float(body["memory_gib"]), source=body.get("source", ""))
 
 
 def _check(file: str, name: str, body: dict, names: dict[str, tuple]) -> Check:
@@ -440,7 +581,10 @@ def load_matrix(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> Matrix:
 
     methods = {n: _method(f, n, b) for n, (f, b) in sections["methods"].items()}
     layouts = {n: _layout(f, n, b) for n, (f, b) in sections["layouts"].items()}
-    tiers = {n: _tier(f, n, b) for n, (f, b) in sections["tiers"].items()}
+    tiers = {n: _tier(f, n, b, methods) for n, (f, b) in sections["tiers"].items()}
+    for name, tier in tiers.items():
+        for i, layout in enumerate(tier.layouts):
+            _must_be_one_of(sections["tiers"][name][0], f"tiers.{name}.layouts[{i}]", layout, list(layouts))
     names = {"method": tuple(methods), "layout": tuple(layouts), "tier": tuple(tiers)}
     checks = {n: _check(f, n, b, names) for n, (f, b) in sections["checks"].items()}
     names["check"] = tuple(checks)
@@ -452,6 +596,9 @@ def load_matrix(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> Matrix:
         _must_be_one_of(f, f"tolerances.{dtype}", dtype, DTYPES)
         tolerances[dtype] = check_table(f, f"tolerances.{dtype}", body, TOLERANCE_SCHEMA)
     tiny_defaults = {k: b for k, (_, b) in sections["tiny_defaults"].items()}
+    real_shapes = {n: _real_shape(f, n, b, architectures) for n, (f, b) in sections["real_shapes"].items()}
+    claims = {n: _claim(f, n, b, real_shapes) for n, (f, b) in sections["claims"].items()}
+    gpus = {n: _gpu(f, n, b) for n, (f, b) in sections["gpus"].items()}
     return Matrix(
         architectures=architectures,
         methods=methods,
@@ -461,4 +608,7 @@ def load_matrix(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> Matrix:
         tiny_defaults=tiny_defaults,
         tolerances=tolerances,
         files=tuple(str(f) for f in files),
+        real_shapes=real_shapes,
+        claims=claims,
+        gpus=gpus,
     )

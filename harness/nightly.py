@@ -312,24 +312,7 @@ def add_durations(subparsers) -> None:
 
 
 # --- more than one host ---------------------------------------------------------------------
-# NOT wired into harness/pool.py yet: the pool starts its ranks on one host. This is the spec a
-# multi-host pool would use, e.g. COMPAT_HARNESS_RDZV="nnodes=2,nproc=8,endpoint=node0:29500,id=job42"
+# The rendezvous spec lives in harness/rendezvous.py (the rank pool consumes it); kept here too,
+# where the nightly's scripts look for the torchrun arguments.
 
-RDZV_ENV = "COMPAT_HARNESS_RDZV"
-
-
-def torchrun_args(spec: str | None = None) -> list[str]:
-    """torchrun rendezvous arguments from a COMPAT_HARNESS_RDZV spec ('' or unset: one host)."""
-    spec = os.environ.get(RDZV_ENV, "") if spec is None else spec
-    fields = dict(part.split("=", 1) for part in spec.split(",") if part.strip())
-    unknown = set(fields) - {"nnodes", "nproc", "endpoint", "id", "backend"}
-    if unknown:
-        raise ValueError(f"{RDZV_ENV}: unknown keys {sorted(unknown)}; allowed: nnodes, nproc, "
-                         "endpoint, id, backend")
-    if not fields:
-        return ["--standalone"]
-    if "endpoint" not in fields:
-        raise ValueError(f"{RDZV_ENV}: a multi-host rendezvous needs endpoint=HOST:PORT")
-    return [f"--nnodes={fields.get('nnodes', '1')}", f"--nproc-per-node={fields.get('nproc', 'gpu')}",
-            f"--rdzv-backend={fields.get('backend', 'c10d')}",
-            f"--rdzv-endpoint={fields['endpoint']}", f"--rdzv-id={fields.get('id', 'compat-harness')}"]
+from harness.rendezvous import RDZV_ENV, torchrun_args  # noqa: E402,F401 - re-exported

@@ -18,7 +18,9 @@ averages over the data-parallel ranks, so that every layout reports the global l
 - ep       {ep = N}           transformers' expert parallelism, where the installed version
                               has it (see below); a MoE model only.
 
-Two transformers APIs (decided by feature, not by version number):
+Three transformers APIs (decided by feature, not by version number):
+- transformers < 5.13 takes `tp_plan`, `tp_size` and `device_mesh` as from_pretrained's own
+  arguments (DistributedConfig holds only `enable_expert_parallel`); otherwise as below.
 - transformers <= 5.17 takes our mesh: `from_pretrained(distributed_config=DistributedConfig(
   tp_plan, tp_size, fsdp_size), device_mesh=mesh)` applies TP on `mesh["tp"]` only, and FSDP2
   is ours. EP is `DistributedConfig(tp_size=N, enable_expert_parallel=True)`: the model's
@@ -124,10 +126,23 @@ def transformers_owns_mesh() -> bool:
     return "ep_size" in DistributedConfig.__dataclass_fields__
 
 
-def _distributed_config(**kwargs):
+def _distributed_config(**kwargs) -> dict:
+    """from_pretrained's distributed keyword arguments, in the form this transformers takes.
+
+    Since 5.13 they go in one DistributedConfig(tp_plan, tp_size, fsdp_size, ...). Before, a
+    DistributedConfig held only `enable_expert_parallel`, and `tp_plan`/`tp_size` were
+    from_pretrained's own arguments; FSDP2 was never transformers' there (the harness applies it).
+    """
     from transformers.distributed import DistributedConfig
 
-    return DistributedConfig(**kwargs)
+    fields = DistributedConfig.__dataclass_fields__
+    if "tp_plan" in fields:
+        return {"distributed_config": DistributedConfig(**kwargs)}
+    out = {name: kwargs[name] for name in ("tp_plan", "tp_size") if name in kwargs}
+    if kwargs.get("enable_expert_parallel"):
+        out["distributed_config"] = DistributedConfig(enable_expert_parallel=True)
+        out.setdefault("tp_plan", "auto")
+    return out
 
 
 def tp_plan(arch: Architecture) -> dict | str:
@@ -246,12 +261,12 @@ def _load_plain(arch, path, dtype, device):
     return load_model(arch, path, dtype, str(device))
 
 
-def _load_distributed(arch, path, dtype, distributed_config, device_mesh=None):
+def _load_distributed(arch, path, dtype, distributed_kwargs: dict, device_mesh=None):
     import warnings
 
     from harness.tiny import auto_model_class
 
-    kwargs = {"dtype": getattr(torch, dtype), "distributed_config": distributed_config}
+    kwargs = {"dtype": getattr(torch, dtype), **distributed_kwargs}
     if device_mesh is not None:
         kwargs["device_mesh"] = device_mesh
     with warnings.catch_warnings():

@@ -135,7 +135,11 @@ class CellItem(pytest.Item):
 
         matrix = self.config.stash[MATRIX_KEY]
         layout = matrix.layouts[self.cell.layout]
+        tier = matrix.tiers[self.cell.tier]
         reason = missing_devices(self.device, layout.world_size)
+        if self.device not in tier.devices:
+            reason = (f"tier {tier.name} runs on {', '.join(tier.devices)} only ({tier.summary}); "
+                      f"select it with -m gpu on a GPU host")
         if reason:
             pytest.skip(reason)
         outcome = run_cell(matrix, self.cell, self.device)

@@ -27,6 +27,15 @@ A torn-down pool starts again on its next `run`, so the test session goes on.
 
 Each rank's stdout and stderr go to a log file in the pool's temp dir (pytest's capture
 would otherwise swallow them into whichever test started the pool).
+
+More than one host: when COMPAT_HARNESS_RDZV names a rendezvous (harness/rendezvous.py) and a
+pool's world size is larger than one host's `nproc`, the pool spreads its ranks evenly over
+the fewest nodes that hold them. This process (node 0) hosts the TCPStore at the rendezvous
+endpoint and its own ranks; each other node runs `compat-harness pool-worker`
+(harness/poolnode.py), which starts its ranks when asked and relays tasks and replies through
+that store. The failure rules above hold for remote ranks too: the node reports a rank that
+died, dumps the stacks of hung ranks on a timeout, and kills its ranks when the pool is torn
+down.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import importlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -69,6 +79,8 @@ class RankContext:
     world_size: int
     device: object  # torch.device
     backend: str
+    local_rank: int = 0  # the rank on this host (the GPU index on CUDA)
+    node_rank: int = 0
     _meshes: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -107,32 +119,72 @@ def _redirect_output(log_path: str):
     return log
 
 
-def _worker_main(rank: int, world_size: int, device_type: str, port: int, conn, log_path: str,
-                 visible_devices: str | None, preload: tuple[str, ...] = ()) -> None:
+@dataclass(frozen=True)
+class RankSpec:
+    """What a spawned rank needs to join its pool's process group."""
+
+    world_size: int
+    local_world_size: int
+    device_type: str
+    master_addr: str
+    master_port: int
+    store_prefix: str = ""  # non-empty: the group's keys live under it in a shared store
+    visible_devices: str | None = None
+    preload: tuple[str, ...] = ()
+    node_rank: int = 0
+
+
+def spawn_rank(rank: int, local_rank: int, spec: RankSpec, log_path: Path):
+    """Start one rank process; (process, the parent's end of its pipe)."""
+    context = mp.get_context("spawn")
+    parent_end, child_end = context.Pipe()
+    proc = context.Process(target=_worker_main, name=f"compat-pool-rank{rank}", daemon=True,
+                           args=(rank, local_rank, spec, child_end, str(log_path)))
+    proc.start()
+    child_end.close()
+    return proc, parent_end
+
+
+def read_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _worker_main(rank: int, local_rank: int, spec: RankSpec, conn, log_path: str) -> None:
     """Runs in the spawned process: init torch.distributed once, then serve tasks until told to stop."""
     _redirect_output(log_path)
     os.environ.update({
-        "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-        "OMP_NUM_THREADS": "1",
+        "RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(spec.world_size),
+        "LOCAL_WORLD_SIZE": str(spec.local_world_size), "GROUP_RANK": str(spec.node_rank),
+        "MASTER_ADDR": spec.master_addr, "MASTER_PORT": str(spec.master_port), "OMP_NUM_THREADS": "1",
     })
-    if visible_devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices
+    if spec.visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = spec.visible_devices
+    if spec.device_type == "cpu":
+        # CPU ranks see no GPU: transformers' own distributed loading binds each rank to the
+        # host's accelerator (cuda:LOCAL_RANK) even under gloo, which on a 1-GPU host fails
+        # rank 1 with "invalid device ordinal", and would put a CPU cell's weights on a GPU.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     start = time.perf_counter()
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    if device_type == "cuda":
-        torch.cuda.set_device(rank)
-        device, backend = torch.device("cuda", rank), "nccl"
+    if spec.device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
-    store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False)
-    extra = {"device_id": device} if device_type == "cuda" else {}
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, **extra)
-    ctx = RankContext(rank=rank, world_size=world_size, device=device, backend=backend)
-    for module in preload:
+    store = dist.TCPStore(spec.master_addr, spec.master_port, is_master=False)
+    if spec.store_prefix:
+        store = dist.PrefixStore(spec.store_prefix, store)
+    extra = {"device_id": device} if spec.device_type == "cuda" else {}
+    dist.init_process_group(backend, store=store, rank=rank, world_size=spec.world_size, **extra)
+    ctx = RankContext(rank=rank, world_size=spec.world_size, device=device, backend=backend,
+                      local_rank=local_rank, node_rank=spec.node_rank)
+    for module in spec.preload:
         importlib.import_module(module)
     conn.send(("ready", rank, time.perf_counter() - start))
     while True:
@@ -176,22 +228,34 @@ def _exit_text(code: int | None) -> str:
 
 
 class RankPool:
-    """N ranks with one process group, started lazily and rebuilt after a crash or a hang."""
+    """N ranks with one process group, started lazily and rebuilt after a crash or a hang.
+
+    `nodes` > 1 spreads them over that many hosts of `rendezvous` (world_size / nodes each):
+    ranks 0.. on this host, the others on the nodes that run `compat-harness pool-worker`.
+    """
 
     def __init__(self, world_size: int, device_type: str = "cpu", start_timeout_s: float = 300,
-                 error_grace_s: float = 10, preload: tuple[str, ...] = ()):
+                 error_grace_s: float = 10, preload: tuple[str, ...] = (), nodes: int = 1,
+                 rendezvous=None):
         if device_type not in ("cpu", "cuda"):
             raise ValueError(f"device_type must be 'cpu' or 'cuda', got {device_type!r}")
+        if nodes > 1 and (rendezvous is None or world_size % nodes):
+            raise ValueError(f"{nodes} nodes need a rendezvous and a world size they divide, "
+                             f"got {rendezvous} and {world_size}")
         self.world_size = world_size
         self.device_type = device_type
         self.start_timeout_s = start_timeout_s
         self.error_grace_s = error_grace_s
         self.preload = tuple(preload)  # modules every rank imports at start, before it is ready
+        self.nodes = nodes
+        self.rendezvous = rendezvous
+        self.local_size = world_size // nodes  # ranks 0..local_size-1 run on this host
         self.starts = 0  # how many times the ranks were (re)started
         self.start_s: float | None = None
         self._procs: list = []
         self._conns: list = []
         self._lease = None
+        self._remote = None  # poolnode.RemoteRanks while the ranks of other nodes are up
         self._log_dir = Path(tempfile.mkdtemp(prefix=f"compat-pool-{device_type}{world_size}-"))
         self._next_id = 0
 
@@ -203,10 +267,9 @@ class RankPool:
         return self._log_dir / f"rank{rank}.log"
 
     def log_tail(self, rank: int, lines: int = LOG_TAIL_LINES) -> str:
-        try:
-            return "\n".join(self.log_path(rank).read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        if rank >= self.local_size:
+            return self._remote.tail(rank) if self._remote else ""
+        return read_tail(self.log_path(rank), lines)
 
     # -- lifecycle --
 
@@ -218,23 +281,26 @@ class RankPool:
         if self.device_type == "cuda":
             from harness.devices import lease_gpus
 
-            self._lease = lease_gpus(self.world_size)
+            self._lease = lease_gpus(self.local_size)
             visible = self._lease.visible_devices
-        store = dist.TCPStore("127.0.0.1", 0, self.world_size, is_master=True,
-                              wait_for_workers=False)
-        self._store = store  # the workers' rendezvous lives as long as the pool
-        context = mp.get_context("spawn")
-        for rank in range(self.world_size):
-            parent_end, child_end = context.Pipe()
-            proc = context.Process(
-                target=_worker_main, name=f"compat-pool-rank{rank}", daemon=True,
-                args=(rank, self.world_size, self.device_type, store.port, child_end,
-                      str(self.log_path(rank)), visible, self.preload),
-            )
-            proc.start()
-            child_end.close()
+        if self.nodes == 1:
+            store = dist.TCPStore("127.0.0.1", 0, self.world_size, is_master=True,
+                                  wait_for_workers=False)
+            self._store = store  # the workers' rendezvous lives as long as the pool
+            addr, port, prefix = "127.0.0.1", store.port, ""
+        else:
+            from harness.poolnode import RemoteRanks
+
+            self._remote = RemoteRanks.announce(self.rendezvous, self.world_size, self.nodes,
+                                                self.device_type, self.preload)
+            addr, port = self.rendezvous.master_addr, self.rendezvous.master_port
+            prefix = self._remote.group_prefix
+        spec = RankSpec(self.world_size, self.local_size, self.device_type, addr, port, prefix,
+                        visible, self.preload)
+        for rank in range(self.local_size):
+            proc, conn = spawn_rank(rank, rank, spec, self.log_path(rank))
             self._procs.append(proc)
-            self._conns.append(parent_end)
+            self._conns.append(conn)
         self.starts += 1
         replies = self._collect(None, self.start_timeout_s, what="start")
         self.start_s = time.perf_counter() - started
@@ -242,6 +308,8 @@ class RankPool:
 
     def close(self) -> None:
         """Stop the ranks (politely if they are idle, by SIGKILL otherwise) and free the GPUs."""
+        if self._remote is not None:
+            self._remote.end("close")
         for conn in self._conns:
             with contextlib.suppress(OSError, ValueError):
                 conn.send(None)
@@ -251,6 +319,9 @@ class RankPool:
         self._kill()
 
     def _kill(self) -> None:
+        if self._remote is not None:
+            self._remote.end("kill")  # the other nodes kill their ranks
+            self._remote = None
         for proc in self._procs:
             if proc.is_alive():
                 proc.kill()
@@ -268,7 +339,8 @@ class RankPool:
 
     def run(self, task: str, payload: dict | None = None, timeout_s: float = 600) -> list:
         """Call `task(payload, ctx)` on every rank; return the per-rank values, or raise PoolTaskError."""
-        if self.alive and not all(proc.is_alive() for proc in self._procs):
+        if self.alive and not (all(proc.is_alive() for proc in self._procs)
+                               and (self._remote is None or self._remote.healthy())):
             self._kill()  # a rank died between calls
         if not self.alive:
             self.start()
@@ -280,10 +352,14 @@ class RankPool:
             except (BrokenPipeError, ConnectionResetError) as exc:
                 self._kill()
                 raise PoolTaskError("crash", f"rank {rank} is gone, cannot send {task}: {exc}", rank) from exc
+        if self._remote is not None:
+            self._remote.post(task_id, task, payload or {})
         return self._collect(task_id, timeout_s, what=task)
 
     def _collect(self, task_id: int | None, timeout_s: float, what: str) -> list:
         """Wait for every rank's reply to `task_id` (None: the start-up 'ready' message)."""
+        from harness.poolnode import POLL_S
+
         deadline = time.monotonic() + timeout_s
         values: dict[int, object] = {}
         errors: list[tuple[int, str, str, str]] = []  # (rank, category, message, traceback)
@@ -292,21 +368,29 @@ class RankPool:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            watched = {self._conns[r]: r for r in pending} | {self._procs[r].sentinel: r for r in pending}
-            for ready in wait(list(watched), timeout=remaining):
-                rank = watched[ready]
+            local = {r for r in pending if r < self.local_size}
+            remote = pending - local
+            watched = {self._conns[r]: r for r in local} | {self._procs[r].sentinel: r for r in local}
+            wait_s = min(remaining, POLL_S) if remote else remaining
+            replies = []
+            if watched:
+                for ready in wait(list(watched), timeout=wait_s):
+                    rank = watched[ready]
+                    replies.append((rank, self._receive(rank)))
+            else:
+                time.sleep(wait_s)
+            if remote and self._remote is not None:
+                replies += self._remote.replies(task_id, remote)
+            for rank, reply in replies:
                 if rank not in pending:
                     continue
-                reply = self._receive(rank)
                 if reply is None:  # the sentinel fired, or the pipe closed, with nothing left to read
                     self._procs[rank].join(timeout=1)
-                    code = self._procs[rank].exitcode
+                    reply = ("dead", task_id, _exit_text(self._procs[rank].exitcode), self.log_tail(rank))
+                if reply[0] == "dead":
                     self._kill()
-                    raise PoolTaskError(
-                        "crash",
-                        f"rank {rank} died during {what} ({_exit_text(code)}); pool torn down",
-                        rank, self.log_tail(rank),
-                    )
+                    raise PoolTaskError("crash", f"rank {rank} died during {what} ({reply[2]}); "
+                                                 "pool torn down", rank, reply[3])
                 if task_id is None or reply[1] == task_id:
                     pending.discard(rank)
                     if reply[0] == "error":
@@ -361,12 +445,19 @@ class RankPool:
         return True
 
     def _dump_stacks(self, ranks: set[int]) -> None:
+        """Hung ranks write every thread's stack to their logs (remote ones: their node does it)."""
+        if self._remote is not None and any(r >= self.local_size for r in ranks):
+            self._remote.end("timeout")  # the nodes dump their ranks' stacks and send the log tails
         for rank in ranks:
+            if rank >= self.local_size:
+                continue
             pid = self._procs[rank].pid
             if pid and self._procs[rank].is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGUSR1)
         time.sleep(1.0)
+        if self._remote is not None:
+            self._remote.wait_tails({r for r in ranks if r >= self.local_size})
 
 
 _POOLS: dict[tuple[int, str], RankPool] = {}
@@ -378,14 +469,25 @@ def get_pool(world_size: int, device_type: str = "cpu") -> RankPool:
     """This process's pool for (world size, device type); started on its first `run`.
 
     On CUDA a process holds at most one pool, hence one GPU lease: asking for another world
-    size closes the other pool first, so no process holds GPUs while it waits for more.
+    size closes the other pool first, so no process holds GPUs while it waits for more. Likewise
+    at most one pool spans several nodes, since each node serves one pool at a time.
     """
+    from harness.rendezvous import RendezvousError, from_env, placement
+
+    try:
+        rdzv = from_env()
+        nodes, _ = placement(world_size, device_type, rdzv)
+    except RendezvousError as exc:
+        raise PoolTaskError("error", str(exc)) from None
+    if nodes > 1 and os.environ.get("PYTEST_XDIST_WORKER"):
+        raise PoolTaskError("error", f"world size {world_size} spans {nodes} nodes: run multi-host "
+                                     "cells in one pytest process (no -n), which hosts the rendezvous")
     key = (world_size, device_type)
     if key not in _POOLS:
-        if device_type == "cuda":
-            for other in [k for k in _POOLS if k[1] == "cuda"]:
-                _POOLS.pop(other).close()
-        _POOLS[key] = RankPool(world_size, device_type, preload=PRELOAD)
+        for other in [k for k, p in _POOLS.items()
+                      if (device_type == "cuda" and k[1] == "cuda") or (nodes > 1 and p.nodes > 1)]:
+            _POOLS.pop(other).close()
+        _POOLS[key] = RankPool(world_size, device_type, preload=PRELOAD, nodes=nodes, rendezvous=rdzv)
     return _POOLS[key]
 
 
@@ -393,3 +495,6 @@ def get_pool(world_size: int, device_type: str = "cpu") -> RankPool:
 def close_pools() -> None:
     while _POOLS:
         _POOLS.popitem()[1].close()
+    poolnode = sys.modules.get("harness.poolnode")  # imported only where a pool spanned hosts
+    if poolnode is not None:
+        poolnode.shutdown_nodes()  # the pool-worker processes of the other nodes exit

@@ -481,6 +481,50 @@ def history_by_cell(frames: Iterable[pd.DataFrame]) -> dict[str, list[dict]]:
     return out
 
 
+def real_shape_rows(matrix: Matrix, views: list[ArchView]) -> list[dict]:
+    """One row per real-shape record: what fitting the real size on a GPU cost (or why it did not)."""
+    shapes = {n: s.checkpoint for n, s in matrix.real_shapes.items()}
+    rows = []
+    for view in views:
+        for e in view.evidence:
+            if "@" not in e.cell_id or e.status not in RAN:
+                continue
+            m, shape = e.metrics, e.cell_id.rsplit("@", 1)[1]
+            passed = e.status == "pass"
+            peak = m.get("peak_reserved_bytes") or m.get("peak_memory_bytes")
+            planned = m.get("planned_bytes")
+            rows.append({
+                "cell_id": e.cell_id, "checkpoint": shapes.get(shape, shape),
+                "method": e.cell_id.split("-")[1], "where": e.where_short,
+                "status": e.status + (f" ({e.category})" if e.category else ""),
+                "params": number(m.get("params_total")), "peak": human_bytes(peak) if peak else "—",
+                "asked": human_bytes(planned) if not passed and planned else "",
+                "tokens_per_s": number(m.get("tokens_per_s")) if passed else "—",
+                "mfu": f"{m['mfu']:.1%}" if passed and m.get("mfu") is not None else "—",
+                "peak_tflops": m.get("peak_tflops"), "note": e.note})
+    return sorted(rows, key=lambda r: (r["checkpoint"], r["method"], where_order(r["where"])))
+
+
+def claim_rows(matrix: Matrix, views: list[ArchView]) -> list[dict]:
+    """Each published claim with the verdict its real-shape measurements gave (or 'unverified')."""
+    from harness.claims import evaluate
+
+    judged: dict[str, list[tuple[Evidence, dict]]] = {}
+    for view in views:
+        for e in view.evidence:
+            for verdict in e.metrics.get("claims") or []:
+                judged.setdefault(verdict["claim"], []).append((e, verdict))
+    rows = []
+    for name, claim in sorted(matrix.claims.items()):
+        found = judged.get(name) or [(None, vars(evaluate(
+            claim, status=None, category=None, peak_bytes=None, device_name=None,
+            device_count=claim.gpus, device_total_bytes=None)))]
+        for e, verdict in found:
+            rows.append({**verdict, "where": e.where_short if e else "—", "note": e.note if e else None,
+                         "source": claim.source})
+    return rows
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -524,6 +568,7 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
     notes = run_notes(shown)
     views = arch_views(matrix, evidence_rows(shown, notes))
     pages = families(views)
+    real_shapes, claims = real_shape_rows(matrix, views), claim_rows(matrix, views)
     env = environment()
     common = {"matrix": matrix, "views": views, "notes": [notes[k] for k in sorted(notes)],
               "notes_by_run": notes, "unused": unused, "records": len(records),
@@ -531,7 +576,7 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
               "counts": {k: sum(v.verdict.kind == k for v in views)
                          for k in ("supported", "not-supported", "not-verified", "n/a")}}
     docs = {
-        "llm.md": env.get_template("llm.md.j2").render(**common),
+        "llm.md": env.get_template("llm.md.j2").render(**common, real_shapes=real_shapes, claims=claims),
         "overview.md": env.get_template("overview.md.j2").render(
             **common, auto_classes=auto_class_table(views), failures=failure_table(views),
             known=FAILURE_CATEGORIES),

@@ -73,7 +73,8 @@ def run_check(matrix: Matrix, cell: Cell, device: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix=f"{cell.id}-") as scratch:
         metrics = check.run(CellRun(matrix, cell, device, scratch_root=Path(scratch)))
-    return {**metrics, **_peak_memory(device)}
+    # A check that measured its own peak (real-shape: the training steps alone) keeps it.
+    return {**_peak_memory(device), **metrics}
 
 
 # --- multi-rank cells --------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
         metrics = run_check(matrix, cell, device)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a categorised record
         category, message = classify(exc)
-        duration = {"duration_s": time.perf_counter() - start}
+        duration = {**getattr(exc, "metrics", {}), "duration_s": time.perf_counter() - start}
         if category in SKIP_CATEGORIES:
             return Outcome("skip", category, message, metrics=duration)
         status = "xfail" if limit and limit.category == category else "fail"

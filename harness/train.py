@@ -73,17 +73,23 @@ def _sync(device: torch.device) -> None:
 
 def train_steps(
     model: torch.nn.Module,
-    batch: dict,
+    batch: dict | list[dict],
     optimizer: torch.optim.Optimizer,
     steps: int,
     reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Run `steps` optimizer steps on the same batch; return the global loss curve."""
+    """Run `steps` optimizer steps and return the global loss curve.
+
+    `batch` is one batch used at every step (the tiny tier's fixed batch), or a list of batches
+    taken in turn (the real tier's text: a new slice of the train split per step).
+    """
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batches = batch if isinstance(batch, list) else [batch]
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     model.train()
     losses, norms, times = [], [], []
-    for _ in range(steps):
+    for step in range(steps):
+        batch = batches[step % len(batches)]
         _sync(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)

@@ -105,6 +105,18 @@ def test_merge_exit_code_follows_regressions(tmp_path):
         f"matrix/architectures.toml::{cell}[cpu]": 1.5}
 
 
+def test_regression_in_one_shard_fails_the_merge(tmp_path):
+    """Two shards, the other one green: one failing cell in one shard is enough."""
+    cells = ["LlamaForCausalLM-sft-single-tiny-train", "Qwen3ForCausalLM-sft-single-tiny-train"]
+    previous = write(tmp_path / "prev.jsonl",
+                     [record(c, "pass", "2026-01-01T00:00:00+00:00", "a") for c in cells])
+    green = write(tmp_path / "shard-1.jsonl", [record(cells[0], "pass", "2026-01-02T00:00:00+00:00", "n")])
+    red = write(tmp_path / "shard-2.jsonl", [record(cells[1], "fail", "2026-01-02T00:00:01+00:00", "n")])
+    result = nightly.merge([green, red], tmp_path / "merged.jsonl", tmp_path / "h.sqlite", previous,
+                           tmp_path / "docs")
+    assert (result.exit_code, result.regressions, result.records) == (1, [cells[1]], 2)
+
+
 def test_torchrun_rendezvous_spec():
     assert nightly.torchrun_args("") == ["--standalone"]
     assert nightly.torchrun_args("nnodes=2,nproc=8,endpoint=node0:29500,id=j1") == [

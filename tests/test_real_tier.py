@@ -1,17 +1,44 @@
-"""The real tier resolves a checkpoint from the local HF cache only, or skips saying how to get it."""
+"""The real tier resolves a checkpoint from the local HF cache only, or skips saying how to get it,
+and trains on real text (the QA set) through the checkpoint's own tokenizer."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
 
+from harness.datasets import SHIPPED
 from harness.matrix import load_matrix
 from harness.tiny import tiny_checkpoint
 from tests.conftest import LLAMA_ROW, write_rows
 from tests.test_plugin_e2e import run_matrix
 
 REAL_ROW = LLAMA_ROW + 'real_checkpoint = "tiny-org/tiny-llama"\n'
+
+
+def char_tokenizer():
+    """A real (fast) tokenizer with one token per character of the QA set: fits the tiny vocab."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set(SHIPPED.read_text(encoding="utf-8")) - {"\n"}) + ["\n"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="</s>")
+
+
+def small_real_tier(matrix_dir, **values):
+    """The copied axes with the real tier made cheap for a tiny model and character tokens."""
+    axes = matrix_dir / "axes.toml"
+    text = axes.read_text()
+    head, rest = text.split("[tiers.real]", 1)
+    tier, tail = rest.split("\n[", 1)
+    for key, value in {"seq_len": 512, "steps": 6, "heldout_batch_size": 6, **values}.items():
+        tier = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", tier)
+    axes.write_text(head + "[tiers.real]" + tier + "\n[" + tail)
 
 
 @pytest.fixture
@@ -23,18 +50,44 @@ def hf_cache(tmp_path, monkeypatch):
     revision = "0123456789abcdef0123456789abcdef01234567"
     repo = cache / "models--tiny-org--tiny-llama"
     shutil.copytree(source, repo / "snapshots" / revision)
+    char_tokenizer().save_pretrained(repo / "snapshots" / revision)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     return repo / "snapshots" / revision
 
 
-def test_real_cell_runs_on_a_cached_checkpoint(pytester, matrix_dir, hf_cache):
+def test_real_cell_trains_on_real_text_from_a_cached_checkpoint(pytester, matrix_dir, hf_cache):
+    # A random tiny model starts far above a pretrained one; only the threshold is relaxed here.
+    small_real_tier(matrix_dir, start_loss_max=20.0, lr="{ sft = 1e-2, lora = 1e-2 }")
     write_rows(matrix_dir, REAL_ROW)
     outcome, records = run_matrix(pytester, matrix_dir, "-m", "cpu", "--tier", "real", "--method", "lora")
     outcome.assert_outcomes(passed=1, deselected=1)
-    assert records[0]["metrics"]["checkpoint"] == str(hf_cache)
+    metrics = records[0]["metrics"]
+    assert metrics["checkpoint"] == str(hf_cache)
     assert records[0]["cell_id"] == "LlamaForCausalLM-lora-single-real-train"
+    assert metrics["heldout_loss_after"] < metrics["heldout_loss_before"]
+    assert metrics["start_loss"] == metrics["losses"][0] and len(metrics["losses"]) == 6
+    assert metrics["heldout_items"] == 6 and metrics["answer_tokens"] > 6
+
+
+def test_a_model_that_starts_where_no_pretrained_model_would_fails(pytester, matrix_dir, hf_cache):
+    small_real_tier(matrix_dir, steps=2)
+    write_rows(matrix_dir, REAL_ROW)
+    outcome, records = run_matrix(pytester, matrix_dir, "-m", "cpu", "--tier", "real", "--method", "sft")
+    outcome.assert_outcomes(failed=1, deselected=1)
+    assert records[0]["category"] == "check-failed"
+    assert "above 3.0, where a pretrained model starts" in records[0]["message"]
+
+
+def test_generate_on_real_text_needs_the_expected_answer(pytester, matrix_dir, hf_cache):
+    small_real_tier(matrix_dir, steps=2, start_loss_max=20.0, lr="{ sft = 1e-2, lora = 1e-2 }")
+    write_rows(matrix_dir, REAL_ROW)
+    outcome, records = run_matrix(pytester, matrix_dir, "-m", "cpu", "--tier", "real", "--method", "lora",
+                                  "--check", "generate")
+    outcome.assert_outcomes(failed=1)
+    assert records[0]["category"] == "check-failed"
+    assert "capital-france" in records[0]["message"] and "'Paris'" in records[0]["message"]
 
 
 def test_absent_checkpoint_skips_naming_the_id_and_the_prefetch(pytester, matrix_dir, tmp_path, monkeypatch):

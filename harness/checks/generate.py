@@ -4,16 +4,22 @@ Before: the trained model generates under the cell's layout (every rank the same
 After: SFT saves the whole model with save_pretrained and reloads it with from_pretrained;
 LoRA saves only the adapter (gathered whole from any shards) and loads it into a fresh base
 with plain peft, which is how users ship each of them. The reload is on one device.
+
+On real text (tier data "qa") the prompt is the check's fixed factual item of the QA set
+(option `prompt`, e.g. capital-france), and the decoded greedy answer must contain the expected
+answer (e.g. "Paris") both before saving and after reloading, not only be the same tokens.
 """
 
 from __future__ import annotations
 
 import torch
 
+from harness import realtext
 from harness.checks.common import full_state
 from harness.checks.dcp_roundtrip import export_hf, reload_hf
 from harness.checks.peft_roundtrip import load_adapter, one_device_adapter_model, save_adapter
-from harness.checks.train import trained
+from harness.checks.train import trained, training_metrics
+from harness.datasets import answer_matches
 from harness.failures import CellFailure
 
 
@@ -34,30 +40,54 @@ def greedy(model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
     return out[0, prompt.shape[1]:].tolist()
 
 
-def run(cr) -> dict:
-    model, result = trained(cr)
-    prompt = cr.batch(model)["input_ids"][:1, :8]
-    new_tokens = cr.check_options.get("new_tokens", 8)
-    before = greedy(model, prompt, new_tokens)
+def _answer(cr, tokens: list[int]) -> str:
+    return realtext.tokenizer(cr).decode(tokens, skip_special_tokens=True)
+
+
+def _reloaded(cr, model):
+    """The trained model saved and loaded back on one device; None on ranks other than 0."""
     scratch = cr.scratch_dir()
     if cr.method.is_lora:
         single = one_device_adapter_model(cr, model)
         if single is None:
-            return {"losses": result.losses, "generated": before}
+            return None
         save_adapter(single, scratch / "adapter")
-        reloaded = load_adapter(cr, scratch / "adapter")
-    else:
-        if cr.load_layout.world_size != 1:
-            raise CellFailure("error", f"generate reloads on one device: load_layouts must map "
-                                       f"{cr.layout.name} to a one-rank layout")
-        state = full_state(model) if cr.distributed else None
-        if not cr.is_main:
-            return {"losses": result.losses, "generated": before}
-        single = cr.one_device_model(state) if cr.distributed else model
-        export_hf(single, scratch / "hf", "5GB")
-        reloaded = reload_hf(cr.arch, scratch / "hf", next(single.parameters()).device)
+        return load_adapter(cr, scratch / "adapter")
+    if cr.load_layout.world_size != 1:
+        raise CellFailure("error", f"generate reloads on one device: load_layouts must map "
+                                   f"{cr.layout.name} to a one-rank layout")
+    state = full_state(model) if cr.distributed else None
+    if not cr.is_main:
+        return None
+    single = cr.one_device_model(state) if cr.distributed else model
+    export_hf(single, scratch / "hf", "5GB")
+    return reload_hf(cr.arch, scratch / "hf", next(single.parameters()).device)
+
+
+def run(cr) -> dict:
+    new_tokens = cr.check_options.get("new_tokens", 8)
+    text = realtext.uses_text(cr)
+    if text:
+        item, prompt = realtext.fixed_prompt(cr, cr.check_options["prompt"])
+        untrained = _answer(cr, greedy(cr.load_base(), prompt, new_tokens))
+    model, result = trained(cr)
+    if not text:
+        prompt = cr.batch(model)["input_ids"][:1, :8]
+    before = greedy(model, prompt, new_tokens)
+    reloaded = _reloaded(cr, model)
+    if reloaded is None:
+        return {"losses": result.losses, "generated": before}
     after = greedy(reloaded, prompt, new_tokens)
     if before != after:
         raise CellFailure("check-failed", f"greedy tokens changed across save (under {cr.layout.name}) and "
                                           f"reload (one device): {before} -> {after}")
-    return {"losses": result.losses, "generated": before, "saved_under": cr.layout.name}
+    if not text:
+        return {"losses": result.losses, "generated": before, "saved_under": cr.layout.name}
+    answers = {"answer_untrained": untrained, "answer_before_save": _answer(cr, before),
+               "answer_after_reload": _answer(cr, after)}
+    for when in ("answer_before_save", "answer_after_reload"):
+        if not answer_matches(answers[when], item.answer):
+            raise CellFailure("check-failed", f"{item.id}: the greedy answer {answers[when]!r} ({when}) does "
+                                              f"not contain the expected {item.answer!r}")
+    return {**training_metrics(result), "generated": before, "prompt_id": item.id,
+            "question": item.question, "expected": item.answer, "saved_under": cr.layout.name, **answers}
