@@ -71,10 +71,20 @@ class KnownLimit:
     layout: str | None = None
     tier: str | None = None
     check: str | None = None
+    # A version specifier (e.g. "<5.1"): the limit holds only for those transformers releases,
+    # so a release that fixes it runs the cell for real (and a stale entry shows as such).
+    transformers: str | None = None
 
     def covers(self, method: str, layout: str, tier: str, check: str) -> bool:
         wanted = {"method": method, "layout": layout, "tier": tier, "check": check}
-        return all(getattr(self, k) in (None, v) for k, v in wanted.items())
+        if not all(getattr(self, k) in (None, v) for k, v in wanted.items()):
+            return False
+        if self.transformers is None:
+            return True
+        import transformers
+        from packaging.specifiers import SpecifierSet
+
+        return SpecifierSet(self.transformers).contains(transformers.__version__, prereleases=True)
 
 
 @dataclass(frozen=True)
@@ -269,6 +279,7 @@ LIMIT_SCHEMA = {
     "layout": (_STR, False),
     "tier": (_STR, False),
     "check": (_STR, False),
+    "transformers": (_STR, False),
 }
 METHOD_SCHEMA = {"summary": (_STR, True), "lr": (_NUM, True), "lora": (_TABLE, False)}
 LORA_SCHEMA = {
@@ -409,12 +420,24 @@ def _merge_files(paths: list[Path]) -> dict[str, dict[str, tuple[str, Any]]]:
     return sections
 
 
+def _version_spec(file: str, key: str, value: str) -> None:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        SpecifierSet(value)
+    except InvalidSpecifier:
+        raise MatrixError(file, key, value,
+                          'is not a version specifier; write e.g. "<5.1" or ">=5.0,<5.13"') from None
+
+
 def _limits(file: str, path: str, raw: list, matrix_names: dict[str, tuple]) -> tuple[KnownLimit, ...]:
     limits = []
     for i, item in enumerate(raw):
         where = f"{path}.known_limits[{i}]"
         check_table(file, where, item, LIMIT_SCHEMA)
         _must_be_one_of(file, f"{where}.category", item["category"], FAILURE_CATEGORIES)
+        if "transformers" in item:
+            _version_spec(file, f"{where}.transformers", item["transformers"])
         for axis, names in matrix_names.items():
             if axis in item:
                 _must_be_one_of(file, f"{where}.{axis}", item[axis], names)

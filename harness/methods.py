@@ -22,6 +22,9 @@ class Trainable:
     lora_modules: list[str] = field(default_factory=list)
 
 
+NEEDS_NEWER = re.compile(r"upgrade to transformers\s*>=\s*[0-9]", re.IGNORECASE)
+
+
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(re.search(rf"(^|\.){re.escape(p)}(\.|$)", name) for p in patterns)
 
@@ -52,7 +55,11 @@ def _apply_lora(model, arch: Architecture, method: Method) -> Trainable:
     try:
         peft_model = get_peft_model(model, config)
     except Exception as exc:  # noqa: BLE001 - any refusal by peft is the category's point
-        raise CellFailure("peft-unsupported", f"{type(exc).__name__}: {exc}") from exc
+        message = f"{type(exc).__name__}: {exc}"
+        # peft's own statement that this combination needs a newer transformers (e.g. LoRA
+        # under TP "Please upgrade to transformers >= 5.4.0"): not supported *here*, a skip
+        category = "needs-newer-transformers" if NEEDS_NEWER.search(str(exc)) else "peft-unsupported"
+        raise CellFailure(category, message) from exc
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     frozen = [n for n, p in peft_model.named_parameters() if not p.requires_grad]
     covered = sorted({n.split(".lora_")[0].removeprefix("base_model.model.") for n in trainable

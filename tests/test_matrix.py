@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.matrix import MatrixError, load_matrix
@@ -162,3 +164,30 @@ def test_missing_directory_and_empty_directory(tmp_path):
 def test_no_architectures(matrix_dir):
     error = load_error(matrix_dir)
     assert error.key == "architectures" and "no entries" in str(error)
+
+
+def test_known_limit_scoped_to_transformers_versions():
+    import transformers
+
+    from harness.matrix import KnownLimit
+
+    here = transformers.__version__
+    cell = ("sft", "tp", "tiny", "parity")
+    assert KnownLimit("numerics", "r", layout="tp", transformers=f"=={here}").covers(*cell)
+    assert not KnownLimit("numerics", "r", layout="tp", transformers=f"!={here}").covers(*cell)
+    assert not KnownLimit("numerics", "r", layout="fsdp2", transformers=f"=={here}").covers(*cell)
+
+
+def test_known_limit_with_a_bad_version_specifier_names_the_key(tmp_path):
+    import shutil
+
+    for f in Path("matrix").glob("*.toml"):
+        shutil.copy(f, tmp_path / f.name)
+    path = tmp_path / "architectures.toml"
+    limit = 'known_limits = [{ category = "oom", reason = "r", transformers = "5.0 or so" }]\n'
+    head = "[architectures.LlamaForCausalLM]\n"
+    path.write_text(path.read_text().replace(head, head + limit, 1))
+    with pytest.raises(MatrixError) as info:
+        load_matrix(tmp_path)
+    assert "architectures.LlamaForCausalLM.known_limits[0].transformers" in str(info.value)
+    assert "version specifier" in str(info.value)
