@@ -39,7 +39,19 @@ def new_run_id() -> str:
 
 @functools.cache
 def git_sha() -> str:
+    """The commit of the harness code that ran; "unknown" unless REPO_ROOT is itself a checkout.
+
+    A copy of the tree exported into another repository (e.g. `git archive` into a folder of a
+    checkout) would otherwise report the enclosing repository's HEAD: a commit whose code did
+    not run. COMPAT_HARNESS_GIT_SHA names the commit of such a copy explicitly.
+    """
+    if os.environ.get("COMPAT_HARNESS_GIT_SHA"):
+        return os.environ["COMPAT_HARNESS_GIT_SHA"]
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        if not top or Path(top).resolve() != Path(REPO_ROOT).resolve():
+            return "unknown"
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
         )
