@@ -335,8 +335,9 @@ CHECK_SCHEMA = {
     "auto_classes": (_LIST_STR, False),
 }
 TOLERANCE_SCHEMA = {"rtol": (_NUM, True), "atol": (_NUM, True)}
+# `providers` is read by harness/providers.py (load_providers), which validates real_provider here.
 TOP_LEVEL = ("architectures", "methods", "layouts", "tiers", "checks", "tiny_defaults", "tolerances",
-             "real_shapes", "claims", "gpus")
+             "real_shapes", "claims", "gpus", "providers")
 
 
 def _type_name(expected: Any) -> str:
