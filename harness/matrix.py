@@ -159,6 +159,9 @@ class Tier:
     gradient_checkpointing: bool = False
     # Whether the train check compares every weight before and after (real-shape: too big to copy).
     check_updates: bool = True
+    # Whether the train check requires the loss to fall; False: finite losses are enough (real-shape:
+    # random weights at full size, where a few steps of LoRA on random ids show nothing about learning).
+    loss_must_fall: bool = True
     # The device types the tier can run on; others skip with the reason (real-shape: cuda only).
     devices: tuple[str, ...] = DEVICE_TYPES
     # The layouts a tier runs under (empty: all); the rest are pruned with the reason.
@@ -302,6 +305,7 @@ TIER_SCHEMA = {
     "heldout_batch_size": (_INT, False),
     "gradient_checkpointing": (_BOOL, False),
     "check_updates": (_BOOL, False),
+    "loss_must_fall": (_BOOL, False),
     "devices": (_LIST_STR, False),
     "layouts": (_LIST_STR, False),
 }

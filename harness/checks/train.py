@@ -37,10 +37,14 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def assert_finite(result: TrainResult) -> None:
+    if not all(math.isfinite(x) for x in result.losses):
+        raise CellFailure("numerics", f"non-finite loss: {result.losses}")
+
+
 def assert_loss_falls(result: TrainResult, start_loss_max: float | None = None) -> None:
     losses = result.losses
-    if not all(math.isfinite(x) for x in losses):
-        raise CellFailure("numerics", f"non-finite loss: {losses}")
+    assert_finite(result)
     if "heldout_loss_before" not in result.extra:
         if not losses[-1] < losses[0]:
             raise CellFailure("numerics", f"loss did not fall over {len(losses)} steps: {losses}")
