@@ -15,7 +15,7 @@ run() {
     --arch "$2" --results "$RESULTS" --run-id "$RUN_ID" -rA 2>&1 | grep -v -i "warn"
 }
 start=$(date +%s)
-run "${DENSE_LIMIT:-230}" LlamaForCausalLM,Qwen3ForCausalLM,MistralForCausalLM
+run "${DENSE_LIMIT:-200}" LlamaForCausalLM,Qwen3ForCausalLM,MistralForCausalLM
 echo "dense rows: $(( $(date +%s) - start )) s"
-run "${SPARSE_LIMIT:-290}" Qwen3MoeForCausalLM,GptOssForCausalLM,NemotronHForCausalLM
+run "${SPARSE_LIMIT:-280}" Qwen3MoeForCausalLM,GptOssForCausalLM,NemotronHForCausalLM
 echo "all rows: $(( $(date +%s) - start )) s"

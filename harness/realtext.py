@@ -73,6 +73,22 @@ def heldout_batch(cr) -> dict:
     return text_batch(cr, "heldout", cr.tier.heldout_batch_size or cr.tier.batch_size)
 
 
+def _reshard(model) -> None:
+    """Give back FSDP2's gathered parameters after an evaluation forward.
+
+    FSDP2 keeps the root module's parameters gathered after its forward (the root does not
+    reshard after forward); after a no-grad forward that state outlives the evaluation, and the
+    training steps then never reduce gradients into the root's sharded weights (embeddings,
+    final norm, head), which silently stay as they were. The tiny tier never evaluates outside
+    training, so only this path needs it.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 @torch.no_grad()
 def eval_loss(model, batch: dict, reduce_loss=None) -> float:
     was_training = model.training
@@ -80,6 +96,7 @@ def eval_loss(model, batch: dict, reduce_loss=None) -> float:
     device = next(model.parameters()).device
     loss = model(**{k: v.to(device) for k, v in batch.items()}).loss.detach()
     model.train(was_training)
+    _reshard(model)
     return float(reduce_loss(loss) if reduce_loss else loss)
 
 

@@ -98,3 +98,16 @@ def test_absent_checkpoint_skips_naming_the_id_and_the_prefetch(pytester, matrix
     assert {r["category"] for r in records} == {"checkpoint-absent"}
     outcome.stdout.fnmatch_lines(
         ["*tiny-org/tiny-llama is not in the local Hugging Face cache*hf download tiny-org/tiny-llama*"])
+
+
+@pytest.mark.parametrize(("layout", "dp_size"), [("fsdp2", 2), ("tp", 1)])
+def test_real_text_trains_under_multi_rank_layouts_through_the_cellrun_placement(
+        pytester, matrix_dir, hf_cache, layout, dp_size):
+    small_real_tier(matrix_dir, start_loss_max=20.0, lr="{ sft = 1e-2, lora = 1e-2 }")
+    write_rows(matrix_dir, REAL_ROW)
+    outcome, records = run_matrix(pytester, matrix_dir, "-m", "cpu", "--tier", "real", "--method", "sft",
+                                  "--layout", layout)
+    outcome.assert_outcomes(passed=1, deselected=1)
+    metrics = records[0]["metrics"]
+    assert metrics["world_size"] == 2 and metrics["dp_size"] == dp_size
+    assert metrics["heldout_loss_after"] < metrics["heldout_loss_before"]

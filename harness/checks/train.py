@@ -3,7 +3,8 @@
 Pass means all of:
 - every loss is finite and the last is below the first (on a fixed batch, so it must fall);
   on real text (tier data "qa") instead: the first loss is where a pretrained model starts
-  (at most the tier's `start_loss_max`) and the loss on the held-out questions falls;
+  (at most the row's `real_start_loss_max`, else the tier's `start_loss_max`) and the loss on
+  the held-out questions falls;
 - SFT: every trainable weight moved (a weight that never moves means a broken graph);
 - LoRA: every adapter weight moved and every base weight is bit-for-bit unchanged.
 
@@ -36,10 +37,14 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def assert_finite(result: TrainResult) -> None:
+    if not all(math.isfinite(x) for x in result.losses):
+        raise CellFailure("numerics", f"non-finite loss: {result.losses}")
+
+
 def assert_loss_falls(result: TrainResult, start_loss_max: float | None = None) -> None:
     losses = result.losses
-    if not all(math.isfinite(x) for x in losses):
-        raise CellFailure("numerics", f"non-finite loss: {losses}")
+    assert_finite(result)
     if "heldout_loss_before" not in result.extra:
         if not losses[-1] < losses[0]:
             raise CellFailure("numerics", f"loss did not fall over {len(losses)} steps: {losses}")
@@ -85,6 +90,11 @@ def assert_updates(trainable: Trainable, before: dict, after: dict, is_lora: boo
     return {"weights_changed": len(trainable.trainable), "weights_frozen": len(trainable.frozen)}
 
 
+def start_loss_max(cr) -> float | None:
+    """The bound on the first loss on real text: the row's own if it declares one, else the tier's."""
+    return cr.arch.real_start_loss_max or cr.tier.start_loss_max
+
+
 def train(cr, trainable) -> TrainResult:
     """The cell's training: the tier's real text, or the fixed batch through CellRun."""
     return realtext.train(cr, trainable) if realtext.uses_text(cr) else cr.train(trainable)
@@ -104,7 +114,7 @@ def run(cr) -> dict:
     if cr.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result = train(cr, trainable)
-    assert_loss_falls(result, cr.tier.start_loss_max)
+    assert_loss_falls(result, start_loss_max(cr))
     counts = assert_updates(trainable, before, snapshot(model), cr.method.is_lora)
     return {
         **training_metrics(result),
@@ -124,7 +134,7 @@ def trained(cr):
     """The round trips' common start: the cell's method applied, trained, loss checked."""
     trainable = cr.trainable()
     result = train(cr, trainable)
-    assert_loss_falls(result, cr.tier.start_loss_max)
+    assert_loss_falls(result, start_loss_max(cr))
     return trainable.model, result
 
 
