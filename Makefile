@@ -46,12 +46,17 @@ unit: setup browser
 # (`train`, `parity`, and the round trips across their declared layout pairs; ep only for the
 # MoE row), so every layout is tested in CI without a GPU.
 LAYOUT_SLICE ?= LlamaForCausalLM,Qwen3ForCausalLM,Qwen3MoeForCausalLM
+# A second MoE row (hybrid Mamba + MoE, unpacked experts) for the round trips across layouts:
+# Qwen3-MoE's packed expert shards cannot be saved with DCP under tp (a recorded known limit).
+ROUNDTRIP_SLICE ?= NemotronHForCausalLM
 
 slice: setup real
 	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier real --layout single --method lora --check $(REAL_SLICE_CHECKS) --arch $(REAL_SLICE) --results $(RESULTS) $(PYTEST_OK)
 	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier tiny --layout single --arch $(SLICE) --results $(RESULTS) $(PYTEST_OK)
 	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier tiny --layout fsdp2,tp,fsdp2_tp,ep \
 	  --arch $(LAYOUT_SLICE) --results $(RESULTS) $(PYTEST_OK)
+	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier tiny --layout fsdp2,tp --check dcp_roundtrip,peft_roundtrip,generate \
+	  --arch $(ROUNDTRIP_SLICE) --results $(RESULTS) $(PYTEST_OK)
 
 # The committed docs must be what the committed records give.
 docs-check: setup
