@@ -151,3 +151,19 @@ def test_seed_003_claims_and_real_shape_cells_are_in_the_matrix():
     ids = {c.id for c in cells if c.tier == "real-shape"}
     assert "LlamaForCausalLM-lora-single-real-shape-train@Llama-3.1-8B" in ids
     assert len(ids) == 2 * len(MATRIX.real_shapes)  # sft and lora, single layout only
+
+
+def test_matrix_errors_name_the_claim_and_the_tier_key(tmp_path):
+    from harness.matrix import DEFAULT_MATRIX_DIR, MatrixError
+
+    for name in ("axes.toml", "architectures.toml", "real_shapes.toml"):
+        (tmp_path / name).write_text((DEFAULT_MATRIX_DIR / name).read_text())
+    (tmp_path / "claims.toml").write_text('[claims.x]\nmodel = "m"\nmethod = "lora"\ngpus = 1\n'
+                                          'gpu_memory_gib = 80\nsource = "s"\nshape = "Llama-3.1-80B"\n')
+    with pytest.raises(MatrixError, match=r"claims.x.shape = 'Llama-3.1-80B': unknown name.*Llama-3.1-8B"):
+        load_matrix(tmp_path)
+    (tmp_path / "claims.toml").unlink()
+    axes = (tmp_path / "axes.toml").read_text().replace('data = "qa"', 'data = "squad"')
+    (tmp_path / "axes.toml").write_text(axes)
+    with pytest.raises(MatrixError, match=r"tiers.real.data = 'squad'.*allowed: random, qa"):
+        load_matrix(tmp_path)
