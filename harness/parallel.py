@@ -162,6 +162,23 @@ def tp_plan(arch: Architecture) -> dict | str:
     return "auto"
 
 
+def check_tp_divides_heads(path, tp: int) -> None:
+    """The checkpoint's own head counts must split over the TP ranks.
+
+    The matrix prunes cells by the tiny config's heads at collection; a real checkpoint has its
+    own (SmolLM2-135M: 9 heads, 3 KV heads), known only once it is on disk.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("num_attention_heads", "num_key_value_heads"):
+        heads = getattr(text, key, None)
+        if isinstance(heads, int) and heads % tp:
+            raise CellFailure("layout-unsupported", f"tensor parallel over {tp} ranks does not divide "
+                                                    f"{key} = {heads} of the checkpoint at {path}")
+
+
 def _has_ep_plan(arch: Architecture) -> bool:
     from harness.tiny import config_class
 
@@ -387,6 +404,8 @@ def place(arch: Architecture, method: Method, layout: Layout, path, dtype: str, 
         return Placed(trainable.model, trainable, kind, mesh.get_local_rank("dp_shard"), dims["dp_shard"],
                       mesh.get_group("dp_shard"), ["fully_shard per decoder layer + root"])
 
+    if kind in ("tp", "fsdp2_tp"):
+        check_tp_divides_heads(path, dims["tp"])
     if kind == "tp" or (kind == "fsdp2_tp" and not new_api):
         plan = tp_plan(arch)
         dp = dims.get("dp_shard", 1)
