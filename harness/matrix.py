@@ -172,6 +172,9 @@ class Tier:
     # Whether the train check requires the loss to fall; False: finite losses are enough (real-shape:
     # random weights at full size, where a few steps of LoRA on random ids show nothing about learning).
     loss_must_fall: bool = True
+    # How long one multi-rank cell may run before its pool is torn down (None: the runner's
+    # default): a pretrained checkpoint under a layout on 2 CPU cores takes minutes a cell.
+    cell_timeout_s: float | None = None
     # The device types the tier can run on; others skip with the reason (real-shape: cuda only).
     devices: tuple[str, ...] = DEVICE_TYPES
     # The layouts a tier runs under (empty: all); the rest are pruned with the reason.
@@ -317,6 +320,7 @@ TIER_SCHEMA = {
     "gradient_checkpointing": (_BOOL, False),
     "check_updates": (_BOOL, False),
     "loss_must_fall": (_BOOL, False),
+    "cell_timeout_s": (_NUM, False),
     "devices": (_LIST_STR, False),
     "layouts": (_LIST_STR, False),
 }

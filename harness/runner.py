@@ -35,9 +35,17 @@ DEFAULT_CELL_TIMEOUT_S = 300.0
 RANK_TASK = "harness.runner:rank_task"
 
 
-def cell_timeout_s() -> float:
-    """How long a multi-rank cell may run before its pool is torn down (env overrides)."""
-    return float(os.environ.get("COMPAT_HARNESS_CELL_TIMEOUT") or DEFAULT_CELL_TIMEOUT_S)
+def cell_timeout_s(tier=None) -> float:
+    """How long a multi-rank cell may run before its pool is torn down.
+
+    COMPAT_HARNESS_CELL_TIMEOUT overrides; else the tier's own `cell_timeout_s` (matrix data);
+    else DEFAULT_CELL_TIMEOUT_S.
+    """
+    if os.environ.get("COMPAT_HARNESS_CELL_TIMEOUT"):
+        return float(os.environ["COMPAT_HARNESS_CELL_TIMEOUT"])
+    if tier is not None and tier.cell_timeout_s:
+        return float(tier.cell_timeout_s)
+    return DEFAULT_CELL_TIMEOUT_S
 
 
 @dataclass
@@ -98,7 +106,8 @@ def run_on_pool(matrix: Matrix, cell: Cell, device: str) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"{cell.id}-") as scratch:
         payload = {"matrix_dir": matrix_dir(matrix), "cell": dataclasses.asdict(cell),
                    "checkpoint": str(checkpoint), "scratch": scratch}
-        per_rank = get_pool(layout.world_size, device).run(RANK_TASK, payload, cell_timeout_s())
+        per_rank = get_pool(layout.world_size, device).run(RANK_TASK, payload,
+                                                            cell_timeout_s(matrix.tiers[cell.tier]))
     metrics = per_rank[0]
     losses = [r.get("losses") for r in per_rank]
     if losses[0] is not None and any(x != losses[0] for x in losses):

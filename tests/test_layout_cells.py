@@ -91,11 +91,17 @@ def test_a_rank_that_raises_is_a_fail_with_its_traceback_and_the_pool_stays(pyte
     assert get_pool(2, "cpu").alive
 
 
-def test_cell_timeout_default_and_override(monkeypatch):
+def test_cell_timeout_default_tier_and_override(monkeypatch):
+    from harness.matrix import load_matrix
+
+    tiers = load_matrix().tiers
     monkeypatch.delenv("COMPAT_HARNESS_CELL_TIMEOUT", raising=False)
     assert runner.cell_timeout_s() == runner.DEFAULT_CELL_TIMEOUT_S
+    assert runner.cell_timeout_s(tiers["tiny"]) == runner.DEFAULT_CELL_TIMEOUT_S
+    real = tiers["real"].cell_timeout_s
+    assert runner.cell_timeout_s(tiers["real"]) == real > runner.DEFAULT_CELL_TIMEOUT_S
     monkeypatch.setenv("COMPAT_HARNESS_CELL_TIMEOUT", "42.5")
-    assert runner.cell_timeout_s() == 42.5
+    assert runner.cell_timeout_s(tiers["real"]) == 42.5
 
 
 def test_parity_compare_shows_both_curves():
