@@ -120,9 +120,10 @@ class CellRun:
         text_config = model.config.get_text_config()
         vocab = min(model.get_input_embeddings().num_embeddings,
                     getattr(text_config, "vocab_size", None) or 1 << 30)
-        batch = fixed_batch(vocab, self.tier.batch_size, self.tier.seq_len)
+        size = self.layout.batch_size or self.tier.batch_size
+        batch = fixed_batch(vocab, size, self.tier.seq_len)
         if self.arch.auto_class == "AutoModelForSequenceClassification":
-            batch["labels"] = classification_labels(self.tier.batch_size, model.config.num_labels)
+            batch["labels"] = classification_labels(size, model.config.num_labels)
         return batch
 
     def train(self, trainable, steps: int | None = None):

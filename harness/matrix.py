@@ -147,6 +147,9 @@ class Layout:
     constraints: tuple[str, ...] = ()
     # Whether a row must pass under this layout to be called supported in the docs.
     required: bool = False
+    # The global batch for cells under this layout (and their one-device reference), where the
+    # tier's is too small to give every data-parallel rank a slice (fsdp2 over 8 ranks).
+    batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -304,6 +307,7 @@ LAYOUT_SCHEMA = {
     "mesh": (_TABLE, True),
     "constraints": (_LIST_STR, False),
     "required": (_BOOL, False),
+    "batch_size": (_INT, False),
 }
 TIER_SCHEMA = {
     "summary": (_STR, True),
@@ -512,7 +516,7 @@ def _layout(file: str, name: str, body: dict) -> Layout:
         _must_be_one_of(file, f"{path}.constraints[{i}]", constraint, CONSTRAINTS)
     return Layout(name=name, summary=body["summary"], world_size=body["world_size"],
                   mesh=dict(body["mesh"]), constraints=tuple(body.get("constraints", ())),
-                  required=body.get("required", False))
+                  required=body.get("required", False), batch_size=body.get("batch_size"))
 
 
 def _method(file: str, name: str, body: dict) -> Method:
