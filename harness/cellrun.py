@@ -60,6 +60,11 @@ class CellRun:
         return self.matrix.layouts[name]
 
     @property
+    def one_device_layout(self) -> Layout:
+        """The matrix's one-rank layout: the reference every sharded layout is compared with."""
+        return next(lay for lay in self.matrix.layouts.values() if lay.world_size == 1)
+
+    @property
     def is_main(self) -> bool:
         return self.rank == 0
 
@@ -162,8 +167,7 @@ class CellRun:
         The round trips compare a sharded model with this one: `state` is the sharded model's
         gathered state dict (full_state), loaded strictly, so both hold the same weights.
         """
-        single = next(lay for lay in self.matrix.layouts.values() if lay.world_size == 1)
-        model = self.place(single).model
+        model = self.place(self.one_device_layout).model
         if state is not None:
             device = next(model.parameters()).device
             missing, unexpected = model.load_state_dict({k: v.to(device) for k, v in state.items()},

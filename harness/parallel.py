@@ -162,6 +162,10 @@ def tp_plan(arch: Architecture) -> dict | str:
     return "auto"
 
 
+def _tp_note(plan: dict | str) -> str:
+    return f"TP plan {plan if isinstance(plan, str) else 'from the matrix row'}"
+
+
 def check_tp_divides_heads(path, tp: int) -> None:
     """The checkpoint's own head counts must split over the TP ranks.
 
@@ -362,14 +366,14 @@ def reset_adapters(model, seed: int) -> list[str]:
                     generator = torch.Generator().manual_seed(seed + zlib.crc32(f"{name}.weight".encode()))
                     torch.nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=generator)
                 mesh = getattr(param, "device_mesh", None)
-                device = param.to_local().device if mesh is not None else param.device
-                local_shape = tuple(param.to_local().shape) if mesh is not None else tuple(param.shape)
-                if mesh is not None:
-                    value = distribute_tensor(full.to(device), mesh, param.placements, src_data_rank=None)
-                    wrong = tuple(value.to_local().shape) != local_shape
-                else:
-                    value = full.to(device)
+                if mesh is None:
+                    value = full.to(param.device)
                     wrong = tuple(param.shape) != want
+                else:
+                    local = param.to_local()
+                    value = distribute_tensor(full.to(local.device), mesh, param.placements,
+                                              src_data_rank=None)
+                    wrong = value.to_local().shape != local.shape
                 wrong = wrong or (linear.out_features, linear.in_features) != want
                 linear.weight = torch.nn.Parameter(value, requires_grad=param.requires_grad)
                 linear.out_features, linear.in_features = want
@@ -411,7 +415,7 @@ def place(arch: Architecture, method: Method, layout: Layout, path, dtype: str, 
         dp = dims.get("dp_shard", 1)
         config = _distributed_config(tp_plan=plan, tp_size=dims["tp"], fsdp_size=dp)
         model = _load_distributed(arch, path, dtype, config, None if new_api else mesh)
-        notes = [f"TP plan {plan if isinstance(plan, str) else 'from the matrix row'}"]
+        notes = [_tp_note(plan)]
         trainable = _method(model, arch, method, seed, notes)
         if kind == "tp":
             return Placed(trainable.model, trainable, kind, notes=notes)
@@ -422,7 +426,7 @@ def place(arch: Architecture, method: Method, layout: Layout, path, dtype: str, 
     if kind == "fsdp2_tp":  # newer transformers: TP and FSDP2 both at load
         plan = tp_plan(arch)
         config = _distributed_config(tp_plan=plan, tp_size=dims["tp"], fsdp_size=dims["dp_shard"])
-        notes = [f"TP plan {plan if isinstance(plan, str) else 'from the matrix row'}"]
+        notes = [_tp_note(plan)]
         trainable = _method(_load_distributed(arch, path, dtype, config), arch, method, seed, notes)
         group = mesh.get_group("dp_shard")
         outside = replicate_outside_params(trainable.model, group)

@@ -7,16 +7,25 @@ import torch
 from harness.failures import CellFailure
 
 
-def _device(model) -> torch.device:
+def model_device(model) -> torch.device:
+    """Where the model's (local) weights live; a DTensor parameter reports its local shard's device."""
     param = next(model.parameters())
     return param.to_local().device if hasattr(param, "to_local") else param.device
+
+
+def require_one_device_load(cr) -> None:
+    """A check that reloads with plain peft or from_pretrained loads on one device, as users do:
+    its `load_layouts` must map the cell's layout to a one-rank layout."""
+    if cr.load_layout.world_size != 1:
+        raise CellFailure("error", f"{cr.cell.check} reloads on one device: its load_layouts must map "
+                                   f"{cr.layout.name} to a one-rank layout, not {cr.load_layout.name}")
 
 
 @torch.no_grad()
 def logits(model, batch: dict) -> torch.Tensor:
     """The model's logits on the whole batch (every rank of a layout feeds the same batch)."""
     model.eval()
-    out = model(input_ids=batch["input_ids"].to(_device(model))).logits
+    out = model(input_ids=batch["input_ids"].to(model_device(model))).logits
     if hasattr(out, "full_tensor"):
         out = out.full_tensor()
     return out.float().cpu()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from harness import realtext
-from harness.checks.common import full_state
+from harness.checks.common import full_state, model_device, require_one_device_load
 from harness.checks.dcp_roundtrip import export_hf, reload_hf
 from harness.checks.peft_roundtrip import load_adapter, one_device_adapter_model, save_adapter
 from harness.checks.train import trained, training_metrics
@@ -32,8 +32,7 @@ def greedy(model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
     if isinstance(model, FSDPModule):
         register_fsdp_forward_method(model, "generate")
     model.eval()
-    param = next(model.parameters())
-    device = param.to_local().device if hasattr(param, "to_local") else param.device
+    device = model_device(model)
     out = model.generate(input_ids=prompt.to(device), attention_mask=torch.ones_like(prompt).to(device),
                          max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                          pad_token_id=0)
@@ -53,9 +52,7 @@ def _reloaded(cr, model):
             return None
         save_adapter(single, scratch / "adapter")
         return load_adapter(cr, scratch / "adapter")
-    if cr.load_layout.world_size != 1:
-        raise CellFailure("error", f"generate reloads on one device: load_layouts must map "
-                                   f"{cr.layout.name} to a one-rank layout")
+    require_one_device_load(cr)
     state = full_state(model) if cr.distributed else None
     if not cr.is_main:
         return None

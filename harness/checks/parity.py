@@ -77,8 +77,7 @@ def run(cr) -> dict:
     if not cr.is_main:
         return metrics
     start = time.perf_counter()
-    one_device = next(lay for lay in cr.matrix.layouts.values() if lay.world_size == 1)
-    reference_trainable = cr.place(one_device).trainable
+    reference_trainable = cr.place(cr.one_device_layout).trainable
     disable_dropout(reference_trainable.model)
     reference = cr.train(reference_trainable)
     metrics["reference_s"] = time.perf_counter() - start

@@ -16,7 +16,13 @@ Pass means:
 
 from __future__ import annotations
 
-from harness.checks.common import assert_close_logits, assert_same_logits, full_adapter_state, logits
+from harness.checks.common import (
+    assert_close_logits,
+    assert_same_logits,
+    full_adapter_state,
+    logits,
+    require_one_device_load,
+)
 from harness.checks.dcp_roundtrip import export_hf, reload_hf
 from harness.checks.train import trained, training_metrics
 from harness.ckpt_io import atomic_directory, verify
@@ -40,10 +46,7 @@ def one_device_adapter_model(cr, model):
 
     Collective under a layout: every rank must call it; only rank 0 gets a model back.
     """
-    if cr.load_layout.world_size != 1:
-        raise CellFailure("error", f"{cr.cell.check} loads with plain peft on one device: its "
-                                   f"load_layouts must map {cr.layout.name} to a one-rank layout, "
-                                   f"not {cr.load_layout.name}")
+    require_one_device_load(cr)
     if not cr.distributed:
         return model
     from peft import set_peft_model_state_dict
