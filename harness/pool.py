@@ -218,13 +218,50 @@ def _health_check(payload: dict, ctx: RankContext) -> float:
 
 # --- the parent side ---------------------------------------------------------------------------
 
-def _exit_text(code: int | None) -> str:
+def exit_text(code: int | None) -> str:
     if code is not None and code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
+
+
+# Node 0's pool and every other node's relay (harness/poolnode.py) hold their ranks the same way:
+# a list of processes and the parent's ends of their pipes. These are the steps both take.
+
+def receive(conn):
+    """A rank's next message, or None when it died (EOF on its pipe)."""
+    try:
+        return conn.recv() if conn.poll() else None
+    except (EOFError, OSError):
+        return None
+
+
+def request_stacks(procs) -> None:
+    """SIGUSR1 to each live rank: faulthandler writes every thread's stack into its log."""
+    for proc in procs:
+        if proc.pid and proc.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGUSR1)
+
+
+def stop_ranks(procs, conns, polite_s: float = 0) -> None:
+    """Ask idle ranks to exit (for up to `polite_s`), kill whatever is left, close the pipes."""
+    if polite_s > 0:
+        for conn in conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+        deadline = time.monotonic() + polite_s
+        for proc in procs:
+            proc.join(timeout=max(deadline - time.monotonic(), 0))
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+    for proc in procs:
+        proc.join(timeout=10)
+    for conn in conns:
+        conn.close()
 
 
 class RankPool:
@@ -310,25 +347,13 @@ class RankPool:
         """Stop the ranks (politely if they are idle, by SIGKILL otherwise) and free the GPUs."""
         if self._remote is not None:
             self._remote.end("close")
-        for conn in self._conns:
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(None)
-        deadline = time.monotonic() + 5
-        for proc in self._procs:
-            proc.join(timeout=max(deadline - time.monotonic(), 0))
-        self._kill()
+        self._kill(polite_s=5)
 
-    def _kill(self) -> None:
+    def _kill(self, polite_s: float = 0) -> None:
         if self._remote is not None:
             self._remote.end("kill")  # the other nodes kill their ranks
             self._remote = None
-        for proc in self._procs:
-            if proc.is_alive():
-                proc.kill()
-        for proc in self._procs:
-            proc.join(timeout=10)
-        for conn in self._conns:
-            conn.close()
+        stop_ranks(self._procs, self._conns, polite_s)
         self._procs, self._conns = [], []
         self._store = None
         if self._lease is not None:
@@ -376,7 +401,7 @@ class RankPool:
             if watched:
                 for ready in wait(list(watched), timeout=wait_s):
                     rank = watched[ready]
-                    replies.append((rank, self._receive(rank)))
+                    replies.append((rank, receive(self._conns[rank])))
             else:
                 time.sleep(wait_s)
             if remote and self._remote is not None:
@@ -386,7 +411,7 @@ class RankPool:
                     continue
                 if reply is None:  # the sentinel fired, or the pipe closed, with nothing left to read
                     self._procs[rank].join(timeout=1)
-                    reply = ("dead", task_id, _exit_text(self._procs[rank].exitcode), self.log_tail(rank))
+                    reply = ("dead", task_id, exit_text(self._procs[rank].exitcode), self.log_tail(rank))
                 if reply[0] == "dead":
                     self._kill()
                     raise PoolTaskError("crash", f"rank {rank} died during {what} ({reply[2]}); "
@@ -420,14 +445,6 @@ class RankPool:
             )
         return [values[r] for r in range(self.world_size)]
 
-    def _receive(self, rank: int):
-        """The rank's next message, or None when it died (EOF on its pipe)."""
-        conn = self._conns[rank]
-        try:
-            return conn.recv() if conn.poll() else None
-        except (EOFError, OSError):
-            return None
-
     def _after_error(self, pending: set[int]) -> bool:
         """A rank raised: keep the pool only if every rank came back and the group still agrees."""
         if pending:
@@ -448,13 +465,7 @@ class RankPool:
         """Hung ranks write every thread's stack to their logs (remote ones: their node does it)."""
         if self._remote is not None and any(r >= self.local_size for r in ranks):
             self._remote.end("timeout")  # the nodes dump their ranks' stacks and send the log tails
-        for rank in ranks:
-            if rank >= self.local_size:
-                continue
-            pid = self._procs[rank].pid
-            if pid and self._procs[rank].is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGUSR1)
+        request_stacks([self._procs[r] for r in sorted(ranks) if r < self.local_size])
         time.sleep(1.0)
         if self._remote is not None:
             self._remote.wait_tails({r for r in ranks if r >= self.local_size})

@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import pickle
-import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,16 @@ from datetime import timedelta
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from harness.pool import PoolTaskError, RankSpec, _exit_text, read_tail, spawn_rank
+from harness.pool import (
+    PoolTaskError,
+    RankSpec,
+    exit_text,
+    read_tail,
+    receive,
+    request_stacks,
+    spawn_rank,
+    stop_ranks,
+)
 from harness.rendezvous import RDZV_ENV, Rendezvous, RendezvousError, parse
 
 POLL_S = 0.05  # how often a node and node 0 look for new keys; a task costs seconds anyway
@@ -199,7 +207,7 @@ class NodeRanks:
                        | {p.sentinel: i for i, p in enumerate(self.procs)})
             for ready in wait(list(watched), timeout=POLL_S):
                 local = watched[ready]
-                reply = self._receive(local)
+                reply = receive(self.conns[local])
                 if reply is None:
                     self._died(local, busy)
                     broken = True
@@ -211,17 +219,11 @@ class NodeRanks:
                     name = self.k("up", rank) if task_id is None else self.k("reply", task_id, rank)
                     self.store.set(name, pickle.dumps(reply))
 
-    def _receive(self, local: int):
-        try:
-            return self.conns[local].recv() if self.conns[local].poll() else None
-        except (EOFError, OSError):
-            return None
-
     def _died(self, local: int, busy: dict) -> None:
         """A rank died: node 0 learns it from the reply it waits for (or, when idle, from `dead`)."""
         rank, proc = self.ranks[local], self.procs[local]
         proc.join(timeout=1)
-        text = _exit_text(proc.exitcode)
+        text = exit_text(proc.exitcode)
         self.log(f"node {self.rdzv.node_rank}: rank {rank} died ({text})")
         if local in busy:
             task_id = busy[local]
@@ -232,31 +234,15 @@ class NodeRanks:
         self._kill()
 
     def _finish(self, how: str) -> None:
-        if how == "close":
-            for conn in self.conns:
-                with contextlib.suppress(OSError, ValueError):
-                    conn.send(None)
-            deadline = time.monotonic() + 5
-            for proc in self.procs:
-                proc.join(timeout=max(deadline - time.monotonic(), 0))
-        elif how == "timeout":  # the same as on node 0: every thread's stack into the log first
-            for proc in self.procs:
-                if proc.is_alive() and proc.pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(proc.pid, signal.SIGUSR1)
+        if how == "timeout":  # the same as on node 0: every thread's stack into the log first
+            request_stacks(self.procs)
             time.sleep(1.0)
             for rank in self.ranks:
                 self.store.set(self.k("tail", rank), read_tail(self.log_path(rank)))
-        self._kill()
+        self._kill(polite_s=5 if how == "close" else 0)
 
-    def _kill(self) -> None:
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.kill()
-        for proc in self.procs:
-            proc.join(timeout=10)
-        for conn in self.conns:
-            conn.close()
+    def _kill(self, polite_s: float = 0) -> None:
+        stop_ranks(self.procs, self.conns, polite_s)
         self.procs, self.conns = [], []
 
 
