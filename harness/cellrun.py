@@ -141,12 +141,20 @@ class CellRun:
 
         model = trainable.model
         optimizer = make_optimizer(model, self.method.lr)
-        batch = self.batch(model)
+        local_batch, reduce_loss = self.data_parallel(trainable)
+        return train_steps(model, local_batch(self.batch(model)), optimizer, steps or self.tier.steps,
+                           reduce_loss)
+
+    def data_parallel(self, trainable):
+        """(this rank's slice of a global batch, the reduction of its loss to the global one).
+
+        Every training loop (this fixed batch, the real tier's text) feeds a placed trainable the
+        same way; on one device the slice is the whole batch and there is nothing to reduce.
+        """
         placed = self._placed.get(id(trainable))
         if placed is None:
-            return train_steps(model, batch, optimizer, steps or self.tier.steps)
-        return train_steps(model, placed.local_batch(batch), optimizer, steps or self.tier.steps,
-                           placed.reduce_loss)
+            return (lambda batch: batch), None
+        return placed.local_batch, placed.reduce_loss
 
     def scratch_dir(self) -> Path:
         """A fresh directory for this cell's checkpoints, inside the root the runner removes."""

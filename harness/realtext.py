@@ -100,20 +100,13 @@ def eval_loss(model, batch: dict, reduce_loss=None) -> float:
     return float(reduce_loss(loss) if reduce_loss else loss)
 
 
-def _placed(cr, trainable):
-    """The layout placement CellRun keeps for a placed trainable (None on one device)."""
-    return getattr(cr, "_placed", {}).get(id(trainable))
-
-
 def train(cr, trainable) -> TrainResult:
     """The tier's steps on its train batches, with the tier's learning rate for the method.
 
     The result's `extra` holds what the real tier records: the held-out loss before and after.
     """
     model = trainable.model
-    placed = _placed(cr, trainable)
-    local = placed.local_batch if placed is not None else (lambda b: b)
-    reduce = placed.reduce_loss if placed is not None else None
+    local, reduce = cr.data_parallel(trainable)
     heldout = local(heldout_batch(cr))
     before = eval_loss(model, heldout, reduce)
     optimizer = make_optimizer(model, cr.tier.lr_for(cr.method))
