@@ -309,10 +309,3 @@ def add_durations(subparsers) -> None:
         return 0
 
     p.set_defaults(func=run)
-
-
-# --- more than one host ---------------------------------------------------------------------
-# The rendezvous spec lives in harness/rendezvous.py (the rank pool consumes it); kept here too,
-# where the nightly's scripts look for the torchrun arguments.
-
-from harness.rendezvous import RDZV_ENV, torchrun_args  # noqa: E402,F401 - re-exported

@@ -115,12 +115,3 @@ def test_regression_in_one_shard_fails_the_merge(tmp_path):
     result = nightly.merge([green, red], tmp_path / "merged.jsonl", tmp_path / "h.sqlite", previous,
                            tmp_path / "docs")
     assert (result.exit_code, result.regressions, result.records) == (1, [cells[1]], 2)
-
-
-def test_torchrun_rendezvous_spec():
-    assert nightly.torchrun_args("") == ["--standalone"]
-    assert nightly.torchrun_args("nnodes=2,nproc=8,endpoint=node0:29500,id=j1") == [
-        "--nnodes=2", "--nproc-per-node=8", "--rdzv-backend=c10d",
-        "--rdzv-endpoint=node0:29500", "--rdzv-id=j1"]
-    with pytest.raises(ValueError, match="endpoint"):
-        nightly.torchrun_args("nnodes=2")

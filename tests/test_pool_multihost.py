@@ -119,6 +119,9 @@ def test_rendezvous_spec_and_placement():
     assert rendezvous.torchrun_args("nnodes=2,nproc=8,endpoint=node0:29500,id=j1") == [
         "--nnodes=2", "--nproc-per-node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=node0:29500",
         "--rdzv-id=j1"]
+    assert rendezvous.torchrun_args("") == ["--standalone"]
+    with pytest.raises(ValueError, match="endpoint"):
+        rendezvous.torchrun_args("nnodes=2")
 
 
 def test_get_pool_reads_the_rendezvous(monkeypatch):
