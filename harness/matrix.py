@@ -529,7 +529,7 @@ def _method(file: str, name: str, body: dict) -> Method:
     return Method(name=name, summary=body["summary"], lr=float(body["lr"]), lora=body.get("lora", {}))
 
 
-def _tier(file: str, name: str, body: dict, methods: dict[str, Method]) -> Tier:
+def _tier(file: str, name: str, body: dict, methods: dict[str, Method], layouts: dict[str, Layout]) -> Tier:
     path = f"tiers.{name}"
     check_table(file, path, body, TIER_SCHEMA)
     _must_be_one_of(file, f"{path}.source", body["source"], TIER_SOURCES)
@@ -537,6 +537,8 @@ def _tier(file: str, name: str, body: dict, methods: dict[str, Method]) -> Tier:
     _must_be_one_of(file, f"{path}.data", body.get("data", "random"), TIER_DATA)
     for i, device in enumerate(body.get("devices", [])):
         _must_be_one_of(file, f"{path}.devices[{i}]", device, DEVICE_TYPES)
+    for i, layout in enumerate(body.get("layouts", [])):
+        _must_be_one_of(file, f"{path}.layouts[{i}]", layout, list(layouts))
     for method, lr in body.get("lr", {}).items():
         _must_be_one_of(file, f"{path}.lr", method, list(methods))
         if not _type_ok(lr, _NUM) or lr <= 0:
@@ -621,10 +623,7 @@ def load_matrix(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> Matrix:
 
     methods = {n: _method(f, n, b) for n, (f, b) in sections["methods"].items()}
     layouts = {n: _layout(f, n, b) for n, (f, b) in sections["layouts"].items()}
-    tiers = {n: _tier(f, n, b, methods) for n, (f, b) in sections["tiers"].items()}
-    for name, tier in tiers.items():
-        for i, layout in enumerate(tier.layouts):
-            _must_be_one_of(sections["tiers"][name][0], f"tiers.{name}.layouts[{i}]", layout, list(layouts))
+    tiers = {n: _tier(f, n, b, methods, layouts) for n, (f, b) in sections["tiers"].items()}
     names = {"method": tuple(methods), "layout": tuple(layouts), "tier": tuple(tiers)}
     checks = {n: _check(f, n, b, names) for n, (f, b) in sections["checks"].items()}
     names["check"] = tuple(checks)
