@@ -71,11 +71,14 @@ MATRIX_LAYOUT_ARCH ?= LlamaForCausalLM,Qwen3ForCausalLM,Qwen3MoeForCausalLM
 # A failing cell is a finding the report must show, so exit 1 (cells failed) does not stop the
 # job before rendering; usage and internal errors (exit 2-4) still do.
 CELLS_DONE = || { rc=$$?; [ $$rc -eq 1 ] || [ $$rc -eq 5 ]; }
+# Real checkpoints one cell at a time: an fsdp2 cell of Gemma-3-270M holds about 5.5 GiB in each
+# of its 2 ranks, and two such cells at once were OOM-killed on a 24 GiB machine (crash records).
+REAL_JOBS ?= 1
 matrix: setup real
 	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier tiny --layout single --results $(RESULTS) $(CELLS_DONE)
 	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier tiny --layout fsdp2,tp,fsdp2_tp,ep \
 	  $(if $(MATRIX_LAYOUT_ARCH),--arch $(MATRIX_LAYOUT_ARCH)) --results $(RESULTS) $(CELLS_DONE)
-	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier real --layout single,fsdp2 --results $(RESULTS) $(CELLS_DONE)
+	$(BIN)/pytest -q -n $(REAL_JOBS) matrix -m cpu --tier real --layout single,fsdp2 --results $(RESULTS) $(CELLS_DONE)
 	$(BIN)/compat-harness render --records $(RESULTS) --out reports/local
 	@echo "report: reports/local/llm.md and reports/local/index.html"
 
