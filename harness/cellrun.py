@@ -1,19 +1,20 @@
 """What a check needs to run one cell: its matrix entries, its device, and the model steps.
 
 Checks are written once against CellRun and do not know whether they run on one device or on
-a rank of a pool; the layout-specific steps (loading under a TP plan, sharding, splitting the
-batch, reducing the loss) are delegated to harness/parallel.py when the layout has more than
-one rank.
+a rank of a pool. `place()` returns a `Placed` (harness/parallel.py): the model as the cell's
+documented call built it, with the data-parallel slice it trains on and a global view of its
+gradients; `train(placed)` runs the shared training loop on it. The placement travels as that
+value; there is one way to get a one-device model (`place()` under the one-rank layout).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from harness.cells import Cell
-from harness.matrix import Architecture, Layout, Matrix, Method, Tier
+from harness.matrix import Api, Architecture, Layout, Matrix, Method, Tier
 
 
 @dataclass
@@ -30,7 +31,6 @@ class CellRun:
     ctx: object = None
     # Resolved once by the runner, so that the ranks do not race to build the same checkpoint.
     checkpoint_path: Path | None = None
-    _placed: dict = field(default_factory=dict, repr=False)
 
     @property
     def distributed(self) -> bool:
@@ -76,6 +76,19 @@ class CellRun:
     def check_options(self) -> dict:
         return self.matrix.checks[self.cell.check].options
 
+    @property
+    def experts(self) -> str | None:
+        """The experts kernel this cell asks transformers for (None: transformers' default)."""
+        kernel = self.matrix.experts.get(self.cell.variant)
+        return kernel.value if kernel else None
+
+    def api(self, layout: Layout) -> Api | None:
+        """The documented call that applies `layout` for this cell (its variant's on its own layout)."""
+        from harness.parallel import choose_api
+
+        variant = self.cell.variant if layout.name == self.cell.layout else ""
+        return choose_api(self.matrix.apis, layout, variant)
+
     @cached_property
     def checkpoint(self) -> Path:
         from harness.models import checkpoint_for
@@ -83,6 +96,13 @@ class CellRun:
         if self.checkpoint_path is not None:
             return Path(self.checkpoint_path)
         return checkpoint_for(self.arch, self.tier, self.matrix)
+
+    @cached_property
+    def config(self):
+        """The checkpoint's config: vocabulary and labels come from it, never from a shard."""
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.checkpoint)
 
     def load_base(self):
         """A fresh model from the tier's checkpoint through from_pretrained, on this device."""
@@ -93,81 +113,17 @@ class CellRun:
         torch.manual_seed(0)
         return load_model(self.arch, self.checkpoint, self.tier.dtype, self.device)
 
-    def trainable(self, model=None):
-        """The model with the cell's method applied (SFT freezes; LoRA wraps with adapters).
+    def place(self, layout: Layout | None = None):
+        """The cell's method and `layout` (default: the cell's own) applied on this rank: a Placed."""
+        from harness.parallel import Request, place
 
-        Under a multi-rank layout the model is placed by harness/parallel.py (loaded, sharded,
-        method applied) on this rank; `train` then feeds it this rank's slice of the batch.
-        """
-        if self.distributed:
-            if model is not None:
-                raise ValueError("under a multi-rank layout, trainable() places its own model")
-            return self.place(self.layout).trainable
-        from harness.methods import apply_method
-
-        return apply_method(model if model is not None else self.load_base(), self.arch, self.method)
-
-    def place(self, layout: Layout):
-        """parallel.place for this cell under `layout` (single: an unsharded model on this rank)."""
-        from harness.parallel import place
-
+        layout = layout or self.layout
         ctx = self.ctx if layout.world_size > 1 else None
         device = self.ctx.device if self.ctx is not None else self.device
-        placed = place(self.arch, self.method, layout, self.checkpoint, self.tier.dtype, ctx,
-                       device=device)
-        self._placed[id(placed.trainable)] = placed
-        return placed
-
-    def batch(self, model) -> dict:
-        from harness.train import classification_labels, fixed_batch
-
-        # Some models pad their embedding past the output vocabulary (Mllama): stay within both.
-        text_config = model.config.get_text_config()
-        vocab = min(model.get_input_embeddings().num_embeddings,
-                    getattr(text_config, "vocab_size", None) or 1 << 30)
-        size = self.layout.batch_size or self.tier.batch_size
-        batch = fixed_batch(vocab, size, self.tier.seq_len)
-        if self.arch.auto_class == "AutoModelForSequenceClassification":
-            batch["labels"] = classification_labels(size, model.config.num_labels)
-        return batch
-
-    def train(self, trainable, steps: int | None = None):
-        """A few optimizer steps on the fixed global batch; the global loss curve.
-
-        A trainable from `place` trains on its data-parallel slice of the batch, and its
-        losses are reduced to the global ones, so every layout reports comparable curves.
-        """
-        from harness.train import make_optimizer, train_steps
-
-        model = trainable.model
-        optimizer = make_optimizer(model, self.method.lr)
-        local_batch, reduce_loss = self.data_parallel(trainable)
-        return train_steps(model, local_batch(self.batch(model)), optimizer, steps or self.tier.steps,
-                           reduce_loss)
-
-    def data_parallel(self, trainable):
-        """(this rank's slice of a global batch, the reduction of its loss to the global one).
-
-        Every training loop (this fixed batch, the real tier's text) feeds a placed trainable the
-        same way; on one device the slice is the whole batch and there is nothing to reduce.
-        """
-        placed = self._placed.get(id(trainable))
-        if placed is None:
-            return (lambda batch: batch), None
-        return placed.local_batch, placed.reduce_loss
-
-    def scratch_dir(self) -> Path:
-        """A fresh directory for this cell's checkpoints, inside the root the runner removes."""
-        import tempfile
-
-        return Path(tempfile.mkdtemp(dir=self.scratch_root))
-
-    def shared_dir(self, name: str) -> Path:
-        """`name` in the directory all ranks of this cell share (one rank: its scratch root)."""
-        root = self.shared_root or self.scratch_root
-        if root is None:
-            raise ValueError("this CellRun has no scratch directory")
-        return Path(root) / name
+        request = Request(self.arch, self.method, layout, self.checkpoint, self.tier.dtype, ctx,
+                          device=device, experts=self.experts,
+                          replicas=self.matrix.choice("replicas_outside_fsdp", "average_gradients"))
+        return place(request, self.api(layout))
 
     def one_device_model(self, state: dict | None = None):
         """The cell's method on an unsharded model on this rank's device, holding `state`.
@@ -186,3 +142,62 @@ class CellRun:
                 raise CellFailure("check-failed", "the gathered state dict does not fit a one-device model: "
                                                   f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model
+
+    @property
+    def per_sequence(self) -> bool:
+        """Whether the model's loss averages over sequences (a classifier), not label tokens."""
+        from harness.train import PER_SEQUENCE_AUTO_CLASSES
+
+        return self.arch.auto_class in PER_SEQUENCE_AUTO_CLASSES
+
+    def batch(self) -> dict:
+        """The tiny tier's fixed global batch, from the checkpoint's own vocabulary."""
+        from harness.train import classification_labels, fixed_batch
+
+        text_config = self.config.get_text_config()
+        size = self.layout.batch_size or self.tier.batch_size
+        batch = fixed_batch(text_config.vocab_size, size, self.tier.seq_len)
+        if self.per_sequence:
+            batch["labels"] = classification_labels(size, self.config.num_labels)
+        return batch
+
+    def batches(self) -> list[dict]:
+        """The global batch of every step: the tier's real text, or the fixed batch every step."""
+        from harness import realtext
+
+        return realtext.train_batches(self) if realtext.uses_text(self) else [self.batch()]
+
+    def optimizer(self, model):
+        from harness.train import make_optimizer
+
+        return make_optimizer(model, self.tier.lr_for(self.method),
+                              self.matrix.choice("optimizer_groups", "by_tensor_kind"))
+
+    def steps(self, placed, batches: list[dict] | None = None, steps: int | None = None):
+        """The training loop on `placed` as a generator (see harness/train.py: iter_steps)."""
+        from harness.train import iter_steps, local_grad_norm
+
+        batches = batches or self.batches()
+        norm = placed.global_grad_norm if placed.kind != "single" else local_grad_norm
+        return iter_steps(placed.model, batches, self.optimizer(placed.model), steps or self.tier.steps,
+                          placed.dp, norm, self.per_sequence)
+
+    def train(self, placed, steps: int | None = None, batches: list[dict] | None = None):
+        """A few optimizer steps on the tier's global batches; the global loss curve."""
+        from harness.train import finish
+
+        return finish(self.steps(placed, batches, steps))
+
+    def scratch_dir(self) -> Path:
+        """A fresh directory for this cell's checkpoints, inside the root the runner removes."""
+        import tempfile
+
+        return Path(tempfile.mkdtemp(dir=self.scratch_root))
+
+    def shared_dir(self, name: str) -> Path:
+        """`name` in the directory all ranks of this cell share (one rank: its scratch root)."""
+        root = self.shared_root or self.scratch_root
+        if root is None:
+            raise ValueError("this CellRun has no scratch directory")
+        return Path(root) / name
+

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from harness.constraints import violated_constraint
 from harness.matrix import Matrix
 
-AXES = ("architecture", "method", "layout", "tier", "check")
+AXES = ("architecture", "method", "layout", "tier", "check", "variant")
 
 
 @dataclass(frozen=True, order=True)
@@ -27,13 +27,20 @@ class Cell:
     # real-shape tier only: which of the row's real configs (matrix `real_shapes`) the cell builds.
     # One row covers several sizes (Llama-3.2-1B and Llama-3.1-8B), so the size is part of the id.
     shape: str = ""
+    # A declared variant of the cell (matrix `apis` or `experts`): a second documented call that
+    # applies the layout, or an MoE experts kernel. "" is the plain cell.
+    variant: str = ""
 
     @property
     def id(self) -> str:
         base = "-".join((self.architecture, self.method, self.layout, self.tier, self.check))
-        return f"{base}@{self.shape}" if self.shape else base
+        if self.shape:
+            base = f"{base}@{self.shape}"
+        return f"{base}+{self.variant}" if self.variant else base
 
     def axis(self, name: str) -> str:
+        if name == "variant":
+            return self.variant or "default"
         return getattr(self, name)
 
 
@@ -74,6 +81,20 @@ def shapes_for(matrix: Matrix, arch: str, tier: str) -> list[str]:
     return sorted(n for n, s in matrix.real_shapes.items() if s.architecture == arch)
 
 
+def variants_for(matrix: Matrix, arch: str, layout: str, tier: str, check: str) -> list[str]:
+    """The variant cells declared for a plain cell: a layout's later APIs, a MoE row's kernels.
+
+    Only declared combinations are generated (an API's or kernel's own checks, tiers, layouts),
+    so variants never add pruned noise; the plain cell's own prune reason still applies to them.
+    """
+    out = [api for api in matrix.layouts[layout].apis[1:]
+           if check in matrix.apis[api].checks and tier in matrix.apis[api].tiers]
+    if matrix.architectures[arch].moe:
+        out += [name for name, kernel in matrix.experts.items()
+                if layout in kernel.layouts and check in kernel.checks and tier in kernel.tiers]
+    return out
+
+
 def all_combinations(matrix: Matrix) -> Iterable[Cell]:
     for arch in sorted(matrix.architectures):
         for method in matrix.methods:
@@ -84,6 +105,8 @@ def all_combinations(matrix: Matrix) -> Iterable[Cell]:
                     for shape in shapes_for(matrix, arch, tier):
                         for check in matrix.checks:
                             yield Cell(arch, method, layout, tier, check, shape)
+                            for variant in variants_for(matrix, arch, layout, tier, check):
+                                yield Cell(arch, method, layout, tier, check, shape, variant)
 
 
 def expand(matrix: Matrix) -> tuple[list[Cell], list[PrunedCell]]:
@@ -117,6 +140,7 @@ def validate_selection(matrix: Matrix, selection: dict[str, list[str]]) -> None:
         "layout": list(matrix.layouts),
         "tier": list(matrix.tiers),
         "check": list(matrix.checks),
+        "variant": ["default", *matrix.apis, *matrix.experts],
     }
     for axis, wanted in selection.items():
         for value in wanted:

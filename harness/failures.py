@@ -2,13 +2,24 @@
 
 Categories are decided by *where* a failure happened (loading config, applying LoRA, the
 check's own assertions) or by the exception type, never by matching model names.
+
+A verdict is about the stack under test, so an exception that our own code raised by mistake
+must never become one. `classify` tells them apart by the innermost frame of the traceback:
+a `CellFailure` is a deliberate verdict wherever it is raised; any other exception whose
+innermost frame lies in the `harness` package is a bug of ours (`harness-error`), and one
+raised inside torch, transformers, peft (or any other library) is the stack's (`error`,
+or `oom`). A harness-error fails the run (pytest exits 3, see harness/plugin.py) so that it is
+fixed, never published.
 """
 
 from __future__ import annotations
 
 import traceback
+from pathlib import Path
 
 MESSAGE_LIMIT = 2000
+HARNESS_PACKAGE = Path(__file__).resolve().parent
+HARNESS_ERROR = "harness-error"
 
 
 class CellFailure(Exception):
@@ -35,6 +46,22 @@ def is_oom(exc: BaseException) -> bool:
             or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
 
 
+def innermost_file(exc: BaseException) -> Path | None:
+    """The source file of the frame that raised `exc` (the last frame of its traceback)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve()
+
+
+def raised_by_harness(exc: BaseException) -> bool:
+    """Whether the innermost frame of `exc` is the harness's own code (not a library it calls)."""
+    where = innermost_file(exc)
+    return where is not None and where.is_relative_to(HARNESS_PACKAGE)
+
+
 def classify(exc: BaseException) -> tuple[str, str]:
     """Category and message for any exception raised while a cell ran."""
     if isinstance(exc, CellFailure):
@@ -42,6 +69,10 @@ def classify(exc: BaseException) -> tuple[str, str]:
     message = trimmed(f"{type(exc).__name__}: {exc}")
     if is_oom(exc):
         return "oom", message
+    if raised_by_harness(exc):
+        where = innermost_file(exc)
+        return HARNESS_ERROR, trimmed(f"{message} (raised in harness/{where.relative_to(HARNESS_PACKAGE)}: "
+                                      "a bug of the harness, not a verdict on the stack)")
     return "error", message
 
 

@@ -36,6 +36,9 @@ CONSTRAINTS = ("moe_only", "tp_divides_heads", "ep_divides_experts", "ep_exclude
 FAILURE_CATEGORIES = (
     "needs-newer-transformers",
     "remote-code",
+    # the installed release does not offer the cell's declared variant (a loading API, an experts
+    # kernel) for this model: a skip, with the releases that do
+    "not-offered",
     "peft-unsupported",
     "oom",
     "numerics",
@@ -46,7 +49,11 @@ FAILURE_CATEGORIES = (
     "crash",
     "timeout",
     "error",
+    # our own code raised (harness/failures.py): never a verdict, never a known limit
+    "harness-error",
 )
+# Categories a row may declare as expected in known_limits: a harness bug is fixed, not declared.
+DECLARABLE_CATEGORIES = tuple(c for c in FAILURE_CATEGORIES if c != "harness-error")
 
 
 class MatrixError(ValueError):
@@ -74,17 +81,41 @@ class KnownLimit:
     # A version specifier (e.g. "<5.1"): the limit holds only for those transformers releases,
     # so a release that fixes it runs the cell for real (and a stale entry shows as such).
     transformers: str | None = None
+    # The same for peft, where the failure is peft's (or a peft x transformers pairing).
+    peft: str | None = None
+    # The cell's variant (a loading API or an experts kernel; "default" for the plain cell).
+    variant: str | None = None
+    # Where upstream tracks it (an issue or pull request URL); the docs link it.
+    upstream: str | None = None
 
-    def covers(self, method: str, layout: str, tier: str, check: str) -> bool:
-        wanted = {"method": method, "layout": layout, "tier": tier, "check": check}
+    def covers(self, method: str, layout: str, tier: str, check: str, variant: str = "") -> bool:
+        wanted = {"method": method, "layout": layout, "tier": tier, "check": check,
+                  "variant": variant or "default"}
         if not all(getattr(self, k) in (None, v) for k, v in wanted.items()):
             return False
-        if self.transformers is None:
-            return True
-        import transformers
-        from packaging.specifiers import SpecifierSet
+        return all(release_in(package, spec) for package, spec in
+                   (("transformers", self.transformers), ("peft", self.peft)) if spec is not None)
 
-        return SpecifierSet(self.transformers).contains(transformers.__version__, prereleases=True)
+
+def installed_version(package: str) -> str | None:
+    """The installed release of `package` (None when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def release_in(package: str, *specs: str) -> bool:
+    """Whether the installed `package` satisfies any of the specifiers (none given: any release)."""
+    from packaging.specifiers import SpecifierSet
+
+    if not specs:
+        return True
+    installed = installed_version(package)
+    return installed is not None and any(SpecifierSet(spec).contains(installed, prereleases=True)
+                                         for spec in specs)
 
 
 @dataclass(frozen=True)
@@ -150,6 +181,72 @@ class Layout:
     # The global batch for cells under this layout (and their one-device reference), where the
     # tier's is too small to give every data-parallel rank a slice (fsdp2 over 8 ranks).
     batch_size: int | None = None
+    # The documented calls that apply this layout (matrix `apis`), in order: a plain cell runs
+    # the first one the installed release offers; each later one is also a variant cell of its own.
+    apis: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Api:
+    """One documented way to apply a layout: the call a user writes. The record names it."""
+
+    name: str
+    summary: str
+    # The call as a user writes it (records and docs quote it).
+    call: str
+    # The releases of transformers that offer it (any of these specifiers; empty: every release).
+    transformers: tuple[str, ...] = ()
+    # Where the libraries document it.
+    docs: str = ""
+    # Where its variant cells run (the plain cells run under every check and tier).
+    checks: tuple[str, ...] = ("train", "parity")
+    tiers: tuple[str, ...] = ("tiny",)
+
+
+@dataclass(frozen=True)
+class ExpertsKernel:
+    """One MoE experts implementation of transformers (`experts_implementation=...` at load).
+
+    Each is a variant cell of every MoE row under its layouts and checks; the plain cells run
+    whatever transformers picks by default, and every MoE record names the kernel that ran.
+    """
+
+    name: str
+    summary: str
+    # The transformers value passed as from_pretrained(..., experts_implementation=VALUE).
+    value: str
+    layouts: tuple[str, ...] = ("single", "fsdp2", "ep")
+    checks: tuple[str, ...] = ("train", "parity")
+    tiers: tuple[str, ...] = ("tiny",)
+    transformers: tuple[str, ...] = ()
+    devices: tuple[str, ...] = DEVICE_TYPES
+
+
+@dataclass(frozen=True)
+class ReleaseSet:
+    """Library releases users run together. A gate set must give what the matrix declares."""
+
+    name: str
+    summary: str
+    transformers: str
+    peft: str
+    # A gate runs in `make test`; other sets are evidence only.
+    gate: bool = False
+
+    @property
+    def pins(self) -> tuple[str, str]:
+        return (f"transformers=={self.transformers}", f"peft=={self.peft}")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A choice of our training script that a plain user script might make differently."""
+
+    name: str
+    value: str
+    allowed: tuple[str, ...]
+    summary: str
+    why: str
 
 
 @dataclass(frozen=True)
@@ -168,6 +265,9 @@ class Tier:
     lr: dict = field(default_factory=dict)
     # A pretrained model starts near this loss or below on the tier's text; above it, it is broken.
     start_loss_max: float | None = None
+    # The relative fall of the held-out loss the train check requires on real text: more than the
+    # step-to-step noise of that loss can give (matrix/axes.toml says how it was measured).
+    heldout_fall_min: float = 0.0
     heldout_batch_size: int | None = None
     gradient_checkpointing: bool = False
     # Whether the train check compares every weight before and after (real-shape: too big to copy).
@@ -255,6 +355,14 @@ class Matrix:
     real_shapes: dict[str, RealShape] = field(default_factory=dict)
     claims: dict[str, Claim] = field(default_factory=dict)
     gpus: dict[str, Gpu] = field(default_factory=dict)
+    apis: dict[str, Api] = field(default_factory=dict)
+    experts: dict[str, ExpertsKernel] = field(default_factory=dict)
+    release_sets: dict[str, ReleaseSet] = field(default_factory=dict)
+    choices: dict[str, Choice] = field(default_factory=dict)
+
+    def choice(self, name: str, default: str) -> str:
+        """The declared value of a script choice (matrix `choices`), or `default` if undeclared."""
+        return self.choices[name].value if name in self.choices else default
 
 
 # --- a small declarative schema: key -> (python type(s), required) ------------------------
@@ -293,6 +401,9 @@ LIMIT_SCHEMA = {
     "tier": (_STR, False),
     "check": (_STR, False),
     "transformers": (_STR, False),
+    "peft": (_STR, False),
+    "variant": (_STR, False),
+    "upstream": (_STR, False),
 }
 METHOD_SCHEMA = {"summary": (_STR, True), "lr": (_NUM, True), "lora": (_TABLE, False)}
 LORA_SCHEMA = {
@@ -308,6 +419,36 @@ LAYOUT_SCHEMA = {
     "constraints": (_LIST_STR, False),
     "required": (_BOOL, False),
     "batch_size": (_INT, False),
+    "apis": (_LIST_STR, False),
+}
+API_SCHEMA = {
+    "summary": (_STR, True),
+    "call": (_STR, True),
+    "transformers": (_LIST_STR, False),
+    "docs": (_STR, False),
+    "checks": (_LIST_STR, False),
+    "tiers": (_LIST_STR, False),
+}
+EXPERTS_SCHEMA = {
+    "summary": (_STR, True),
+    "value": (_STR, True),
+    "layouts": (_LIST_STR, False),
+    "checks": (_LIST_STR, False),
+    "tiers": (_LIST_STR, False),
+    "transformers": (_LIST_STR, False),
+    "devices": (_LIST_STR, False),
+}
+RELEASE_SET_SCHEMA = {
+    "summary": (_STR, True),
+    "transformers": (_STR, True),
+    "peft": (_STR, True),
+    "gate": (_BOOL, False),
+}
+CHOICE_SCHEMA = {
+    "value": (_STR, True),
+    "allowed": (_LIST_STR, True),
+    "summary": (_STR, True),
+    "why": (_STR, True),
 }
 TIER_SCHEMA = {
     "summary": (_STR, True),
@@ -320,6 +461,7 @@ TIER_SCHEMA = {
     "dataset": (_STR, False),
     "lr": (_TABLE, False),
     "start_loss_max": (_NUM, False),
+    "heldout_fall_min": (_NUM, False),
     "heldout_batch_size": (_INT, False),
     "gradient_checkpointing": (_BOOL, False),
     "check_updates": (_BOOL, False),
@@ -364,7 +506,7 @@ CHECK_SCHEMA = {
 TOLERANCE_SCHEMA = {"rtol": (_NUM, True), "atol": (_NUM, True)}
 # `providers` is read by harness/providers.py (load_providers), which validates real_provider here.
 TOP_LEVEL = ("architectures", "methods", "layouts", "tiers", "checks", "tiny_defaults", "tolerances",
-             "real_shapes", "claims", "gpus", "providers")
+             "real_shapes", "claims", "gpus", "providers", "apis", "experts", "release_sets", "choices")
 
 
 def _type_name(expected: Any) -> str:
@@ -452,9 +594,13 @@ def _limits(file: str, path: str, raw: list, matrix_names: dict[str, tuple]) -> 
     for i, item in enumerate(raw):
         where = f"{path}.known_limits[{i}]"
         check_table(file, where, item, LIMIT_SCHEMA)
-        _must_be_one_of(file, f"{where}.category", item["category"], FAILURE_CATEGORIES)
-        if "transformers" in item:
-            _version_spec(file, f"{where}.transformers", item["transformers"])
+        _must_be_one_of(file, f"{where}.category", item["category"], DECLARABLE_CATEGORIES)
+        for package in ("transformers", "peft"):
+            if package in item:
+                _version_spec(file, f"{where}.{package}", item[package])
+        if "upstream" in item and not item["upstream"].startswith("https://"):
+            raise MatrixError(file, f"{where}.upstream", item["upstream"],
+                              "must be the https:// URL of the upstream issue or pull request")
         for axis, names in matrix_names.items():
             if axis in item:
                 _must_be_one_of(file, f"{where}.{axis}", item[axis], names)
@@ -494,7 +640,7 @@ def _architecture(file: str, name: str, body: dict, matrix_names: dict[str, tupl
     )
 
 
-def _layout(file: str, name: str, body: dict) -> Layout:
+def _layout(file: str, name: str, body: dict, apis: dict) -> Layout:
     path = f"layouts.{name}"
     check_table(file, path, body, LAYOUT_SCHEMA)
     product = 1
@@ -514,9 +660,67 @@ def _layout(file: str, name: str, body: dict) -> Layout:
         raise MatrixError(file, f"{path}.mesh", body["mesh"], "expert parallel needs tp = 1")
     for i, constraint in enumerate(body.get("constraints", [])):
         _must_be_one_of(file, f"{path}.constraints[{i}]", constraint, CONSTRAINTS)
+    for i, api in enumerate(body.get("apis", [])):
+        _must_be_one_of(file, f"{path}.apis[{i}]", api, sorted(apis))
+    if body["world_size"] > 1 and not body.get("apis"):
+        raise MatrixError(file, f"{path}.apis", None, "a multi-rank layout must name the documented call(s) "
+                                                      "that apply it", sorted(apis))
     return Layout(name=name, summary=body["summary"], world_size=body["world_size"],
                   mesh=dict(body["mesh"]), constraints=tuple(body.get("constraints", ())),
-                  required=body.get("required", False), batch_size=body.get("batch_size"))
+                  required=body.get("required", False), batch_size=body.get("batch_size"),
+                  apis=tuple(body.get("apis", ())))
+
+
+def _specs(file: str, path: str, specs: list[str]) -> tuple[str, ...]:
+    for i, spec in enumerate(specs):
+        _version_spec(file, f"{path}[{i}]", spec)
+    return tuple(specs)
+
+
+def _api(file: str, name: str, body: dict, names: dict[str, tuple]) -> Api:
+    path = f"apis.{name}"
+    check_table(file, path, body, API_SCHEMA)
+    for axis, key in (("check", "checks"), ("tier", "tiers")):
+        for i, value in enumerate(body.get(key, [])):
+            _must_be_one_of(file, f"{path}.{key}[{i}]", value, names[axis])
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in body.items()}
+    fields["transformers"] = _specs(file, f"{path}.transformers", body.get("transformers", []))
+    return Api(name=name, **fields)
+
+
+def _experts_kernel(file: str, name: str, body: dict, names: dict[str, tuple]) -> ExpertsKernel:
+    path = f"experts.{name}"
+    check_table(file, path, body, EXPERTS_SCHEMA)
+    for axis, key in (("layout", "layouts"), ("check", "checks"), ("tier", "tiers")):
+        for i, value in enumerate(body.get(key, [])):
+            _must_be_one_of(file, f"{path}.{key}[{i}]", value, names[axis])
+    for i, device in enumerate(body.get("devices", [])):
+        _must_be_one_of(file, f"{path}.devices[{i}]", device, DEVICE_TYPES)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in body.items()}
+    fields["transformers"] = _specs(file, f"{path}.transformers", body.get("transformers", []))
+    return ExpertsKernel(name=name, **fields)
+
+
+def _release_set(file: str, name: str, body: dict) -> ReleaseSet:
+    from packaging.version import InvalidVersion, Version
+
+    path = f"release_sets.{name}"
+    check_table(file, path, body, RELEASE_SET_SCHEMA)
+    for package in ("transformers", "peft"):
+        try:
+            Version(body[package])
+        except InvalidVersion:
+            raise MatrixError(file, f"{path}.{package}", body[package],
+                              'must be one exact release, e.g. "5.17.0"') from None
+    return ReleaseSet(name=name, **body)
+
+
+def _choice(file: str, name: str, body: dict) -> Choice:
+    path = f"choices.{name}"
+    check_table(file, path, body, CHOICE_SCHEMA)
+    _must_be_one_of(file, f"{path}.value", body["value"], body["allowed"])
+    return Choice(name=name, value=body["value"], allowed=tuple(body["allowed"]), summary=body["summary"],
+                  why=body["why"])
 
 
 def _method(file: str, name: str, body: dict) -> Method:
@@ -622,11 +826,19 @@ def load_matrix(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> Matrix:
             raise MatrixError(files[0].parent, axis, None, "no entries in any matrix file")
 
     methods = {n: _method(f, n, b) for n, (f, b) in sections["methods"].items()}
-    layouts = {n: _layout(f, n, b) for n, (f, b) in sections["layouts"].items()}
+    api_names = dict.fromkeys(sections["apis"])
+    layouts = {n: _layout(f, n, b, api_names) for n, (f, b) in sections["layouts"].items()}
     tiers = {n: _tier(f, n, b, methods, layouts) for n, (f, b) in sections["tiers"].items()}
     names = {"method": tuple(methods), "layout": tuple(layouts), "tier": tuple(tiers)}
     checks = {n: _check(f, n, b, names) for n, (f, b) in sections["checks"].items()}
     names["check"] = tuple(checks)
+    apis = {n: _api(f, n, b, names) for n, (f, b) in sections["apis"].items()}
+    experts = {n: _experts_kernel(f, n, b, names) for n, (f, b) in sections["experts"].items()}
+    for name, (f, _) in sections["experts"].items():
+        if name in apis or name == "default":
+            raise MatrixError(f, f"experts.{name}", name, "a variant name must differ from every api name "
+                                                          "and from 'default' (it ends cell ids)")
+    names["variant"] = ("default", *apis, *experts)
     architectures = {
         n: _architecture(f, n, b, names) for n, (f, b) in sections["architectures"].items()
     }
@@ -638,6 +850,8 @@ def load_matrix(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> Matrix:
     real_shapes = {n: _real_shape(f, n, b, architectures) for n, (f, b) in sections["real_shapes"].items()}
     claims = {n: _claim(f, n, b, real_shapes) for n, (f, b) in sections["claims"].items()}
     gpus = {n: _gpu(f, n, b) for n, (f, b) in sections["gpus"].items()}
+    release_sets = {n: _release_set(f, n, b) for n, (f, b) in sections["release_sets"].items()}
+    choices = {n: _choice(f, n, b) for n, (f, b) in sections["choices"].items()}
     return Matrix(
         architectures=architectures,
         methods=methods,
@@ -650,4 +864,8 @@ def load_matrix(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> Matrix:
         real_shapes=real_shapes,
         claims=claims,
         gpus=gpus,
+        apis=apis,
+        experts=experts,
+        release_sets=release_sets,
+        choices=choices,
     )

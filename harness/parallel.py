@@ -1,108 +1,138 @@
-"""Where a parallel layout is applied: mesh, sharding, LoRA placement, the batch split, the loss.
+"""Where a parallel layout is applied: the documented call that shards a model, and what it made.
 
-A layout is matrix data (matrix/axes.toml): a world size and named mesh dims. `place()` turns
-(architecture, method, layout, checkpoint) into a model ready for `train.train_steps` on this
-rank, together with the slice of the global batch this rank owns and a `reduce_loss` that
-averages over the data-parallel ranks, so that every layout reports the global loss curve:
+A layout is matrix data (matrix/axes.toml): a world size, named mesh dims, and the documented
+calls (`apis`) that apply it. `place()` runs one such call for (architecture, method, layout,
+checkpoint) on this rank and returns a `Placed`: the model as the libraries built it, the
+data-parallel slice of the batch this rank owns, and a read-only global view of its parameters.
 
-- single   {}                 from_pretrained, then the method (SFT or LoRA).
-- fsdp2    {dp_shard = N}     from_pretrained, the method (LoRA before sharding, so the
-                              adapters are sharded with their layer), then `fully_shard` on
-                              every decoder layer (the classes named by the model's
-                              `_no_split_modules`) and on the root.
-- tp       {tp = N}           from_pretrained with transformers' own TP plan (or the row's
-                              `tp_plan` table), then the method (TP shards at load, so LoRA
-                              comes after: peft shards the adapters of sharded layers
-                              itself). The optimizer needs `param_groups()` (below).
-- fsdp2_tp {dp_shard, tp}     as tp on the `tp` dim, then FSDP2 on the `dp_shard` dim.
-- ep       {ep = N}           transformers' expert parallelism, where the installed version
-                              has it (see below); a MoE model only.
+The calls (one function each in `PLACEMENTS`, named as in the matrix):
+- fully_shard                 from_pretrained, the method (LoRA before sharding, so the adapters
+                              are sharded with their layer), then torch's `fully_shard` on every
+                              decoder layer (the model's `_no_split_modules`) and the root.
+- distributed_config_fsdp     from_pretrained(distributed_config=DistributedConfig(fsdp_size=N)).
+- distributed_config_tp       from_pretrained(distributed_config=DistributedConfig(tp_size=N)),
+                              the row's `tp_plan` table as DistributedConfig(tp_plan=...) if any.
+- tp_plan                     from_pretrained(tp_plan="auto"): the older documented call.
+- distributed_config_tp_fsdp  DistributedConfig(tp_size, fsdp_size): TP then FSDP2 at load.
+- tp_then_fully_shard         TP at load on our mesh, then `fully_shard` over the dp dim.
+- distributed_config_ep       DistributedConfig(ep_size=N, fsdp_size=N): EP with token dispatch.
+- enable_expert_parallel      DistributedConfig(tp_size=N, enable_expert_parallel=True).
+- tp_plan_*                   the forms of releases before DistributedConfig took sizes.
+The method (SFT freezes nothing; LoRA is peft's `get_peft_model`) is applied where a user
+applies it: before our own `fully_shard`, after a call that shards at load.
 
-Three transformers APIs (decided by feature, not by version number):
-- transformers < 5.13 takes `tp_plan`, `tp_size` and `device_mesh` as from_pretrained's own
-  arguments (DistributedConfig holds only `enable_expert_parallel`); otherwise as below.
-- transformers <= 5.17 takes our mesh: `from_pretrained(distributed_config=DistributedConfig(
-  tp_plan, tp_size, fsdp_size), device_mesh=mesh)` applies TP on `mesh["tp"]` only, and FSDP2
-  is ours. EP is `DistributedConfig(tp_size=N, enable_expert_parallel=True)`: the model's
-  `base_model_ep_plan` over the TP ranks, which all see the same batch (dp = 1).
-- newer transformers (DistributedConfig has `ep_size`) builds its own mesh (pp, dp_replicate,
-  fsdp, tp) from DistributedConfig and ignores `device_mesh`. TP over a subset of the ranks
-  exists only together with its own FSDP2, so fsdp2_tp is `DistributedConfig(tp_size,
-  fsdp_size)`: TP then FSDP2, both applied by transformers at load, and EP is
-  `DistributedConfig(ep_size=N, fsdp_size=N)` (token dispatch, every rank its own batch).
-  LoRA is then added to an already sharded model; its adapters stay outside FSDP, so they are
-  broadcast from rank 0 and their gradients averaged over the data-parallel ranks here.
-  Ranks are laid out row-major over (dp_shard, tp) exactly as transformers lays out (fsdp, tp),
-  so our `dp_shard` groups are its `fsdp` groups.
+Nothing here changes what torch, transformers or peft produced: no shape, value or placement
+is repaired. When the stack fails in plain use (peft sizing an adapter from a shard, a TP style
+a model cannot take), the cell fails with the stack's own message. What our script chooses
+where a user's might differ is matrix data (`choices`): the optimizer's parameter groups,
+averaging the gradients of trainable parameters that no FSDP module owns, and, for parity
+only, the same adapter start on both sides (`same_adapter_start`, values only).
 
-The optimizer fix (TP layouts). Transformers' TP turns the sharded weights into DTensors and
-leaves the rest as plain tensors: RMSNorm weights, and Qwen3's q_norm/k_norm on purpose (style
-`replicated_with_grad_allreduce`: plain weights whose gradients transformers all-reduces
-itself). One optimizer group holding both breaks the foreach kernels, the default AdamW on GPU:
-"aten._foreach_mul_.Scalar: got mixed torch.Tensor and DTensor" (reproduced here on CPU with
-foreach=True). Switching foreach off would hide that from the cells; turning every plain
-parameter into a Replicate DTensor (torchtitan's way) is wrong for transformers' own plain
-parameters: its gradient hooks then call all_reduce on a DTensor ("c10d.allreduce_ has no
-sharding strategy", seen on Qwen3). So the layout leaves the model as transformers built it
-and `param_groups()` gives the optimizer one group per tensor kind (plain, or DTensor per mesh
-and placements), as real trainers already do when they split decay from no-decay parameters.
-With it the default foreach AdamW steps every layout, and the parity checks show unchanged
-numbers. A failure of the stack itself (peft or transformers raising under a layout) is
-raised, never caught here.
-
-LoRA parity. peft initialises a sharded adapter per rank on the shard's shape, so equal seeds
-give different starts on one device and under TP; `reset_adapters` draws every A whole from a
-per-name generator so that parity compares the same run.
+Reading a sharded model (`global_grads`, `global_grad_norm`) must work whatever representation
+the release uses for a shard: transformers' TP keeps DTensors since about 5.16 and plain local
+tensors before. A DTensor is gathered with `full_tensor()`; a plain tensor whose shape differs
+from the one-device model's (known from a meta-device twin) along one dim is gathered over the
+ranks that split it, packed layers (gate and up fused) block by block as the model's TP plan says.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import zlib
 from dataclasses import dataclass
 
 import torch
 
 from harness.failures import CellFailure
-from harness.matrix import Architecture, Layout, Method
+from harness.matrix import Api, Architecture, Layout, Method, release_in
 from harness.methods import Trainable, apply_method
+from harness.train import DataParallel
 
 LAYOUT_KINDS = ("single", "fsdp2", "tp", "fsdp2_tp", "ep")
 
 
 @dataclass
 class Placed:
-    """A model placed on this rank under a layout, and how to feed it and read its loss."""
+    """A model placed on this rank by one documented call, and how to feed and read it."""
 
     model: torch.nn.Module
     trainable: Trainable
     kind: str
-    dp_rank: int = 0
-    dp_size: int = 1
-    dp_group: object = None
+    api: str = ""
+    call: str = ""
+    dp: DataParallel = dataclasses.field(default_factory=DataParallel)
+    # The ranks a plain (non-DTensor) shard is split over: the TP or EP group (None: the world).
+    shard_group: object = None
+    # Every parameter's one-device shape, where a release shards into plain local tensors.
+    global_shapes: dict[str, tuple] | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    # A MoE row: the record names the experts kernel that ran.
+    moe: bool = False
 
-    def local_batch(self, batch: dict) -> dict:
-        """This data-parallel rank's contiguous slice of the global batch."""
-        size = batch["input_ids"].shape[0]
-        if size % self.dp_size:
-            raise CellFailure("error", f"global batch {size} does not split over {self.dp_size} dp ranks")
-        per = size // self.dp_size
-        return {k: v[self.dp_rank * per:(self.dp_rank + 1) * per] for k, v in batch.items()}
+    @property
+    def record(self) -> dict:
+        """What the cell's record says about the placement."""
+        out = {"layout_kind": self.kind, "dp_size": self.dp.size, "layout_notes": self.notes}
+        if self.api:
+            out.update(api=self.api, api_call=self.call)
+        if self.moe:
+            out["experts_implementation"] = experts_implementation(self.model)
+        return out
 
-    def reduce_loss(self, loss: torch.Tensor) -> torch.Tensor:
-        """The global loss: every dp rank has the same number of tokens, so average the means."""
-        if hasattr(loss, "full_tensor"):
-            loss = loss.full_tensor()
-        if self.dp_size == 1:
-            return loss
+    def global_grads(self) -> dict[str, torch.Tensor]:
+        """Every trainable parameter's gradient, whole (a collective: every rank must call it)."""
+        return {name: self.global_view(name, grad_or_zeros(param)).detach().float().cpu()
+                for name, param in self.model.named_parameters() if param.requires_grad}
+
+    def global_grad_norm(self, model=None) -> float:
+        """The norm of the whole gradient, however it is sharded (collectives, no gathering).
+
+        A DTensor's norm is torch's own (it reduces over the placements); a plain split of a
+        parameter adds its ranks' sums of squares over the group that splits it.
+        """
         import torch.distributed as dist
 
-        total = loss.detach().clone()
-        dist.all_reduce(total, group=self.dp_group)
-        return total / self.dp_size
+        total = 0.0
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            grad = grad_or_zeros(param).detach()
+            if hasattr(grad, "full_tensor"):
+                norm = torch.linalg.vector_norm(grad.float())
+                squares = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm) ** 2
+            else:
+                squares = float(grad.float().pow(2).sum())
+            want = (self.global_shapes or {}).get(name)
+            if want is not None and tuple(grad.shape) != tuple(want):
+                summed = torch.tensor([squares], dtype=torch.float64, device=_local(grad).device)
+                dist.all_reduce(summed, group=self.shard_group)
+                squares = float(summed)
+            total += squares
+        return math.sqrt(total)
+
+    def global_view(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` (a parameter or its gradient) as the one-device model holds it."""
+        if hasattr(tensor, "full_tensor"):
+            tensor = tensor.full_tensor()
+        want = (self.global_shapes or {}).get(name)
+        if want is None or tuple(tensor.shape) == tuple(want):
+            return tensor
+        return gather_plain_shard(tensor, tuple(want), self.shard_group, packed_style(self.model, name))
 
 
-# --- what kind of layout, and what this transformers can do ----------------------------------
+def _local(tensor) -> torch.Tensor:
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def grad_or_zeros(param) -> torch.Tensor:
+    """A parameter's gradient, or zeros where it got none this step (every rank gathers alike)."""
+    if param.grad is not None:
+        return param.grad
+    return torch.zeros_like(param)
+
+
+# --- what kind of layout, which call applies it -------------------------------------------------
 
 def layout_kind(layout: Layout) -> str:
     mesh = {k: v for k, v in layout.mesh.items() if v > 1}
@@ -119,30 +149,74 @@ def layout_kind(layout: Layout) -> str:
     raise CellFailure("layout-unsupported", f"layout {layout.name}: no way to apply mesh {layout.mesh}")
 
 
-def transformers_owns_mesh() -> bool:
-    """Newer transformers build the device mesh from DistributedConfig themselves (and have EP sizes)."""
-    from transformers.distributed import DistributedConfig
-
-    return "ep_size" in DistributedConfig.__dataclass_fields__
+def offered(api: Api) -> bool:
+    """Whether the installed transformers offers this call (the matrix declares its releases)."""
+    return release_in("transformers", *api.transformers)
 
 
-def _distributed_config(**kwargs) -> dict:
-    """from_pretrained's distributed keyword arguments, in the form this transformers takes.
+def choose_api(apis: dict[str, Api], layout: Layout, variant: str = "") -> Api | None:
+    """The call a cell runs: its variant's, else the first of the layout's that this release offers.
 
-    Since 5.13 they go in one DistributedConfig(tp_plan, tp_size, fsdp_size, ...). Before, a
-    DistributedConfig held only `enable_expert_parallel`, and `tp_plan`/`tp_size` were
-    from_pretrained's own arguments; FSDP2 was never transformers' there (the harness applies it).
+    None for a one-rank layout. A call the release does not offer is a `not-offered` skip.
     """
-    from transformers.distributed import DistributedConfig
+    if layout.world_size == 1:
+        return None
+    import transformers
 
-    fields = DistributedConfig.__dataclass_fields__
-    if "tp_plan" in fields:
-        return {"distributed_config": DistributedConfig(**kwargs)}
-    out = {name: kwargs[name] for name in ("tp_plan", "tp_size") if name in kwargs}
-    if kwargs.get("enable_expert_parallel"):
-        out["distributed_config"] = DistributedConfig(enable_expert_parallel=True)
-        out.setdefault("tp_plan", "auto")
-    return out
+    if variant in apis:
+        api = apis[variant]
+        if not offered(api):
+            raise CellFailure("not-offered", f"transformers {transformers.__version__} does not offer "
+                                             f"{api.call} (the matrix declares it for transformers "
+                                             f"{' or '.join(api.transformers)})")
+        return api
+    for name in layout.apis:
+        if offered(apis[name]):
+            return apis[name]
+    raise CellFailure("not-offered", f"transformers {transformers.__version__} offers none of the calls the "
+                                     f"matrix declares for layout {layout.name}: {', '.join(layout.apis)}")
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+def load(arch: Architecture, path, dtype: str, experts: str | None = None, **kwargs):
+    """from_pretrained through the row's auto class, as a user calls it (plus the cell's kernel)."""
+    import warnings
+
+    from harness.tiny import auto_model_class
+
+    if experts is not None:
+        kwargs["experts_implementation"] = experts
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the deprecated tp_plan keyword warns
+        model = auto_model_class(arch).from_pretrained(path, dtype=getattr(torch, dtype),
+                                                       trust_remote_code=False, **kwargs)
+    if experts is not None and not type(model)._can_set_experts_implementation():
+        import transformers
+
+        raise CellFailure("not-offered", f"{type(model).__name__} does not route its experts through "
+                                         f"transformers' experts interface in transformers "
+                                         f"{transformers.__version__}, so experts_implementation={experts!r} "
+                                         "would change nothing")
+    return model
+
+
+def experts_implementation(model) -> str | None:
+    """The MoE experts kernel the model runs: transformers' choice at load (not in config.json).
+
+    "own loop" where the model class does not route its experts through transformers' experts
+    interface, whatever the config says.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    base = _base_model(model)
+    # fully_shard swaps the class for a subclass of FSDPModule: ask the model's own class.
+    own = next(cls for cls in type(base).__mro__ if not issubclass(cls, FSDPModule))
+    if not own._can_set_experts_implementation():
+        return "own loop"
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    return getattr(config, "_experts_implementation", None) or getattr(base.config, "_experts_implementation",
+                                                                        None)
 
 
 def tp_plan(arch: Architecture) -> dict | str:
@@ -162,8 +236,9 @@ def tp_plan(arch: Architecture) -> dict | str:
     return "auto"
 
 
-def _tp_note(plan: dict | str) -> str:
-    return f"TP plan {plan if isinstance(plan, str) else 'from the matrix row'}"
+def _tp_kwargs(plan: dict | str) -> dict:
+    """DistributedConfig's TP arguments: the model's plan by size alone, or the row's own table."""
+    return {} if plan == "auto" else {"tp_plan": plan}
 
 
 def check_tp_divides_heads(path, tp: int) -> None:
@@ -183,10 +258,16 @@ def check_tp_divides_heads(path, tp: int) -> None:
                                                     f"{key} = {heads} of the checkpoint at {path}")
 
 
-def _has_ep_plan(arch: Architecture) -> bool:
+def _require_ep_plan(arch: Architecture) -> None:
     from harness.tiny import config_class
 
-    return bool(getattr(config_class(arch), "base_model_ep_plan", None))
+    if not arch.moe:
+        raise CellFailure("layout-unsupported", "expert parallel needs a MoE model")
+    if not getattr(config_class(arch), "base_model_ep_plan", None):
+        import transformers
+
+        raise CellFailure("layout-unsupported", f"{arch.name} has no base_model_ep_plan in "
+                                                f"transformers {transformers.__version__}")
 
 
 # --- FSDP2 --------------------------------------------------------------------------------------
@@ -216,26 +297,7 @@ def apply_fsdp2(model, dp_mesh) -> None:
     fully_shard(model, mesh=dp_mesh)
 
 
-# --- the optimizer fix for TP (see the module docstring) --------------------------------------
-
-def _tensor_kind(param) -> tuple:
-    """Plain tensor, or DTensor on which mesh dims with which placements."""
-    mesh = getattr(param, "device_mesh", None)
-    if mesh is None:
-        return ("tensor",)
-    return ("dtensor", mesh.mesh_dim_names, tuple(str(p) for p in param.placements))
-
-
-def param_groups(model) -> list[dict]:
-    """The trainable parameters in groups of one tensor kind each, in a stable order."""
-    groups: dict[tuple, list] = {}
-    for param in model.parameters():
-        if param.requires_grad:
-            groups.setdefault(_tensor_kind(param), []).append(param)
-    return [{"params": params} for params in groups.values()]
-
-
-# --- adapters outside FSDP (newer transformers shard at load, LoRA comes after) ---------------
+# --- trainable parameters outside FSDP (matrix choice `replicas_outside_fsdp`) -------------------
 
 DATA_PARALLEL_DIMS = frozenset({"dp_shard", "fsdp", "efsdp", "dp_replicate"})
 
@@ -246,25 +308,23 @@ def _outside_data_parallel(param) -> bool:
     return mesh is None or not DATA_PARALLEL_DIMS & set(mesh.mesh_dim_names or ())
 
 
-def replicate_outside_params(model, dp_group) -> list[str]:
-    """Trainable parameters FSDP does not own: same start on every dp rank, gradients averaged.
+def replicate_outside_params(model, dp: DataParallel) -> list[str]:
+    """Trainable parameters FSDP does not own: rank 0's start, gradients averaged (as DDP does).
 
-    Plain ones are broadcast from the group's first rank; TP-sharded adapters (DTensors on the
-    tp dim only) already start equal, drawn whole by `reset_adapters`, so each rank's shard
-    agrees with its dp peers. Either way the gradient (its local shard) is averaged here.
+    Plain ones are broadcast from the group's first rank; DTensors on TP/EP dims only keep the
+    values peft gave them. Either way the gradient (its local part) is averaged over the dp ranks.
     """
     import torch.distributed as dist
 
     names = []
-    size = dist.get_world_size(dp_group)
-    src = dist.get_global_rank(dp_group, 0)
+    src = dist.get_global_rank(dp.group, 0) if dp.group is not None else 0
     for name, param in model.named_parameters():
         if not param.requires_grad or not _outside_data_parallel(param):
             continue
         if getattr(param, "device_mesh", None) is None:
-            dist.broadcast(param.data, src=src, group=dp_group)
+            dist.broadcast(param.data, src=src, group=dp.group)
 
-        def average(p, group=dp_group, size=size):
+        def average(p, group=dp.group, size=dp.size):
             grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
             dist.all_reduce(grad, group=group)
             grad.div_(size)
@@ -274,231 +334,315 @@ def replicate_outside_params(model, dp_group) -> list[str]:
     return names
 
 
-# --- placing a model -----------------------------------------------------------------------------
+# --- the calls ----------------------------------------------------------------------------------
 
-def _load_plain(arch, path, dtype, device):
-    from harness.models import load_model
+@dataclass
+class Request:
+    """Everything a placement call needs: the cell's row, method, layout and checkpoint."""
 
-    return load_model(arch, path, dtype, str(device))
+    arch: Architecture
+    method: Method
+    layout: Layout
+    path: object
+    dtype: str
+    ctx: object = None
+    seed: int = 0
+    device: str = "cpu"
+    experts: str | None = None
+    # matrix choice `replicas_outside_fsdp`
+    replicas: str = "average_gradients"
+
+    @property
+    def dims(self) -> dict:
+        return dict(self.layout.mesh)
+
+    def with_method(self, model) -> Trainable:
+        torch.manual_seed(self.seed)
+        return apply_method(model, self.arch, self.method)
+
+    def after_load(self, model, dp: DataParallel, notes: list[str]) -> Trainable:
+        """The method on a model sharded at load; trainable parameters outside FSDP as chosen."""
+        trainable = self.with_method(model)
+        if dp.size > 1 and self.replicas == "average_gradients":
+            outside = replicate_outside_params(trainable.model, dp)
+            notes.append(f"{len(outside)} trainable parameters outside FSDP: rank 0's start, "
+                         "gradients averaged over the dp ranks")
+        return trainable
 
 
-def _load_distributed(arch, path, dtype, distributed_kwargs: dict, device_mesh=None):
-    import warnings
+def _single(req: Request) -> Placed:
+    device = req.ctx.device if req.ctx else req.device
+    model = load(req.arch, req.path, req.dtype, req.experts).to(device)
+    trainable = req.with_method(model)
+    return Placed(trainable.model, trainable, "single", moe=req.arch.moe)
+
+
+def _fully_shard(req: Request) -> Placed:
+    mesh = req.ctx.mesh(req.dims)
+    trainable = req.with_method(load(req.arch, req.path, req.dtype, req.experts).to(req.ctx.device))
+    apply_fsdp2(trainable.model, mesh)
+    dp = DataParallel(mesh.get_local_rank("dp_shard"), req.dims["dp_shard"], mesh.get_group("dp_shard"))
+    return Placed(trainable.model, trainable, "fsdp2", dp=dp, notes=["fully_shard per decoder layer + root"])
+
+
+def _distributed_config_fsdp(req: Request) -> Placed:
+    from transformers.distributed import DistributedConfig
+
+    mesh = req.ctx.mesh(req.dims)
+    size = req.dims["dp_shard"]
+    model = load(req.arch, req.path, req.dtype, req.experts,
+                 distributed_config=DistributedConfig(fsdp_size=size))
+    dp = DataParallel(mesh.get_local_rank("dp_shard"), size, mesh.get_group("dp_shard"))
+    notes = ["transformers FSDP2 at load"]
+    trainable = req.after_load(model, dp, notes)
+    return Placed(trainable.model, trainable, "fsdp2", dp=dp, notes=notes)
+
+
+def _distributed_config_tp(req: Request) -> Placed:
+    from transformers.distributed import DistributedConfig
+
+    check_tp_divides_heads(req.path, req.dims["tp"])
+    plan = tp_plan(req.arch)
+    config = DistributedConfig(tp_size=req.dims["tp"], **_tp_kwargs(plan))
+    model = load(req.arch, req.path, req.dtype, req.experts, distributed_config=config)
+    trainable = req.with_method(model)
+    return Placed(trainable.model, trainable, "tp", notes=[_tp_note(plan)])
+
+
+def _tp_plan(req: Request) -> Placed:
+    check_tp_divides_heads(req.path, req.dims["tp"])
+    plan = tp_plan(req.arch)
+    model = load(req.arch, req.path, req.dtype, req.experts, tp_plan=plan)
+    trainable = req.with_method(model)
+    return Placed(trainable.model, trainable, "tp", notes=[_tp_note(plan)])
+
+
+def _distributed_config_tp_fsdp(req: Request) -> Placed:
+    from transformers.distributed import DistributedConfig
+
+    check_tp_divides_heads(req.path, req.dims["tp"])
+    plan = tp_plan(req.arch)
+    mesh = req.ctx.mesh(req.dims)
+    config = DistributedConfig(tp_size=req.dims["tp"], fsdp_size=req.dims["dp_shard"], **_tp_kwargs(plan))
+    model = load(req.arch, req.path, req.dtype, req.experts, distributed_config=config)
+    # Ranks are laid out row-major over (dp_shard, tp) exactly as transformers lays out (fsdp, tp).
+    dp = DataParallel(mesh.get_local_rank("dp_shard"), req.dims["dp_shard"], mesh.get_group("dp_shard"))
+    notes = [_tp_note(plan), "transformers TP + FSDP2 at load"]
+    trainable = req.after_load(model, dp, notes)
+    return Placed(trainable.model, trainable, "fsdp2_tp", dp=dp, shard_group=mesh.get_group("tp"),
+                  notes=notes)
+
+
+def _tp_then_fully_shard(req: Request, legacy: bool = False) -> Placed:
+    from transformers.distributed import DistributedConfig
+
+    check_tp_divides_heads(req.path, req.dims["tp"])
+    plan = tp_plan(req.arch)
+    mesh = req.ctx.mesh(req.dims)
+    if legacy:
+        kwargs = {"tp_plan": plan, "tp_size": req.dims["tp"]}
+    else:
+        config = DistributedConfig(tp_size=req.dims["tp"], fsdp_size=req.dims["dp_shard"], **_tp_kwargs(plan))
+        kwargs = {"distributed_config": config}
+    model = load(req.arch, req.path, req.dtype, req.experts, device_mesh=mesh, **kwargs)
+    trainable = req.with_method(model)
+    apply_fsdp2(trainable.model, mesh["dp_shard"])
+    dp = DataParallel(mesh.get_local_rank("dp_shard"), req.dims["dp_shard"], mesh.get_group("dp_shard"))
+    return Placed(trainable.model, trainable, "fsdp2_tp", dp=dp, shard_group=mesh.get_group("tp"),
+                  notes=[_tp_note(plan), "fully_shard on dp_shard"])
+
+
+def _distributed_config_ep(req: Request) -> Placed:
+    from transformers.distributed import DistributedConfig
+
+    _require_ep_plan(req.arch)
+    ep = req.dims["ep"]
+    mesh = req.ctx.mesh(req.dims)
+    model = load(req.arch, req.path, req.dtype, req.experts,
+                 distributed_config=DistributedConfig(ep_size=ep, fsdp_size=ep))
+    dp = DataParallel(mesh.get_local_rank("ep"), ep, mesh.get_group("ep"))
+    notes = [f"transformers EP (ep_size={ep}, fsdp_size={ep})"]
+    trainable = req.after_load(model, dp, notes)
+    return Placed(trainable.model, trainable, "ep", dp=dp, shard_group=mesh.get_group("ep"), notes=notes)
+
+
+def _enable_expert_parallel(req: Request, legacy: bool = False) -> Placed:
+    from transformers.distributed import DistributedConfig
+
+    _require_ep_plan(req.arch)
+    ep = req.dims["ep"]
+    mesh = req.ctx.mesh(req.dims)
+    if legacy:
+        kwargs = {"tp_plan": "auto", "tp_size": ep,
+                  "distributed_config": DistributedConfig(enable_expert_parallel=True)}
+    else:
+        kwargs = {"distributed_config": DistributedConfig(tp_size=ep, enable_expert_parallel=True)}
+    model = load(req.arch, req.path, req.dtype, req.experts, device_mesh=mesh, **kwargs)
+    trainable = req.with_method(model)
+    return Placed(trainable.model, trainable, "ep", shard_group=mesh.get_group("ep"),
+                  notes=[f"transformers EP over the TP ranks ({ep} ranks, every rank the whole batch)"])
+
+
+def _tp_note(plan: dict | str) -> str:
+    return f"TP plan {plan if isinstance(plan, str) else 'from the matrix row'}"
+
+
+PLACEMENTS = {
+    "fully_shard": _fully_shard,
+    "distributed_config_fsdp": _distributed_config_fsdp,
+    "distributed_config_tp": _distributed_config_tp,
+    "tp_plan": _tp_plan,
+    "distributed_config_tp_fsdp": _distributed_config_tp_fsdp,
+    "tp_then_fully_shard": _tp_then_fully_shard,
+    "tp_plan_then_fully_shard": lambda req: _tp_then_fully_shard(req, legacy=True),
+    "distributed_config_ep": _distributed_config_ep,
+    "enable_expert_parallel": _enable_expert_parallel,
+    "tp_plan_expert_parallel": lambda req: _enable_expert_parallel(req, legacy=True),
+}
+
+
+def place(req: Request, api: Api | None = None) -> Placed:
+    """Load the checkpoint and apply the method and layout on this rank, by `api`'s call.
+
+    Without a pool context (layout single, in the calling process) the model goes to
+    `req.device`. Nothing the libraries built is changed afterwards.
+    """
+    torch.manual_seed(req.seed)
+    kind = layout_kind(req.layout)
+    if kind == "single":
+        return _single(req)
+    if req.ctx is None or req.ctx.world_size != req.layout.world_size:
+        have = req.ctx.world_size if req.ctx else 1
+        raise CellFailure("error", f"layout {req.layout.name} needs {req.layout.world_size} ranks, "
+                                   f"got {have}")
+    placed = PLACEMENTS[api.name](req)
+    placed.api, placed.call, placed.moe = api.name, api.call, req.arch.moe
+    if kind in ("tp", "fsdp2_tp", "ep"):
+        placed.global_shapes = one_device_shapes(req)
+    return placed
+
+
+# --- reading plain-tensor shards whole ----------------------------------------------------------
+
+def one_device_shapes(req: Request) -> dict[str, tuple]:
+    """Every parameter's shape on one device: the same model and method built on the meta device."""
+    from transformers import AutoConfig
 
     from harness.tiny import auto_model_class
 
-    kwargs = {"dtype": getattr(torch, dtype), **distributed_kwargs}
-    if device_mesh is not None:
-        kwargs["device_mesh"] = device_mesh
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return auto_model_class(arch).from_pretrained(path, trust_remote_code=False, **kwargs)
+    config = AutoConfig.from_pretrained(req.path)
+    with torch.device("meta"):
+        model = auto_model_class(req.arch).from_config(config, dtype=getattr(torch, req.dtype))
+        trainable = apply_method(model, req.arch, req.method)
+    return {name: tuple(param.shape) for name, param in trainable.model.named_parameters()}
 
 
-def _method(model, arch, method, seed, notes: list[str] | None = None):
-    torch.manual_seed(seed)
-    trainable = apply_method(model, arch, method)
-    if method.is_lora:
-        repaired = reset_adapters(trainable.model, seed)
-        if repaired and notes is not None:
-            notes.append(f"rebuilt {len(repaired)} LoRA adapters that peft sized from a sharded base "
-                         f"layer's local shape, e.g. {repaired[0]}")
-    return trainable
+def packed_style(model, name: str) -> bool:
+    """Whether the model's TP plan packs two blocks into this parameter (gate and up fused)."""
+    try:
+        from transformers.integrations.tensor_parallel import _get_parameter_tp_plan
+    except ImportError:
+        return False
+    plan = getattr(_base_model(model), "tp_plan", None) or {}
+    key = name.removeprefix("base_model.model.")
+    style = _get_parameter_tp_plan(key, plan) if plan else None
+    return bool(style) and "packed" in str(style)
 
 
-def _sharded_base_shape(lora_layer) -> tuple[int, int] | None:
-    """The global (out, in) of a LoRA layer's base Linear when that base is sharded, else None.
+def gather_plain_shard(local: torch.Tensor, want: tuple, group, packed: bool) -> torch.Tensor:
+    """Reassemble a plain local shard into the one-device tensor (a collective over `group`)."""
+    import torch.distributed as dist
 
-    A sharded base weight is a DTensor, whose shape is global (TP and FSDP shard nn.Linear as
-    (out, in)); an unsharded base leaves peft's adapter shapes as they are, which also covers
-    bases stored transposed (GPT-2's Conv1D) and fused 3-D experts (peft's ParamWrapper).
-    """
-    weight = getattr(lora_layer.get_base_layer(), "weight", None)
-    if getattr(weight, "device_mesh", None) is not None and weight.ndim == 2:
-        return tuple(weight.shape)
-    return None
+    ranks = dist.get_world_size(group)
+    dims = [d for d, (have, full) in enumerate(zip(local.shape, want, strict=True)) if have != full]
+    if len(local.shape) != len(want) or len(dims) != 1 or local.shape[dims[0]] * ranks != want[dims[0]]:
+        raise CellFailure("check-failed", f"a parameter of local shape {tuple(local.shape)} is not a split "
+                                          f"of "
+                                          f"the one-device shape {want} over {ranks} ranks")
+    dim = dims[0]
+    parts = [torch.empty_like(local) for _ in range(ranks)]
+    dist.all_gather(parts, local.detach().contiguous(), group=group)
+    if packed:
+        blocks = [part.chunk(2, dim) for part in parts]
+        return torch.cat([b[0] for b in blocks] + [b[1] for b in blocks], dim=dim)
+    return torch.cat(parts, dim=dim)
 
+
+def split_of(full: torch.Tensor, local_shape: tuple, group) -> torch.Tensor:
+    """This rank's contiguous piece of `full` along the one dim where `local_shape` is smaller."""
+    import torch.distributed as dist
+
+    dims = [d for d, (have, whole) in enumerate(zip(local_shape, full.shape, strict=True)) if have != whole]
+    if not dims:
+        return full
+    dim = dims[0]
+    return full.narrow(dim, dist.get_rank(group) * local_shape[dim], local_shape[dim])
+
+
+# --- parity only: the same LoRA start on both sides (matrix choice `parity_adapter_start`) -----
 
 @torch.no_grad()
-def reset_adapters(model, seed: int) -> list[str]:
-    """Give every LoRA adapter the same start under every layout, at its global shape.
+def same_adapter_start(placed: Placed, seed: int) -> list[str]:
+    """Write the same initial values into every LoRA A that peft built, here and on one device.
 
-    Same start: peft initialises a sharded adapter per rank, on the shard's shape, so the same
-    seed gives a different (equally valid) start under TP than on one device, and parity would
-    compare different runs. Each A is drawn whole, from a generator seeded by its name, with
-    peft's default init (kaiming uniform, a = sqrt(5)); each B is zero, as peft makes it.
-
-    Global shape: A is (r, in) and B is (out, r) of the base layer's global weight. A sharded
-    adapter is rebuilt with `distribute_tensor` on the mesh and placements peft chose. On this
-    stack (peft 0.21.2, transformers 5.23) peft sizes adapters from the base layer's *local*
-    weight, which is wrong when the base layer is sharded:
-    - under tp, o_proj's lora_A is (r, 64) as a DTensor but its Linear says in_features=32, and
-      transformers' RowwiseParallel reads `in_features` as the global width: "shape '[64, 16]'
-      is invalid for input of size 2048";
-    - under fsdp2_tp (TP and FSDP2 both applied at load) the local weight is split twice, so
-      q_proj's lora_B holds 16 rows where Shard(0) over 2 TP ranks means 32, and o_proj's plain
-      lora_B has 32 outputs for a 64-wide result.
-    Nothing else about the adapters changes: same modules, placements and forward. Returns the
-    names of the adapters whose shape or in/out_features peft had wrong, for the cell's notes;
-    tests/test_parallel.py keeps showing peft's own failure, so this goes when the stack is fixed.
+    peft initialises a sharded adapter per rank, so the same seed gives another start than on
+    one device. Each A gets values drawn from a generator seeded by its name with peft's default
+    init (kaiming uniform, a = sqrt(5)) at its one-device shape, written into the tensor peft built
+    on peft's placement (a DTensor's shard, or this rank's split of a plain tensor). B stays
+    peft's zeros. Nothing is reshaped: an adapter whose one-device shape cannot be written into
+    what peft built is left alone and named in the returned list.
     """
-    import math
-    import zlib
-
     from torch.distributed.tensor import distribute_tensor
 
-    repaired = []
-    for layer_name, layer in model.named_modules():
-        if not (hasattr(layer, "lora_A") and hasattr(layer, "get_base_layer")):
+    skipped = []
+    for name, param in placed.model.named_parameters():
+        if ".lora_A." not in name or param.ndim != 2:
             continue
-        base_shape = _sharded_base_shape(layer)
-        for part, table in (("lora_A", layer.lora_A), ("lora_B", layer.lora_B)):
-            for adapter, linear in table.items():
-                name = f"{layer_name}.{part}.{adapter}"
-                param = linear.weight
-                want = tuple(param.shape)
-                if base_shape is not None:
-                    out_features, in_features = base_shape
-                    rank = layer.r[adapter]
-                    want = (rank, in_features) if part == "lora_A" else (out_features, rank)
-                full = torch.zeros(want, dtype=param.dtype)
-                if part == "lora_A":
-                    generator = torch.Generator().manual_seed(seed + zlib.crc32(f"{name}.weight".encode()))
-                    torch.nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=generator)
-                mesh = getattr(param, "device_mesh", None)
-                if mesh is None:
-                    value = full.to(param.device)
-                    wrong = tuple(param.shape) != want
-                else:
-                    local = param.to_local()
-                    value = distribute_tensor(full.to(local.device), mesh, param.placements,
-                                              src_data_rank=None)
-                    wrong = value.to_local().shape != local.shape
-                wrong = wrong or (linear.out_features, linear.in_features) != want
-                linear.weight = torch.nn.Parameter(value, requires_grad=param.requires_grad)
-                linear.out_features, linear.in_features = want
-                if wrong:
-                    repaired.append(name)
-    return repaired
+        want = tuple((placed.global_shapes or {}).get(name, param.shape))
+        full = torch.empty(want, dtype=torch.float32)
+        generator = torch.Generator().manual_seed(seed + zlib.crc32(name.encode()))
+        torch.nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=generator)
+        mesh = getattr(param, "device_mesh", None)
+        local = param.to_local() if mesh is not None else param.data
+        if mesh is not None:
+            if tuple(param.shape) != want:
+                skipped.append(f"{name}: {tuple(param.shape)} where one device has {want}")
+                continue
+            value = distribute_tensor(full.to(local.device), mesh, param.placements,
+                                      src_data_rank=None).to_local()
+        else:
+            try:
+                value = split_of(full, tuple(local.shape), placed.shard_group)
+            except (IndexError, RuntimeError):
+                value = None
+            if value is None or tuple(value.shape) != tuple(local.shape):
+                skipped.append(f"{name}: {tuple(local.shape)} where one device has {want}")
+                continue
+        if tuple(value.shape) != tuple(local.shape):
+            skipped.append(f"{name}: local {tuple(local.shape)}, its share of {want} is {tuple(value.shape)}")
+            continue
+        local.copy_(value.to(local.dtype))
+    return skipped
 
 
-def place(arch: Architecture, method: Method, layout: Layout, path, dtype: str, ctx=None,
-          seed: int = 0, device: str = "cpu") -> Placed:
-    """Load the checkpoint at `path` and apply `method` and `layout` on this rank.
-
-    ctx is the pool's RankContext; without one (layout single, in the calling process) the
-    model goes to `device`.
-    """
-    kind = layout_kind(layout)
-    torch.manual_seed(seed)
-    if kind == "single":
-        device = ctx.device if ctx else device
-        trainable = _method(_load_plain(arch, path, dtype, device), arch, method, seed)
-        return Placed(trainable.model, trainable, kind)
-    if ctx is None or ctx.world_size != layout.world_size:
-        have = ctx.world_size if ctx else 1
-        raise CellFailure("error", f"layout {layout.name} needs {layout.world_size} ranks, got {have}")
-    dims = dict(layout.mesh)
-    mesh = ctx.mesh(dims)
-    new_api = transformers_owns_mesh()
-
-    if kind == "fsdp2":
-        trainable = _method(_load_plain(arch, path, dtype, ctx.device), arch, method, seed)
-        apply_fsdp2(trainable.model, mesh)
-        return Placed(trainable.model, trainable, kind, mesh.get_local_rank("dp_shard"), dims["dp_shard"],
-                      mesh.get_group("dp_shard"), ["fully_shard per decoder layer + root"])
-
-    if kind in ("tp", "fsdp2_tp"):
-        check_tp_divides_heads(path, dims["tp"])
-    if kind == "tp" or (kind == "fsdp2_tp" and not new_api):
-        plan = tp_plan(arch)
-        dp = dims.get("dp_shard", 1)
-        config = _distributed_config(tp_plan=plan, tp_size=dims["tp"], fsdp_size=dp)
-        model = _load_distributed(arch, path, dtype, config, None if new_api else mesh)
-        notes = [_tp_note(plan)]
-        trainable = _method(model, arch, method, seed, notes)
-        if kind == "tp":
-            return Placed(trainable.model, trainable, kind, notes=notes)
-        apply_fsdp2(trainable.model, mesh["dp_shard"])
-        return Placed(trainable.model, trainable, kind, mesh.get_local_rank("dp_shard"), dp,
-                      mesh.get_group("dp_shard"), [*notes, "fully_shard on dp_shard"])
-
-    if kind == "fsdp2_tp":  # newer transformers: TP and FSDP2 both at load
-        plan = tp_plan(arch)
-        config = _distributed_config(tp_plan=plan, tp_size=dims["tp"], fsdp_size=dims["dp_shard"])
-        notes = [_tp_note(plan)]
-        trainable = _method(_load_distributed(arch, path, dtype, config), arch, method, seed, notes)
-        group = mesh.get_group("dp_shard")
-        outside = replicate_outside_params(trainable.model, group)
-        return Placed(trainable.model, trainable, kind, mesh.get_local_rank("dp_shard"), dims["dp_shard"],
-                      group, [*notes, f"transformers TP+FSDP2 at load; {len(outside)} params outside FSDP"])
-
-    # kind == "ep"
-    if not arch.moe:
-        raise CellFailure("layout-unsupported", f"layout {layout.name} (expert parallel) needs a MoE model")
-    if not _has_ep_plan(arch):
-        import transformers
-
-        raise CellFailure("layout-unsupported", f"{arch.name} has no base_model_ep_plan in "
-                                                f"transformers {transformers.__version__}")
-    ep = dims["ep"]
-    if new_api:
-        config = _distributed_config(ep_size=ep, fsdp_size=ep)
-        notes = []
-        trainable = _method(_load_distributed(arch, path, dtype, config), arch, method, seed, notes)
-        group = mesh.get_group("ep")
-        outside = replicate_outside_params(trainable.model, group)
-        return Placed(trainable.model, trainable, kind, mesh.get_local_rank("ep"), ep, group,
-                      [*notes, f"transformers EP (ep_size={ep}, fsdp_size={ep}); "
-                                f"{len(outside)} params outside FSDP"])
-    if not _supports_legacy_ep():
-        import transformers
-
-        raise CellFailure("layout-unsupported",
-                          f"transformers {transformers.__version__} has no expert parallel support")
-    config = _distributed_config(tp_size=ep, enable_expert_parallel=True)
-    notes = [f"transformers EP over the TP ranks (enable_expert_parallel, {ep} ranks, dp 1)"]
-    trainable = _method(_load_distributed(arch, path, dtype, config, mesh), arch, method, seed, notes)
-    return Placed(trainable.model, trainable, kind, notes=notes)
-
-
-def _supports_legacy_ep() -> bool:
-    from transformers.distributed import DistributedConfig
-
-    return "enable_expert_parallel" in DistributedConfig.__dataclass_fields__
-
-
-# --- the pool task: the `train` check's measurements under a layout ---------------------------
+# --- the pool task of the benchmark: one tiny training run under a layout ----------------------
 
 def train_task(payload: dict, ctx=None) -> dict:
-    """Place, train a few steps on the fixed global batch, and check what moved.
+    """Place by the layout's first offered call and train a few steps on the fixed global batch.
 
-    payload: arch, method, layout (matrix dataclasses), path, dtype, steps, batch_size, seq_len,
-    optionally seed, foreach (AdamW's foreach kernels, the GPU default) and device (for single).
-    Every rank returns the same global numbers.
+    payload: arch, method, layout, apis (the matrix's), path, dtype, steps, batch_size, seq_len,
+    optionally device. Used by benchmarks/pool_vs_torchrun.py; every rank returns the global curve.
     """
-    from harness.checks.train import assert_loss_falls, assert_updates, snapshot
-    from harness.train import fixed_batch, train_steps
+    from harness.train import fixed_batch, make_optimizer, train_steps
 
-    arch, method, layout = payload["arch"], payload["method"], payload["layout"]
-    placed = place(arch, method, layout, payload["path"], payload["dtype"], ctx, payload.get("seed", 0),
-                   payload.get("device", "cpu"))
-    model = placed.model
-    before = snapshot(model)
-    vocab = model.get_input_embeddings().num_embeddings
+    layout = payload["layout"]
+    req = Request(payload["arch"], payload["method"], layout, payload["path"], payload["dtype"], ctx,
+                  device=payload.get("device", "cpu"))
+    placed = place(req, choose_api(payload["apis"], layout))
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(payload["path"]).get_text_config().vocab_size
     batch = fixed_batch(vocab, payload["batch_size"], payload["seq_len"])
-    optimizer = torch.optim.AdamW(param_groups(model), lr=method.lr, weight_decay=0.0,
-                                  foreach=payload.get("foreach"))
-    result = train_steps(model, placed.local_batch(batch), optimizer, payload["steps"], placed.reduce_loss)
-    assert_loss_falls(result)
-    counts = assert_updates(placed.trainable, before, snapshot(model), method.is_lora)
-    return {
-        "losses": result.losses,
-        "grad_norms": result.grad_norms,
-        "step_times_s": result.step_times_s,
-        "layout_kind": placed.kind,
-        "dp_size": placed.dp_size,
-        "notes": placed.notes,
-        "lora_modules": placed.trainable.lora_modules,
-        **counts,
-    }
+    optimizer = make_optimizer(placed.model, req.method.lr)
+    result = train_steps(placed.model, batch, optimizer, payload["steps"], placed.dp)
+    return {"losses": result.losses, "step_times_s": result.step_times_s, **placed.record}

@@ -22,7 +22,7 @@ from harness.matrix import DEFAULT_MATRIX_DIR, Matrix, MatrixError, load_matrix
 from harness.records import DEFAULT_RESULTS, new_run_id
 
 SELECTION_OPTIONS = {"arch": "architecture", "method": "method", "layout": "layout",
-                     "tier": "tier", "check": "check"}
+                     "tier": "tier", "check": "check", "variant": "variant"}
 MARKERS = {
     "gpu": "a matrix cell that runs on CUDA",
     "cpu": "a matrix cell that runs on the CPU",

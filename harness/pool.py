@@ -12,12 +12,13 @@ A task is named "module:function" so that the spawned workers import it themselv
 
 How a task's failure becomes a category (PoolTaskError is a CellFailure, so the runner's
 `classify` already understands it; the failing rank's own traceback is in `rank_traceback`):
-- a rank raises: category "error", or the CellFailure's own category, with that rank's
-  traceback. The other ranks get `error_grace_s` to finish. If they all return, the pool is
-  kept, after a health check (an all-reduce) proves the process group still agrees; if some do
-  not return (they wait in a collective the failed rank never joined) or the check fails, the
-  pool is torn down and rebuilt on the next call. Gloo and NCCL cannot cancel a pending
-  collective, so killing the processes is the one reliable abort.
+- a rank raises: the category `failures.classify` gives on that rank (a CellFailure's own;
+  "harness-error" when our code raised it; "oom"; else "error"), with that rank's traceback.
+  The other ranks get `error_grace_s` to finish. If they all return, the pool is kept, after a
+  health check (an all-reduce) proves the process group still agrees; if some do not return
+  (they wait in a collective the failed rank never joined) or the check fails, the pool is torn
+  down and rebuilt on the next call. Gloo and NCCL cannot cancel a pending collective, so
+  killing the processes is the one reliable abort.
 - a rank dies (os._exit, segfault, OOM killer): category "crash", with its exit code and the
   tail of its log; the pool is torn down.
 - the call outlives `timeout_s`: category "timeout". Each hung rank first dumps every thread's
@@ -54,7 +55,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from harness.failures import CellFailure
+from harness.failures import CellFailure, classify
 
 LOG_TAIL_LINES = 40
 
@@ -197,10 +198,7 @@ def _worker_main(rank: int, local_rank: int, spec: RankSpec, conn, log_path: str
             value = resolve_task(task)(payload, ctx)
             conn.send(("ok", task_id, value))
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-            if isinstance(exc, CellFailure):  # its category and message are already the story
-                category, message = exc.category, exc.message
-            else:
-                category, message = "error", f"{type(exc).__name__}: {exc}"
+            category, message = classify(exc)  # a CellFailure keeps its own; else where it was raised
             text = "".join(traceback.format_exception(exc))
             print(text, flush=True)
             conn.send(("error", task_id, category, message, text))

@@ -167,6 +167,8 @@ def run_train(cr) -> dict:
     from harness.checks.train import assert_finite, assert_loss_falls, training_metrics
     from harness.claims import claims_for, evaluate
     from harness.methods import apply_method
+    from harness.parallel import Placed
+    from harness.train import fixed_batch
 
     matrix: Matrix = cr.matrix
     shape = matrix.real_shapes[cr.cell.shape]
@@ -191,7 +193,9 @@ def run_train(cr) -> dict:
         trainable = apply_method(model, cr.arch, cr.method)
         build_s = time.perf_counter() - start
         where = "training"
-        result = cr.train(trainable)
+        # The batch from the model's own vocabulary: a real shape has no checkpoint on disk.
+        batch = fixed_batch(model.config.get_text_config().vocab_size, cr.tier.batch_size, cr.tier.seq_len)
+        result = cr.train(Placed(trainable.model, trainable, "single"), batches=[batch])
     except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
         if not is_oom(exc):
             raise

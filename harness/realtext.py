@@ -7,10 +7,11 @@ trains on: a causal LM gets prompt + answer with the loss on the answer (through
 template where it has one); a sequence classifier gets (question, context) pairs labelled 1 when
 the context is the question's own and 0 when it belongs to another item of the split.
 
-Training goes through the same loop as every tier (harness/train.py: train_steps). Under a
-multi-rank layout the CellRun placed the model and knows its data-parallel slice and loss
-reduction, so each batch is sliced and each loss reduced exactly as `CellRun.train` does for the
-fixed batch; the same code therefore runs under single, fsdp2 and tp.
+Training goes through the same loop as every tier (harness/train.py, through `CellRun.train`).
+Under a multi-rank layout each rank trains on its data-parallel slice of every global batch and
+the loss is the mean over all label tokens of the global batch (answers differ in length, so
+the ranks' means are weighted by their tokens), the held-out loss too; the same code therefore
+runs under single, fsdp2 and tp.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import functools
 import torch
 
 from harness.datasets import fixed_prompts, load_qa, prompt_ids, qa_batch, split_items
-from harness.train import TrainResult, make_optimizer, train_steps
+from harness.train import TrainResult
 
 CLASSIFIER = "AutoModelForSequenceClassification"
 
@@ -90,29 +91,33 @@ def _reshard(model) -> None:
 
 
 @torch.no_grad()
-def eval_loss(model, batch: dict, reduce_loss=None) -> float:
+def eval_loss(placed, batch: dict, per_sequence: bool = False) -> float:
+    """The loss on a global batch as trainers report it: the mean over all its label tokens."""
+    from harness.train import label_tokens
+
+    model = placed.model
     was_training = model.training
     model.eval()
+    local = placed.dp.local_batch(batch)
     device = next(model.parameters()).device
-    loss = model(**{k: v.to(device) for k, v in batch.items()}).loss.detach()
+    loss = model(**{k: v.to(device) for k, v in local.items()}).loss.detach()
+    loss = loss.full_tensor() if hasattr(loss, "full_tensor") else loss
     model.train(was_training)
     _reshard(model)
-    return float(reduce_loss(loss) if reduce_loss else loss)
+    mine = label_tokens(local, per_sequence)
+    return placed.dp.total(float(loss) * mine) / max(placed.dp.total(mine), 1)
 
 
-def train(cr, trainable) -> TrainResult:
+def train(cr, placed) -> TrainResult:
     """The tier's steps on its train batches, with the tier's learning rate for the method.
 
     The result's `extra` holds what the real tier records: the held-out loss before and after.
     """
-    model = trainable.model
-    local, reduce = cr.data_parallel(trainable)
-    heldout = local(heldout_batch(cr))
-    before = eval_loss(model, heldout, reduce)
-    optimizer = make_optimizer(model, cr.tier.lr_for(cr.method))
-    batches = [local(b) for b in train_batches(cr)]
-    result = train_steps(model, batches, optimizer, len(batches), reduce)
-    result.extra.update(heldout_loss_before=before, heldout_loss_after=eval_loss(model, heldout, reduce),
+    heldout = heldout_batch(cr)
+    before = eval_loss(placed, heldout, cr.per_sequence)
+    result = cr.train(placed, batches=train_batches(cr))
+    result.extra.update(heldout_loss_before=before,
+                        heldout_loss_after=eval_loss(placed, heldout, cr.per_sequence),
                         heldout_items=int(heldout["input_ids"].shape[0]),
                         answer_tokens=int((heldout["labels"] != -100).sum()) if heldout["labels"].ndim > 1
                         else None)

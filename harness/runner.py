@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.cells import Cell
-from harness.failures import CellFailure, classify, format_traceback, trimmed
+from harness.failures import HARNESS_ERROR, CellFailure, classify, format_traceback, trimmed
 from harness.matrix import Matrix, load_matrix
 from harness.pool import PoolTaskError
 
-SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent")
+SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent", "not-offered")
 DEFAULT_CELL_TIMEOUT_S = 300.0
 RANK_TASK = "harness.runner:rank_task"
 
@@ -145,17 +145,7 @@ def rank_task(payload: dict, ctx) -> dict:
     cr = CellRun(matrix, cell, ctx.device_type, scratch_root=scratch, shared_root=Path(payload["scratch"]),
                  rank=ctx.rank, world_size=ctx.world_size, ctx=ctx,
                  checkpoint_path=Path(payload["checkpoint"]))
-    try:
-        metrics = check.run(cr)
-    except Exception as exc:  # the same categories as on one device (e.g. oom), not only "error"
-        category, message = classify(exc)
-        if isinstance(exc, CellFailure) or category == "error":
-            raise
-        raise CellFailure(category, message) from exc
-    placed = next(iter(cr._placed.values()), None)
-    if placed is not None:
-        metrics = {**metrics, "layout_kind": placed.kind, "dp_size": placed.dp_size,
-                   "layout_notes": placed.notes}
+    metrics = check.run(cr)  # a failure is classified on this rank by the pool (failures.classify)
     return {**metrics, **_peak_memory(ctx.device_type)}
 
 
@@ -163,7 +153,7 @@ def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
     arch = matrix.architectures[cell.architecture]
     limit = next(
         (lim for lim in arch.known_limits
-         if lim.covers(cell.method, cell.layout, cell.tier, cell.check)),
+         if lim.covers(cell.method, cell.layout, cell.tier, cell.check, cell.variant)),
         None,
     )
     start = time.perf_counter()
@@ -174,7 +164,7 @@ def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
         duration = {**getattr(exc, "metrics", {}), "duration_s": time.perf_counter() - start}
         if category in SKIP_CATEGORIES:
             return Outcome("skip", category, message, metrics=duration)
-        status = "xfail" if limit and limit.category == category else "fail"
+        status = "xfail" if limit and limit.category == category != HARNESS_ERROR else "fail"
         if status == "xfail":
             message = f"known limit ({limit.reason}): {message}"
         if isinstance(exc, PoolTaskError) and exc.rank_traceback:

@@ -1,24 +1,109 @@
-"""Pool tasks for tests/test_parallel.py that exercise the stack without the harness's repairs."""
+"""Pool tasks for the layout tests: the harness's own pieces on real tiny models, driven step by step.
+
+Each task runs on every rank of a gloo pool. They build a CellRun for a matrix cell (the same
+object the plugin's cells use), so what they exercise is the harness's code path, with one
+thing changed where a test plants a bug.
+"""
 
 from __future__ import annotations
 
 
-def peft_lora_forward(payload: dict, ctx) -> float:
-    """Load with transformers' TP (and FSDP2) at load, add LoRA with plain peft, run one forward.
+def _cell_run(payload: dict, ctx):
+    import dataclasses
+    from pathlib import Path
 
-    No `reset_adapters`: this is what a user of transformers and peft alone gets.
+    from harness.cellrun import CellRun
+    from harness.cells import Cell
+    from harness.matrix import load_matrix
+    from harness.tiny import tiny_checkpoint
+
+    matrix = load_matrix()
+    if "lr" in payload:  # a run at another learning rate (e.g. LoRA's common 1e-4)
+        method = dataclasses.replace(matrix.methods[payload["method"]], lr=payload["lr"])
+        matrix = dataclasses.replace(matrix, methods={**matrix.methods, method.name: method})
+    cell = Cell(payload["arch"], payload["method"], payload["layout"], "tiny", "parity", "",
+                payload.get("variant", ""))
+    arch = matrix.architectures[cell.architecture]
+    return CellRun(matrix, cell, ctx.device_type, rank=ctx.rank, world_size=ctx.world_size, ctx=ctx,
+                   checkpoint_path=Path(payload.get("path") or tiny_checkpoint(arch, matrix)))
+
+
+def _average_outside_fsdp_except(model, dp, skipped: str) -> list[str]:
+    """What the matrix choice `replicas_outside_fsdp` does, for every parameter but `skipped`."""
+    import torch.distributed as dist
+
+    from harness.parallel import _outside_data_parallel
+
+    hooked = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad or not _outside_data_parallel(param) or name == skipped:
+            continue
+
+        def average(p, group=dp.group, size=dp.size):
+            dist.all_reduce(p.grad, group=group)
+            p.grad.div_(size)
+
+        param.register_post_accumulate_grad_hook(average)
+        hooked.append(name)
+    return hooked
+
+
+def planted_parity(payload: dict, ctx) -> dict:
+    """Parity of a cell, step by step as checks/parity.py runs it, with one bug planted.
+
+    payload["bug"]:
+    - "scale": rank 1 multiplies its shard of `target`'s gradient by 1 + 1e-3 at every step;
+    - "unreduced": `target` is a trainable parameter that no FSDP module owns, and its gradient
+      is left as this rank's own (every other such parameter is averaged over the dp ranks);
+    - None: no bug.
+    Rank 0 returns the old comparison's verdict (loss curve and total gradient norm only) and the
+    new one's (every parameter's gradient), each as the list of problems it found.
     """
-    import torch
-    from peft import LoraConfig, get_peft_model
+    from harness.checks.parity import compare_curves, compare_grads, describe
+    from harness.parallel import Request, grad_or_zeros, place, same_adapter_start
+    from harness.train import finish
 
-    from harness.parallel import _distributed_config, _load_distributed
-
-    config = _distributed_config(tp_plan="auto", **payload["sizes"])
-    model = _load_distributed(payload["arch"], payload["path"], "float32", config)
-    model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear"))
-    ids = torch.arange(32).reshape(1, 32) % 50
-    loss = model(input_ids=ids.to(ctx.device), labels=ids.to(ctx.device)).loss
-    return float(loss.full_tensor() if hasattr(loss, "full_tensor") else loss)
+    cr = _cell_run(payload, ctx)
+    bug, target = payload.get("bug"), payload.get("target")
+    request = Request(cr.arch, cr.method, cr.layout, cr.checkpoint, "float32", ctx, device=str(ctx.device),
+                      replicas="leave" if bug == "unreduced" else "average_gradients")
+    layout = place(request, cr.api(cr.layout))
+    if bug == "unreduced":
+        _average_outside_fsdp_except(layout.model, layout.dp, target)
+    if cr.method.is_lora:
+        same_adapter_start(layout, 0)
+    reference = cr.place(cr.one_device_layout) if cr.is_main else None
+    if reference is not None and cr.method.is_lora:
+        same_adapter_start(reference, 0)
+    params = dict(layout.model.named_parameters())
+    assert target is None or target in params, sorted(params)
+    batches = payload.get("batches") or cr.batches()
+    layout_steps = cr.steps(layout, batches)
+    reference_steps = cr.steps(reference, batches) if reference is not None else None
+    compared = []
+    while True:
+        try:
+            step = next(layout_steps)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        if bug == "scale" and ctx.rank == 1:
+            grad = params[target].grad
+            (grad.to_local() if hasattr(grad, "to_local") else grad).mul_(1 + 1e-3)
+        grads = layout.global_grads()
+        if reference_steps is not None:
+            next(reference_steps)
+            want = {n: grad_or_zeros(p).detach().float().cpu() for n, p in reference.model.named_parameters()
+                    if p.requires_grad}
+            compared += compare_grads(step, grads, want, cr.tolerance)
+    if reference_steps is None:
+        return {"losses": result.losses}
+    reference_result = finish(reference_steps)
+    old, _ = compare_curves(cr.layout.name, result, reference_result, cr.tolerance)
+    over = [c for c in compared if not c[0] <= 1.0]
+    return {"losses": result.losses, "reference_losses": reference_result.losses,
+            "old_problems": old, "new_problems": [describe(over, cr.layout.name, cr.tolerance, len(batches))]
+            if over else [], "flagged": sorted({c[1] for c in over}), "outside_fsdp": layout.notes}
 
 
 def fsdp2_dcp_save(payload: dict, ctx) -> list[str]:
@@ -26,22 +111,42 @@ def fsdp2_dcp_save(payload: dict, ctx) -> list[str]:
 
     With payload["fail_rank"], that rank raises after writing its shards, before the rename.
     """
+    from pathlib import Path
+
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     from harness.ckpt_io import collective_atomic_directory
-    from harness.matrix import load_matrix
-    from harness.parallel import place
-    from harness.tiny import tiny_checkpoint
 
-    matrix = load_matrix()
-    arch = matrix.architectures["LlamaForCausalLM"]
-    placed = place(arch, matrix.methods["sft"], matrix.layouts["fsdp2"], tiny_checkpoint(arch, matrix),
-                   "float32", ctx)
+    cr = _cell_run({"arch": "LlamaForCausalLM", "method": "sft", "layout": "fsdp2"}, ctx)
+    placed = cr.place()
     with collective_atomic_directory(payload["target"]) as staging:
         dcp.save(get_model_state_dict(placed.model), checkpoint_id=str(staging))
         if payload.get("fail_rank") == ctx.rank:
             raise OSError(f"rank {ctx.rank}: disk full after writing its shards")
-    from pathlib import Path
-
     return sorted(p.name for p in Path(payload["target"]).iterdir())
+
+
+def place_only(payload: dict, ctx) -> dict:
+    """Place a cell's model by its layout's call and return what the record would say."""
+    cr = _cell_run(payload, ctx)
+    return cr.place().record
+
+
+def plain_shards(payload: dict, ctx) -> dict:
+    """Split known tensors the way a plain-tensor TP release does, then read them back whole."""
+    import torch
+
+    from harness.parallel import gather_plain_shard, split_of
+
+    full = torch.arange(4 * 6, dtype=torch.float32).reshape(4, 6)
+    rows = full.chunk(ctx.world_size, 0)[ctx.rank]  # colwise: out features split
+    cols = full.chunk(ctx.world_size, 1)[ctx.rank]  # rowwise: in features split
+    gate, up = full.chunk(2, 0)  # packed: gate and up each split, then fused per rank
+    packed = torch.cat([gate.chunk(ctx.world_size, 0)[ctx.rank], up.chunk(ctx.world_size, 0)[ctx.rank]])
+    return {
+        "rows": torch.equal(gather_plain_shard(rows, (4, 6), None, packed=False), full),
+        "cols": torch.equal(gather_plain_shard(cols, (4, 6), None, packed=False), full),
+        "packed": torch.equal(gather_plain_shard(packed, (4, 6), None, packed=True), full),
+        "split_of_cols": torch.equal(split_of(full, tuple(cols.shape), None), cols),
+    }

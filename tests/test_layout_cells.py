@@ -34,7 +34,7 @@ def test_fsdp2_tp_and_fsdp2_tp_cells_train_and_match_one_device(pytester, matrix
     write_rows(matrix_dir, LLAMA_ROW)
     outcome, records = run_matrix(pytester, matrix_dir, "--arch", "LlamaForCausalLM", "--layout",
                                   "fsdp2,tp,fsdp2_tp", "--check", "train,parity", "--method", "sft",
-                                  "-m", "cpu", "--tier", "tiny")
+                                  "-m", "cpu", "--tier", "tiny", "--variant", "default")
     outcome.assert_outcomes(passed=6)
     records = by_id(records)
     assert len(records) == 6
@@ -60,7 +60,7 @@ def test_a_rank_that_dies_or_hangs_fails_only_its_cell(pytester, matrix_dir, mon
     monkeypatch.setattr(runner, "RANK_TASK", "tests.pool_tasks:rank_task_with_faults")
     monkeypatch.setenv("COMPAT_HARNESS_CELL_TIMEOUT", "10")
     outcome, records = run_matrix(pytester, matrix_dir, "--arch", "LlamaForCausalLM", "--layout", "fsdp2",
-                                  "--check", "train,parity", "-m", "cpu", "--tier", "tiny")
+                                  "--check", "train,parity", "-m", "cpu", "--tier", "tiny", "--variant", "default")
     outcome.assert_outcomes(passed=2, failed=2)
     records = by_id(records)
     assert len(records) == 4, "every cell is recorded, including those after the failures"
@@ -82,7 +82,8 @@ def test_a_rank_that_raises_is_a_fail_with_its_traceback_and_the_pool_stays(pyte
     from harness.pool import get_pool
 
     outcome, records = run_matrix(pytester, matrix_dir, "--arch", "GPT2LMHeadModel", "--layout", "tp",
-                                  "--check", "train", "--method", "sft", "-m", "cpu", "--tier", "tiny")
+                                  "--check", "train", "--method", "sft", "-m", "cpu", "--tier", "tiny",
+                                  "--variant", "default")
     outcome.assert_outcomes(failed=1)
     (record,) = records
     assert (record["status"], record["category"]) == ("fail", "no-tp-plan")
@@ -105,14 +106,26 @@ def test_cell_timeout_default_tier_and_override(monkeypatch):
 
 
 def test_parity_compare_shows_both_curves():
-    from harness.checks.parity import compare
-    from harness.failures import CellFailure
+    from harness.checks.parity import compare_curves
     from harness.train import TrainResult
 
     ref = TrainResult([2.0, 1.5], [1.0, 0.9], [0.1, 0.1], 64)
     got = TrainResult([2.0, 1.6], [1.0, 0.9], [0.1, 0.1], 64)
-    assert compare("tp", ref, ref, {"rtol": 1e-5, "atol": 1e-6})["max_rel_diff_loss"] == 0
-    with pytest.raises(CellFailure) as info:
-        compare("tp", got, ref, {"rtol": 1e-5, "atol": 1e-6})
-    assert info.value.category == "numerics"
-    assert "[2.0, 1.6]" in info.value.message and "[2.0, 1.5]" in info.value.message
+    problems, metrics = compare_curves("tp", ref, ref, {"rtol": 1e-5, "atol": 1e-6})
+    assert problems == [] and metrics["max_rel_diff_loss"] == 0
+    problems, _ = compare_curves("tp", got, ref, {"rtol": 1e-5, "atol": 1e-6})
+    assert len(problems) == 1 and "[2.0, 1.6]" in problems[0] and "[2.0, 1.5]" in problems[0]
+
+
+def test_parity_names_the_worst_parameters():
+    import torch
+
+    from harness.checks.parity import compare_grads, describe
+
+    want = {"a": torch.ones(3), "b": torch.full((2,), 4.0)}
+    got = {"a": torch.ones(3), "b": torch.tensor([4.0, 4.01])}
+    compared = compare_grads(0, got, want, {"rtol": 1e-5, "atol": 1e-6})
+    over = [c for c in compared if c[0] > 1]
+    assert [c[1] for c in over] == ["b"]
+    text = describe(over, "fsdp2", {"rtol": 1e-5, "atol": 1e-6}, 6)
+    assert "b at step 0" in text and "largest gradient 4.000e+00" in text

@@ -44,6 +44,7 @@ summary = "expert parallel over two ranks (test layout)"
 world_size = 2
 mesh = { ep = 2 }
 constraints = ["moe_only"]
+apis = ["distributed_config_ep"]
 """
 SCRIPT = '<script>document.title="pwned"</script>'
 DAY = "2026-01-01T00:00:00+00:00"

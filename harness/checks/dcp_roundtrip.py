@@ -81,13 +81,14 @@ def reload_hf(arch, source, device):
 
 
 def run(cr) -> dict:
-    model, result = trained(cr)
-    batch = cr.batch(model)
+    placed, result = trained(cr)
+    model = placed.model
+    batch = cr.batch()
     trained_state = full_state(model)
     source = cr.shared_dir("dcp")
     save_dcp(model, source)
     target = cr.load_layout
-    metrics = {**training_metrics(result), "saved_under": cr.layout.name, "loaded_under": target.name}
+    metrics = {**training_metrics(result, placed), "saved_under": cr.layout.name, "loaded_under": target.name}
 
     if target.world_size > 1:  # every rank: reshard into the load layout
         if target.world_size != cr.world_size:

@@ -67,24 +67,25 @@ def run(cr) -> dict:
     if text:
         item, prompt = realtext.fixed_prompt(cr, cr.check_options["prompt"])
         untrained = _answer(cr, greedy(cr.load_base(), prompt, new_tokens))
-    model, result = trained(cr)
+    placed, result = trained(cr)
+    model = placed.model
     if not text:
-        prompt = cr.batch(model)["input_ids"][:1, :8]
+        prompt = cr.batch()["input_ids"][:1, :8]
     before = greedy(model, prompt, new_tokens)
     reloaded = _reloaded(cr, model)
     if reloaded is None:
-        return {"losses": result.losses, "generated": before}
+        return {**training_metrics(result, placed), "generated": before}
     after = greedy(reloaded, prompt, new_tokens)
     if before != after:
         raise CellFailure("check-failed", f"greedy tokens changed across save (under {cr.layout.name}) and "
                                           f"reload (one device): {before} -> {after}")
     if not text:
-        return {"losses": result.losses, "generated": before, "saved_under": cr.layout.name}
+        return {**training_metrics(result, placed), "generated": before, "saved_under": cr.layout.name}
     answers = {"answer_untrained": untrained, "answer_before_save": _answer(cr, before),
                "answer_after_reload": _answer(cr, after)}
     for when in ("answer_before_save", "answer_after_reload"):
         if not answer_matches(answers[when], item.answer):
             raise CellFailure("check-failed", f"{item.id}: the greedy answer {answers[when]!r} ({when}) does "
                                               f"not contain the expected {item.answer!r}")
-    return {**training_metrics(result), "generated": before, "prompt_id": item.id,
+    return {**training_metrics(result, placed), "generated": before, "prompt_id": item.id,
             "question": item.question, "expected": item.answer, "saved_under": cr.layout.name, **answers}

@@ -1,16 +1,23 @@
 """The `parity` check: training under a parallel layout matches training on one device.
 
-Under the cell's layout, the model is placed (sharded, method applied; LoRA adapters drawn
-from a per-name generator by parallel.reset_adapters so both runs start from identical weights)
-and trained on the fixed global batch. Rank 0 then trains the single-device reference: the
-same checkpoint, method, optimizer, batch and steps on a plain unsharded model. Pass means the
-global loss curves and the gradient norms agree within the matrix tolerance for the tier's
-dtype (matrix `tolerances`); anything else is a `numerics` failure that shows both curves.
+Under the cell's layout the model is placed by its documented call and trained on the tier's
+global batches; rank 0 trains the single-device reference (same checkpoint, method, optimizer,
+batches and steps on an unsharded model) in lockstep with it. After every backward, every
+trainable parameter's gradient under the layout is gathered whole (`Placed.global_grads`:
+DTensor or plain local shard alike) and compared with the reference's:
 
-Dropout is turned off in both runs (nn.Dropout modules and the float dropout rates models
-keep on their modules, e.g. GPTBigCode's attn_dropout): its random masks depend on how the
-RNG is consumed per rank and per shard, so with it the curves differ by construction. The
-record counts what was turned off (`dropout_disabled`).
+    max |g_layout - g_one_device| <= atol + rtol * max |g_one_device|     (per parameter)
+
+with the matrix tolerance for the tier's dtype. The loss curves and the total gradient norms
+must agree too (`compare_curves`). Anything else is a `numerics` failure naming the worst
+parameters with their difference and their largest gradient. Comparing every parameter
+catches what two aggregate numbers hide: a missing all-reduce on a replicated weight, or one
+parameter's gradient off by 0.1% (AdamW normalises its scale away, so the loss barely moves).
+
+Both sides start from the same weights: the checkpoint's, and for LoRA the same values in
+every A (`parallel.same_adapter_start`, the matrix choice `parity_adapter_start`: values written
+into the tensors peft built, never reshaped). Dropout is turned off on both sides (matrix choice
+`parity_dropout`): its masks depend on how each rank consumes the RNG.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ import time
 
 from harness.checks.train import training_metrics
 from harness.failures import CellFailure
+from harness.parallel import grad_or_zeros, same_adapter_start
+
+WORST_SHOWN = 5
 
 
 def close(got: list[float], want: list[float], rtol: float, atol: float) -> bool:
@@ -32,19 +42,48 @@ def _worst(got: list[float], want: list[float]) -> float:
     return max((abs(g - w) / max(abs(w), 1e-30) for g, w in zip(got, want, strict=False)), default=0.0)
 
 
-def compare(layout: str, got, ref, tolerance: dict) -> dict:
-    """Raise CellFailure('numerics') unless both curves agree; return the comparison metrics."""
+def compare_curves(layout: str, got, ref, tolerance: dict) -> tuple[list[str], dict]:
+    """The loss curves and total gradient norms: (problems, metrics)."""
     rtol, atol = float(tolerance["rtol"]), float(tolerance["atol"])
     problems = []
     for what, a, b in (("loss", got.losses, ref.losses), ("grad norm", got.grad_norms, ref.grad_norms)):
         if not close(a, b, rtol, atol):
             problems.append(f"{what} curve under {layout}: {a}\n{what} curve on one device: {b}\n"
                             f"(worst relative difference {_worst(a, b):.3g}; rtol {rtol:g}, atol {atol:g})")
-    if problems:
-        raise CellFailure("numerics", "parity with one device failed:\n" + "\n".join(problems))
-    return {"max_rel_diff_loss": _worst(got.losses, ref.losses),
-            "max_rel_diff_grad_norm": _worst(got.grad_norms, ref.grad_norms),
-            "rtol": rtol, "atol": atol}
+    return problems, {"max_rel_diff_loss": _worst(got.losses, ref.losses),
+                      "max_rel_diff_grad_norm": _worst(got.grad_norms, ref.grad_norms),
+                      "rtol": rtol, "atol": atol}
+
+
+def compare_grads(step: int, got: dict, want: dict, tolerance: dict) -> list[tuple]:
+    """Every parameter's gradient at one step: [(diff / bound, name, step, diff, largest)] for each."""
+    missing = sorted(set(want) ^ set(got))
+    if missing:
+        raise CellFailure("check-failed", f"the layout's trainable parameters differ from one device's: "
+                                          f"{missing[:WORST_SHOWN]}")
+    rtol, atol = float(tolerance["rtol"]), float(tolerance["atol"])
+    over = []
+    for name, ref in want.items():
+        if tuple(got[name].shape) != tuple(ref.shape):
+            raise CellFailure("check-failed", f"{name}: gradient of shape {tuple(got[name].shape)} under the "
+                                              f"layout, {tuple(ref.shape)} on one device")
+        diff = float((got[name] - ref).abs().max()) if ref.numel() else 0.0
+        largest = float(ref.abs().max()) if ref.numel() else 0.0
+        bound = atol + rtol * largest
+        over.append((diff / bound if math.isfinite(diff) else math.inf, name, step, diff, largest))
+    return over
+
+
+def describe(over: list[tuple], layout: str, tolerance: dict, steps: int) -> str:
+    """The worst parameters, for the failure message."""
+    worst = sorted(over, reverse=True)[:WORST_SHOWN]
+    names = {name for _, name, *_ in over}
+    lines = [f"{len(names)} parameters' gradients under {layout} differ from one device beyond "
+             f"atol {tolerance['atol']:g} + rtol {tolerance['rtol']:g} x their largest gradient "
+             f"(in {len({s for _, _, s, *_ in over})} of {steps} steps); the worst:"]
+    lines += [f"  {name} at step {step}: max |diff| {diff:.3e}, largest gradient {largest:.3e}"
+              for _, name, step, diff, largest in worst]
+    return "\n".join(lines)
 
 
 def disable_dropout(model) -> int:
@@ -64,23 +103,78 @@ def disable_dropout(model) -> int:
     return count
 
 
+def _prepare(cr, placed) -> dict:
+    """Both sides alike: dropout as the matrix chooses, the same adapter start."""
+    notes = {"dropout_disabled": 0}
+    if cr.matrix.choice("parity_dropout", "off") == "off":
+        notes["dropout_disabled"] = disable_dropout(placed.model)
+    if cr.method.is_lora and cr.matrix.choice("parity_adapter_start", "same_values") == "same_values":
+        notes["adapter_start_skipped"] = same_adapter_start(placed, seed=0)
+    return notes
+
+
+def _one_device_grads(placed) -> dict:
+    return {name: grad_or_zeros(param).detach().float().cpu()
+            for name, param in placed.model.named_parameters() if param.requires_grad}
+
+
 def run(cr) -> dict:
     if not cr.distributed:
         raise CellFailure("error", f"parity compares a multi-rank layout with one device; "
                                    f"layout {cr.layout.name} has one rank")
-    start = time.perf_counter()
-    trainable = cr.trainable()
-    dropout = disable_dropout(trainable.model)
-    result = cr.train(trainable)
-    layout_s = time.perf_counter() - start
-    metrics = {**training_metrics(result), "layout_s": layout_s, "dropout_disabled": dropout}
-    if not cr.is_main:
+    layout = cr.place()
+    prepared = _prepare(cr, layout)
+    reference = cr.place(cr.one_device_layout) if cr.is_main else None
+    if reference is not None:
+        _prepare(cr, reference)
+    batches = cr.batches()
+    layout_steps = cr.steps(layout, batches)
+    reference_steps = cr.steps(reference, batches) if reference is not None else None
+    timing = {"layout_s": 0.0, "reference_s": 0.0, "gather_s": 0.0}
+    compared: list[tuple] = []
+    while True:
+        start = time.perf_counter()
+        try:
+            step = next(layout_steps)
+        except StopIteration as stop:
+            result = stop.value
+            timing["layout_s"] += time.perf_counter() - start
+            break
+        timing["layout_s"] += time.perf_counter() - start
+        start = time.perf_counter()
+        grads = layout.global_grads()  # every rank takes part; rank 0 compares
+        timing["gather_s"] += time.perf_counter() - start
+        if reference_steps is not None:
+            start = time.perf_counter()
+            next(reference_steps)
+            timing["reference_s"] += time.perf_counter() - start
+            compared += compare_grads(step, grads, _one_device_grads(reference), cr.tolerance)
+    metrics = {**training_metrics(result, layout), **timing,
+               **{k: v for k, v in prepared.items() if v}}
+    if reference_steps is None:
         return metrics
     start = time.perf_counter()
-    reference_trainable = cr.place(cr.one_device_layout).trainable
-    disable_dropout(reference_trainable.model)
-    reference = cr.train(reference_trainable)
-    metrics["reference_s"] = time.perf_counter() - start
-    metrics["reference_losses"] = reference.losses
-    metrics["reference_grad_norms"] = reference.grad_norms
-    return {**metrics, **compare(cr.layout.name, result, reference, cr.tolerance)}
+    reference_result = _finish(reference_steps)
+    timing["reference_s"] += time.perf_counter() - start
+    problems, curve_metrics = compare_curves(cr.layout.name, result, reference_result, cr.tolerance)
+    metrics.update(curve_metrics, reference_s=timing["reference_s"], reference_losses=reference_result.losses,
+                   reference_grad_norms=reference_result.grad_norms,
+                   params_compared=len({name for _, name, *_ in compared}),
+                   grad_diff_over_bound_max=max((c[0] for c in compared), default=0.0))
+    over = [c for c in compared if not c[0] <= 1.0]  # a NaN difference fails too
+    if over:
+        problems.append(describe(over, cr.layout.name, cr.tolerance, len(result.losses)))
+    if problems:
+        skipped = prepared.get("adapter_start_skipped")
+        if skipped:  # the stack built adapters one device does not have: say so, it is the cause
+            problems.insert(0, f"peft built {len(skipped)} LoRA adapters whose shape differs from one "
+                               f"device's, "
+                               f"so the two runs cannot start alike: {'; '.join(skipped[:3])}")
+        raise CellFailure("numerics", "parity with one device failed:\n" + "\n".join(problems), metrics)
+    return metrics
+
+
+def _finish(steps):
+    from harness.train import finish
+
+    return finish(steps)

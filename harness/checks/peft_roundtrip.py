@@ -63,14 +63,16 @@ def one_device_adapter_model(cr, model):
 
 
 def run(cr) -> dict:
-    model, result = trained(cr)
-    batch = cr.batch(model)
+    placed, result = trained(cr)
+    model = placed.model
+    batch = cr.batch()
     layout_logits = logits(model, batch)
     single = one_device_adapter_model(cr, model)
     if single is None:
-        return training_metrics(result)
+        return training_metrics(result, placed)
     single_logits = logits(single, batch)
-    metrics = {**training_metrics(result), "saved_under": cr.layout.name, "loaded_under": cr.load_layout.name}
+    metrics = {**training_metrics(result, placed), "saved_under": cr.layout.name,
+               "loaded_under": cr.load_layout.name}
     if cr.distributed:
         assert_close_logits(single_logits, layout_logits, cr.tolerance,
                             f"trained under {cr.layout.name} vs its gathered adapter on one device")

@@ -27,14 +27,17 @@ from harness.train import TrainResult
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A detached copy of every parameter, full (unsharded) where it is a DTensor."""
-    out = {}
-    for name, param in model.named_parameters():
-        data = param.detach()
-        if hasattr(data, "full_tensor"):
-            data = data.full_tensor()
-        out[name] = data.clone().cpu()
-    return out
+    """A detached copy of every parameter as this rank holds it (a DTensor keeps its shard).
+
+    No collective: whatever the stack built, training runs first and fails with the stack's own
+    message; `whole` gathers the copies afterwards.
+    """
+    return {name: param.detach().clone() for name, param in model.named_parameters()}
+
+
+def whole(placed, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`snapshot`'s copies as one device holds them (a collective under a layout)."""
+    return {name: placed.global_view(name, value).cpu() for name, value in state.items()}
 
 
 def assert_finite(result: TrainResult) -> None:
@@ -42,7 +45,8 @@ def assert_finite(result: TrainResult) -> None:
         raise CellFailure("numerics", f"non-finite loss: {result.losses}")
 
 
-def assert_loss_falls(result: TrainResult, start_loss_max: float | None = None) -> None:
+def assert_loss_falls(result: TrainResult, start_loss_max: float | None = None,
+                      heldout_fall_min: float = 0.0) -> None:
     losses = result.losses
     assert_finite(result)
     if "heldout_loss_before" not in result.extra:
@@ -54,9 +58,12 @@ def assert_loss_falls(result: TrainResult, start_loss_max: float | None = None) 
         raise CellFailure("check-failed", f"the first loss {losses[0]:.3f} is above {start_loss_max}, where "
                                           "a pretrained model starts on this text: are the weights real?")
     before, after = result.extra["heldout_loss_before"], result.extra["heldout_loss_after"]
-    if not (math.isfinite(after) and after < before):
-        raise CellFailure("numerics", f"held-out loss did not fall over {len(losses)} steps: {before:.4f} -> "
-                                      f"{after:.4f} (train losses {losses})")
+    fall = (before - after) / before if before else 0.0
+    if not (math.isfinite(after) and after < before and fall >= heldout_fall_min):
+        raise CellFailure("numerics", f"held-out loss did not fall by {heldout_fall_min:.1%} over "
+                                      f"{len(losses)} "
+                                      f"steps: {before:.4f} -> {after:.4f}, a fall of {fall:.2%} (the tier's "
+                                      f"heldout_fall_min; train losses {losses})")
 
 
 def _changed(before: dict, after: dict, names: list[str]) -> tuple[list[str], list[str]]:
@@ -95,9 +102,9 @@ def start_loss_max(cr) -> float | None:
     return cr.arch.real_start_loss_max or cr.tier.start_loss_max
 
 
-def train(cr, trainable) -> TrainResult:
-    """The cell's training: the tier's real text, or the fixed batch through CellRun."""
-    return realtext.train(cr, trainable) if realtext.uses_text(cr) else cr.train(trainable)
+def train(cr, placed) -> TrainResult:
+    """The cell's training: the tier's real text (held-out loss around it), or the fixed batch."""
+    return realtext.train(cr, placed) if realtext.uses_text(cr) else cr.train(placed)
 
 
 def run(cr) -> dict:
@@ -107,17 +114,19 @@ def run(cr) -> dict:
 
         return run_train(cr)
     start = time.perf_counter()
-    trainable = cr.trainable()
+    placed = cr.place()
+    trainable = placed.trainable
     load_s = time.perf_counter() - start
     model = trainable.model
     before = snapshot(model)
     if cr.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = train(cr, trainable)
-    assert_loss_falls(result, start_loss_max(cr))
-    counts = assert_updates(trainable, before, snapshot(model), cr.method.is_lora)
+    result = train(cr, placed)
+    before, after = whole(placed, before), whole(placed, snapshot(model))
+    assert_loss_falls(result, start_loss_max(cr), cr.tier.heldout_fall_min)
+    counts = assert_updates(trainable, before, after, cr.method.is_lora)
     return {
-        **training_metrics(result),
+        **training_metrics(result, placed),
         "load_s": load_s,
         "params_total": sum(t.numel() for t in before.values()),
         "params_trainable": sum(before[n].numel() for n in trainable.trainable),
@@ -131,15 +140,16 @@ def run(cr) -> dict:
 
 
 def trained(cr):
-    """The round trips' common start: the cell's method applied, trained, loss checked."""
-    trainable = cr.trainable()
-    result = train(cr, trainable)
-    assert_loss_falls(result, start_loss_max(cr))
-    return trainable.model, result
+    """The round trips' common start: the cell placed, trained, loss checked; (placed, result)."""
+    placed = cr.place()
+    result = train(cr, placed)
+    assert_loss_falls(result, start_loss_max(cr), cr.tier.heldout_fall_min)
+    return placed, result
 
 
-def training_metrics(result: TrainResult) -> dict:
-    out = {
+def training_metrics(result: TrainResult, placed=None) -> dict:
+    """The record's training measurements (and how the model was placed, when given)."""
+    out = {**(placed.record if placed is not None else {}),
         "losses": result.losses,
         "grad_norms": result.grad_norms,
         "step_times_s": result.step_times_s,
