@@ -60,7 +60,8 @@ def test_a_rank_that_dies_or_hangs_fails_only_its_cell(pytester, matrix_dir, mon
     monkeypatch.setattr(runner, "RANK_TASK", "tests.pool_tasks:rank_task_with_faults")
     monkeypatch.setenv("COMPAT_HARNESS_CELL_TIMEOUT", "10")
     outcome, records = run_matrix(pytester, matrix_dir, "--arch", "LlamaForCausalLM", "--layout", "fsdp2",
-                                  "--check", "train,parity", "-m", "cpu", "--tier", "tiny", "--variant", "default")
+                                  "--check", "train,parity", "-m", "cpu", "--tier", "tiny",
+                                  "--variant", "default")
     outcome.assert_outcomes(passed=2, failed=2)
     records = by_id(records)
     assert len(records) == 4, "every cell is recorded, including those after the failures"
