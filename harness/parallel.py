@@ -186,19 +186,28 @@ def load(arch: Architecture, path, dtype: str, experts: str | None = None, **kwa
     from harness.tiny import auto_model_class
 
     if experts is not None:
+        _require_experts_interface(arch, path, experts)
         kwargs["experts_implementation"] = experts
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the deprecated tp_plan keyword warns
-        model = auto_model_class(arch).from_pretrained(path, dtype=getattr(torch, dtype),
-                                                       trust_remote_code=False, **kwargs)
-    if experts is not None and not type(model)._can_set_experts_implementation():
-        import transformers
+        return auto_model_class(arch).from_pretrained(path, dtype=getattr(torch, dtype),
+                                                      trust_remote_code=False, **kwargs)
 
-        raise CellFailure("not-offered", f"{type(model).__name__} does not route its experts through "
-                                         f"transformers' experts interface in transformers "
-                                         f"{transformers.__version__}, so experts_implementation={experts!r} "
-                                         "would change nothing")
-    return model
+
+def _require_experts_interface(arch: Architecture, path, experts: str) -> None:
+    """A kernel is offered only by a model class that routes its experts through transformers'
+    experts interface (transformers' own test, before anything is built); else `not-offered`."""
+    import transformers
+    from transformers import AutoConfig
+
+    from harness.tiny import auto_model_class
+
+    config = AutoConfig.from_pretrained(path)
+    cls = auto_model_class(arch)._model_mapping[type(config)]
+    if not cls._can_set_experts_implementation():
+        raise CellFailure("not-offered", f"{cls.__name__} does not route its experts through transformers' "
+                                         f"experts interface in transformers {transformers.__version__}, so "
+                                         f"experts_implementation={experts!r} is not offered for it")
 
 
 def experts_implementation(model) -> str | None:

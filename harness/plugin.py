@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness.cells import Cell, SelectionError, expand, select, split_values, validate_selection
+from harness.failures import HARNESS_ERROR
 from harness.matrix import DEFAULT_MATRIX_DIR, Matrix, MatrixError, load_matrix
 from harness.records import DEFAULT_RESULTS, new_run_id
 
@@ -31,6 +32,9 @@ MARKERS = {
     "slow": "a cell or test that takes more than a few seconds",
 }
 DEVICES = ("cpu", "cuda")
+# pytest's own code for "internal error": jobs that accept exit 1 (failing cells are findings)
+# still stop on it.
+HARNESS_ERROR_EXIT = 3
 MATRIX_KEY = pytest.StashKey[Matrix]()
 
 
@@ -197,9 +201,22 @@ class VerdictSummary:
                 arch, status, category = value
                 self.counts[arch][status if status == "pass" else f"{status}:{category}"] += 1
 
+    def harness_errors(self) -> int:
+        return sum(c[f"fail:{HARNESS_ERROR}"] for c in self.counts.values())
+
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.counts:
             write_summary(terminalreporter, self.counts, self.config)
+        if self.harness_errors():
+            terminalreporter.write_line(
+                f"{self.harness_errors()} cell(s) failed with {HARNESS_ERROR}: a bug in the harness's own "
+                f"code, not a verdict on the stack; fix it (pytest exits {HARNESS_ERROR_EXIT})", red=True)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """A harness error fails every job that runs cells, even those that accept failing cells."""
+        if self.harness_errors():
+            session.exitstatus = HARNESS_ERROR_EXIT
 
 
 def write_summary(tr, summary: dict[str, Counter], config: pytest.Config) -> None:
