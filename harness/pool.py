@@ -58,6 +58,11 @@ from pathlib import Path
 from harness.failures import CellFailure, classify
 
 LOG_TAIL_LINES = 40
+# A rank whose thread count passes this is restarted before the next task. transformers builds a
+# new device mesh (new process groups, each with its own gloo threads) at every distributed load,
+# and a persistent rank loads hundreds of models: without a limit the threads pile up until the
+# host refuses new ones ("can't start new thread"), which is no verdict on any cell.
+RECYCLE_THREADS = int(os.environ.get("COMPAT_HARNESS_RANK_THREADS", "400"))
 
 
 class PoolTaskError(CellFailure):
@@ -196,13 +201,21 @@ def _worker_main(rank: int, local_rank: int, spec: RankSpec, conn, log_path: str
         print(f"--- task {task_id}: {task}", flush=True)
         try:
             value = resolve_task(task)(payload, ctx)
-            conn.send(("ok", task_id, value))
+            conn.send(("ok", task_id, thread_count(), value))
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
             category, message = classify(exc)  # a CellFailure keeps its own; else where it was raised
             text = "".join(traceback.format_exception(exc))
             print(text, flush=True)
             conn.send(("error", task_id, category, message, text))
     dist.destroy_process_group()
+
+
+def thread_count() -> int:
+    """This process's threads, native ones included (gloo's live outside Python's threading)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # no /proc (macOS): nothing to count, nothing to recycle
+        return 0
 
 
 def _health_check(payload: dict, ctx: RankContext) -> float:
@@ -286,6 +299,8 @@ class RankPool:
         self.rendezvous = rendezvous
         self.local_size = world_size // nodes  # ranks 0..local_size-1 run on this host
         self.starts = 0  # how many times the ranks were (re)started
+        self.recycles = 0  # how many of those restarts were for piled-up threads (RECYCLE_THREADS)
+        self._threads = 0  # the most threads a rank reported since the ranks started
         self.start_s: float | None = None
         self._procs: list = []
         self._conns: list = []
@@ -312,6 +327,7 @@ class RankPool:
         import torch.distributed as dist
 
         started = time.perf_counter()
+        self._threads = 0
         visible = None
         if self.device_type == "cuda":
             from harness.devices import lease_gpus
@@ -377,7 +393,11 @@ class RankPool:
                 raise PoolTaskError("crash", f"rank {rank} is gone, cannot send {task}: {exc}", rank) from exc
         if self._remote is not None:
             self._remote.post(task_id, task, payload or {})
-        return self._collect(task_id, timeout_s, what=task)
+        values = self._collect(task_id, timeout_s, what=task)
+        if self._threads > RECYCLE_THREADS:
+            self.close()  # started afresh by the next run (see RECYCLE_THREADS)
+            self.recycles += 1
+        return values
 
     def _collect(self, task_id: int | None, timeout_s: float, what: str) -> list:
         """Wait for every rank's reply to `task_id` (None: the start-up 'ready' message)."""
@@ -421,6 +441,8 @@ class RankPool:
                         deadline = min(deadline, time.monotonic() + self.error_grace_s)
                     else:
                         values[rank] = reply[-1] if task_id is not None else reply[2]
+                        if task_id is not None and len(reply) == 4:  # ("ok", id, threads, value)
+                            self._threads = max(self._threads, reply[2])
         if errors:
             kept = self._after_error(pending)
             rank, category, message, text = min(errors)  # the lowest failing rank: stable records

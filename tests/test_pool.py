@@ -109,3 +109,18 @@ def test_gpu_lease_is_all_or_nothing(tmp_path, monkeypatch):
     with lease_gpus(2, timeout_s=1) as again:
         assert again.devices == ["0", "1"]
     third.release()
+
+
+def test_a_rank_with_piled_up_threads_is_restarted_before_the_next_task(monkeypatch):
+    """transformers' distributed loads leave process groups (and their threads) behind."""
+    from harness import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "RECYCLE_THREADS", 1)  # any rank has more than one thread
+    pool = RankPool(2, "cpu")
+    try:
+        first = _ok(pool)
+        assert pool.recycles == 1 and not pool.alive, "over the limit: stopped after its task"
+        second = _ok(pool)
+        assert pool.starts == 2 and [o["pid"] for o in first] != [o["pid"] for o in second]
+    finally:
+        pool.close()
