@@ -507,7 +507,9 @@ CHECK_SCHEMA = {
     "options": (_TABLE, False),
     "auto_classes": (_LIST_STR, False),
 }
-TOLERANCE_SCHEMA = {"rtol": (_NUM, True), "atol": (_NUM, True)}
+TOLERANCE_SCHEMA = {"rtol": (_NUM, True), "atol": (_NUM, True),
+                    # parity's per-parameter gradient bound (default: rtol and atol)
+                    "grad_rtol": (_NUM, False), "grad_atol": (_NUM, False)}
 # `providers` is read by harness/providers.py (load_providers), which validates real_provider here.
 TOP_LEVEL = ("architectures", "methods", "layouts", "tiers", "checks", "tiny_defaults", "tolerances",
              "real_shapes", "claims", "gpus", "providers", "apis", "experts", "release_sets", "choices")

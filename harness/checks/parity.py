@@ -6,9 +6,10 @@ batches and steps on an unsharded model) in lockstep with it. After every backwa
 trainable parameter's gradient under the layout is gathered whole (`Placed.global_grads`:
 DTensor or plain local shard alike) and compared with the reference's:
 
-    max |g_layout - g_one_device| <= atol + rtol * max |g_one_device|     (per parameter)
+    max |g_layout - g_one_device| <= grad_atol + grad_rtol * max |g_one_device|   (per parameter)
 
-with the matrix tolerance for the tier's dtype. The loss curves and the total gradient norms
+with the matrix tolerance for the tier's dtype (`grad_rtol`/`grad_atol`, declared with how they
+were measured; rtol/atol where a dtype has none). The loss curves and the total gradient norms
 must agree too (`compare_curves`). Anything else is a `numerics` failure naming the worst
 parameters with their difference and their largest gradient. Comparing every parameter
 catches what two aggregate numbers hide: a missing all-reduce on a replicated weight, or one
@@ -55,13 +56,19 @@ def compare_curves(layout: str, got, ref, tolerance: dict) -> tuple[list[str], d
                       "rtol": rtol, "atol": atol}
 
 
+def grad_tolerance(tolerance: dict) -> dict:
+    """The per-parameter gradient bound of a dtype's tolerances (`grad_rtol`/`grad_atol`, else rtol/atol)."""
+    return {"rtol": float(tolerance.get("grad_rtol", tolerance["rtol"])),
+            "atol": float(tolerance.get("grad_atol", tolerance["atol"]))}
+
+
 def compare_grads(step: int, got: dict, want: dict, tolerance: dict) -> list[tuple]:
     """Every parameter's gradient at one step: [(diff / bound, name, step, diff, largest)] for each."""
     missing = sorted(set(want) ^ set(got))
     if missing:
         raise CellFailure("check-failed", f"the layout's trainable parameters differ from one device's: "
                                           f"{missing[:WORST_SHOWN]}")
-    rtol, atol = float(tolerance["rtol"]), float(tolerance["atol"])
+    rtol, atol = grad_tolerance(tolerance)["rtol"], grad_tolerance(tolerance)["atol"]
     over = []
     for name, ref in want.items():
         if tuple(got[name].shape) != tuple(ref.shape):
@@ -78,8 +85,9 @@ def describe(over: list[tuple], layout: str, tolerance: dict, steps: int) -> str
     """The worst parameters, for the failure message."""
     worst = sorted(over, reverse=True)[:WORST_SHOWN]
     names = {name for _, name, *_ in over}
+    bound = grad_tolerance(tolerance)
     lines = [f"{len(names)} parameters' gradients under {layout} differ from one device beyond "
-             f"atol {tolerance['atol']:g} + rtol {tolerance['rtol']:g} x their largest gradient "
+             f"atol {bound['atol']:g} + rtol {bound['rtol']:g} x their largest gradient "
              f"(in {len({s for _, _, s, *_ in over})} of {steps} steps); the worst:"]
     lines += [f"  {name} at step {step}: max |diff| {diff:.3e}, largest gradient {largest:.3e}"
               for _, name, step, diff, largest in worst]
@@ -160,7 +168,9 @@ def run(cr) -> dict:
     metrics.update(curve_metrics, reference_s=timing["reference_s"], reference_losses=reference_result.losses,
                    reference_grad_norms=reference_result.grad_norms,
                    params_compared=len({name for _, name, *_ in compared}),
-                   grad_diff_over_bound_max=max((c[0] for c in compared), default=0.0))
+                   grad_diff_over_bound_max=max((c[0] for c in compared), default=0.0),
+                   grad_max_rel_diff=max((c[3] / c[4] for c in compared if c[4] > 0), default=0.0),
+                   **{f"grad_{k}": v for k, v in grad_tolerance(cr.tolerance).items()})
     over = [c for c in compared if not c[0] <= 1.0]  # a NaN difference fails too
     if over:
         problems.append(describe(over, cr.layout.name, cr.tolerance, len(result.losses)))
