@@ -70,7 +70,8 @@ class CellRun:
 
     @property
     def tolerance(self) -> dict:
-        return self.matrix.tolerances[self.tier.dtype]
+        """The dtype's parity bounds, with the tier's own overrides (matrix `tolerance` of a tier)."""
+        return {**self.matrix.tolerances[self.tier.dtype], **self.tier.tolerance}
 
     @property
     def check_options(self) -> dict:

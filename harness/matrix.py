@@ -271,6 +271,9 @@ class Tier:
     # The relative fall of the held-out loss the train check requires on real text: more than the
     # step-to-step noise of that loss can give (matrix/axes.toml says how it was measured).
     heldout_fall_min: float = 0.0
+    # This tier's own parity bounds where its dtype's do not fit (keys as in `tolerances`): a
+    # pretrained model is deeper and trains longer than a tiny one, and reduction-order noise grows.
+    tolerance: dict = field(default_factory=dict)
     heldout_batch_size: int | None = None
     gradient_checkpointing: bool = False
     # Whether the train check compares every weight before and after (real-shape: too big to copy).
@@ -466,6 +469,7 @@ TIER_SCHEMA = {
     "lr": (_TABLE, False),
     "start_loss_max": (_NUM, False),
     "heldout_fall_min": (_NUM, False),
+    "tolerance": (_TABLE, False),
     "heldout_batch_size": (_INT, False),
     "gradient_checkpointing": (_BOOL, False),
     "check_updates": (_BOOL, False),
@@ -753,6 +757,9 @@ def _tier(file: str, name: str, body: dict, methods: dict[str, Method], layouts:
         _must_be_one_of(file, f"{path}.lr", method, list(methods))
         if not _type_ok(lr, _NUM) or lr <= 0:
             raise MatrixError(file, f"{path}.lr.{method}", lr, "must be a positive number")
+    if "tolerance" in body:
+        check_table(file, f"{path}.tolerance", body["tolerance"], {k: (v[0], False) for k, v in
+                                                                   TOLERANCE_SCHEMA.items()})
     for key in ("steps", "batch_size", "seq_len"):
         if body[key] < 1:
             raise MatrixError(file, f"{path}.{key}", body[key], "must be at least 1")

@@ -68,8 +68,9 @@ RECYCLE_THREADS = int(os.environ.get("COMPAT_HARNESS_RANK_THREADS", "400"))
 class PoolTaskError(CellFailure):
     """A pool task failed: category, message, which rank, and that rank's traceback."""
 
-    def __init__(self, category: str, message: str, rank: int | None = None, rank_traceback: str = ""):
-        super().__init__(category, message)
+    def __init__(self, category: str, message: str, rank: int | None = None, rank_traceback: str = "",
+                 metrics: dict | None = None):
+        super().__init__(category, message, metrics)
         self.rank = rank
         self.rank_traceback = rank_traceback
 
@@ -206,7 +207,8 @@ def _worker_main(rank: int, local_rank: int, spec: RankSpec, conn, log_path: str
             category, message = classify(exc)  # a CellFailure keeps its own; else where it was raised
             text = "".join(traceback.format_exception(exc))
             print(text, flush=True)
-            conn.send(("error", task_id, category, message, text))
+            # a failing check's measurements (CellFailure.metrics) still belong in the record
+            conn.send(("error", task_id, category, message, text, getattr(exc, "metrics", None) or {}))
     dist.destroy_process_group()
 
 
@@ -437,7 +439,7 @@ class RankPool:
                 if task_id is None or reply[1] == task_id:
                     pending.discard(rank)
                     if reply[0] == "error":
-                        errors.append((rank, *reply[2:]))
+                        errors.append((rank, *reply[2:5], reply[5] if len(reply) > 5 else {}))
                         deadline = min(deadline, time.monotonic() + self.error_grace_s)
                     else:
                         values[rank] = reply[-1] if task_id is not None else reply[2]
@@ -445,7 +447,7 @@ class RankPool:
                             self._threads = max(self._threads, reply[2])
         if errors:
             kept = self._after_error(pending)
-            rank, category, message, text = min(errors)  # the lowest failing rank: stable records
+            rank, category, message, text, metrics = min(errors, key=lambda e: e[0])  # lowest rank: stable
             if kept:
                 note = ""
             elif pending:
@@ -453,7 +455,7 @@ class RankPool:
                         "stuck in a collective: pool torn down)")
             else:
                 note = " (process group unhealthy afterwards: pool torn down)"
-            raise PoolTaskError(category, f"rank {rank}: {message}{note}", rank, text)
+            raise PoolTaskError(category, f"rank {rank}: {message}{note}", rank, text, metrics)
         if pending:
             self._dump_stacks(pending)
             tails = "\n".join(f"--- rank {r} log tail ---\n{self.log_tail(r)}" for r in sorted(pending))

@@ -31,12 +31,25 @@ def logits(model, batch: dict) -> torch.Tensor:
     return out.float().cpu()
 
 
-def full_adapter_state(model) -> dict[str, torch.Tensor]:
-    """The LoRA adapter in PEFT's state-dict form, gathered whole from any shards."""
+def _whole(value: torch.Tensor) -> torch.Tensor:
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+def full_adapter_state(model, placed=None) -> dict[str, torch.Tensor]:
+    """The LoRA adapter in PEFT's state-dict form, gathered whole from any shards.
+
+    With the Placed that built `model`, plain local shards (a release whose TP keeps no DTensors)
+    are gathered too (`Placed.global_view`; a collective: every rank calls it).
+    """
     from peft import get_peft_model_state_dict
 
-    return {name: (value.full_tensor() if hasattr(value, "full_tensor") else value).detach().cpu().clone()
-            for name, value in get_peft_model_state_dict(model).items()}
+    names = {}
+    if placed is not None:  # peft drops the adapter's name from its keys
+        adapter = getattr(model, "active_adapter", "default")
+        names = {name.replace(f".{adapter}", ""): name for name, _ in model.named_parameters()}
+    view = {key: (placed.global_view(names[key], value) if key in names else _whole(value))
+            for key, value in get_peft_model_state_dict(model).items()}
+    return {key: value.detach().cpu().clone() for key, value in view.items()}
 
 
 def assert_same_logits(expected: torch.Tensor, actual: torch.Tensor, what: str) -> None:
@@ -61,14 +74,14 @@ def assert_close_logits(expected: torch.Tensor, actual: torch.Tensor, tol: dict,
     return bound
 
 
-def full_state(model) -> dict[str, torch.Tensor]:
-    """Every entry of the state dict as a plain CPU tensor (DTensors gathered)."""
-    out = {}
-    for name, value in model.state_dict().items():
-        if hasattr(value, "full_tensor"):
-            value = value.full_tensor()
-        out[name] = value.detach().cpu().clone()
-    return out
+def full_state(model, placed=None) -> dict[str, torch.Tensor]:
+    """Every entry of the state dict as a plain CPU tensor, as one device holds it.
+
+    DTensors are gathered; with the Placed that built `model`, plain local shards too (a
+    collective then: every rank calls it).
+    """
+    view = placed.global_view if placed is not None else (lambda name, value: _whole(value))
+    return {name: view(name, value).detach().cpu().clone() for name, value in model.state_dict().items()}
 
 
 def assert_bit_equal(expected: dict, actual: dict, what: str) -> None:

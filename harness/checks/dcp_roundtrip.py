@@ -84,7 +84,7 @@ def run(cr) -> dict:
     placed, result = trained(cr)
     model = placed.model
     batch = cr.batch()
-    trained_state = full_state(model)
+    trained_state = full_state(model, placed)
     source = cr.shared_dir("dcp")
     save_dcp(model, source)
     target = cr.load_layout
@@ -94,10 +94,11 @@ def run(cr) -> dict:
         if target.world_size != cr.world_size:
             raise CellFailure("error", f"load layout {target.name} needs {target.world_size} ranks; this "
                                        f"cell has {cr.world_size} (pair layouts of one size, or single)")
-        loaded = cr.place(target).model
+        loaded_placed = cr.place(target)
+        loaded = loaded_placed.model
         load_dcp(loaded, source)
-        assert_bit_equal(trained_state, full_state(loaded), f"DCP saved under {cr.layout.name} -> "
-                                                            f"loaded under {target.name}")
+        assert_bit_equal(trained_state, full_state(loaded, loaded_placed),
+                         f"DCP saved under {cr.layout.name} -> loaded under {target.name}")
         direct = cr.place(target).model
         set_full_state(direct, trained_state)
         assert_same_logits(logits(direct, batch), logits(loaded, batch),

@@ -43,20 +43,20 @@ def _answer(cr, tokens: list[int]) -> str:
     return realtext.tokenizer(cr).decode(tokens, skip_special_tokens=True)
 
 
-def _reloaded(cr, model):
+def _reloaded(cr, placed):
     """The trained model saved and loaded back on one device; None on ranks other than 0."""
     scratch = cr.scratch_dir()
     if cr.method.is_lora:
-        single = one_device_adapter_model(cr, model)
+        single = one_device_adapter_model(cr, placed)
         if single is None:
             return None
         save_adapter(single, scratch / "adapter")
         return load_adapter(cr, scratch / "adapter")
     require_one_device_load(cr)
-    state = full_state(model) if cr.distributed else None
+    state = full_state(placed.model, placed) if cr.distributed else None
     if not cr.is_main:
         return None
-    single = cr.one_device_model(state) if cr.distributed else model
+    single = cr.one_device_model(state) if cr.distributed else placed.model
     export_hf(single, scratch / "hf", "5GB")
     return reload_hf(cr.arch, scratch / "hf", next(single.parameters()).device)
 
@@ -72,7 +72,7 @@ def run(cr) -> dict:
     if not text:
         prompt = cr.batch()["input_ids"][:1, :8]
     before = greedy(model, prompt, new_tokens)
-    reloaded = _reloaded(cr, model)
+    reloaded = _reloaded(cr, placed)
     if reloaded is None:
         return {**training_metrics(result, placed), "generated": before}
     after = greedy(reloaded, prompt, new_tokens)

@@ -62,12 +62,19 @@ def grad_tolerance(tolerance: dict) -> dict:
             "atol": float(tolerance.get("grad_atol", tolerance["atol"]))}
 
 
+def name_mismatch(got: dict, want: dict) -> str | None:
+    """Why the two runs' trainable parameters cannot be compared name by name, or None."""
+    only_layout, only_one = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+    if not only_layout and not only_one:
+        return None
+    return (f"the trainable parameters under the layout and on one device differ by name: only under the "
+            f"layout {only_layout[:WORST_SHOWN]}, only on one device {only_one[:WORST_SHOWN]}")
+
+
 def compare_grads(step: int, got: dict, want: dict, tolerance: dict) -> list[tuple]:
     """Every parameter's gradient at one step: [(diff / bound, name, step, diff, largest)] for each."""
-    missing = sorted(set(want) ^ set(got))
-    if missing:
-        raise CellFailure("check-failed", f"the layout's trainable parameters differ from one device's: "
-                                          f"{missing[:WORST_SHOWN]}")
+    if name_mismatch(got, want):
+        raise CellFailure("check-failed", name_mismatch(got, want))
     rtol, atol = grad_tolerance(tolerance)["rtol"], grad_tolerance(tolerance)["atol"]
     over = []
     for name, ref in want.items():
@@ -140,6 +147,7 @@ def run(cr) -> dict:
     reference_steps = cr.steps(reference, batches) if reference is not None else None
     timing = {"layout_s": 0.0, "reference_s": 0.0, "gather_s": 0.0}
     compared: list[tuple] = []
+    mismatch = None
     while True:
         start = time.perf_counter()
         try:
@@ -156,11 +164,17 @@ def run(cr) -> dict:
             start = time.perf_counter()
             next(reference_steps)
             timing["reference_s"] += time.perf_counter() - start
-            compared += compare_grads(step, grads, _one_device_grads(reference), cr.tolerance)
+            want = _one_device_grads(reference)
+            # Every rank goes on stepping in lockstep: a mismatch is decided after the last step.
+            mismatch = mismatch or name_mismatch(grads, want)
+            if not mismatch:
+                compared += compare_grads(step, grads, want, cr.tolerance)
     metrics = {**training_metrics(result, layout), **timing,
                **{k: v for k, v in prepared.items() if v}}
     if reference_steps is None:
         return metrics
+    if mismatch:
+        raise CellFailure("check-failed", f"{mismatch} (parameters renamed while training?)", metrics)
     start = time.perf_counter()
     reference_result = _finish(reference_steps)
     timing["reference_s"] += time.perf_counter() - start

@@ -41,17 +41,17 @@ def load_adapter(cr, source):
     return PeftModel.from_pretrained(cr.load_base(), source)
 
 
-def one_device_adapter_model(cr, model):
+def one_device_adapter_model(cr, placed):
     """The trained adapter on an unsharded model (the trained model itself on one device).
 
     Collective under a layout: every rank must call it; only rank 0 gets a model back.
     """
     require_one_device_load(cr)
     if not cr.distributed:
-        return model
+        return placed.model
     from peft import set_peft_model_state_dict
 
-    adapter = full_adapter_state(model)
+    adapter = full_adapter_state(placed.model, placed)
     if not cr.is_main:
         return None
     single = cr.one_device_model()
@@ -67,7 +67,7 @@ def run(cr) -> dict:
     model = placed.model
     batch = cr.batch()
     layout_logits = logits(model, batch)
-    single = one_device_adapter_model(cr, model)
+    single = one_device_adapter_model(cr, placed)
     if single is None:
         return training_metrics(result, placed)
     single_logits = logits(single, batch)

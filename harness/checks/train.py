@@ -80,6 +80,11 @@ def _listing(names: list[str], limit: int = 8) -> str:
 
 def assert_updates(trainable: Trainable, before: dict, after: dict, is_lora: bool) -> dict:
     """Decide whether the right weights moved; return counts for the record."""
+    if set(before) != set(after):  # e.g. a TP style that renames a bias at its first forward
+        gone, new = sorted(set(before) - set(after)), sorted(set(after) - set(before))
+        raise CellFailure("check-failed", f"training renamed the model's parameters: {_listing(gone, 4)} "
+                                          f"became {_listing(new, 4)}; a checkpoint saved now has keys "
+                                          "that from_pretrained does not know")
     _, unmoved = _changed(before, after, trainable.trainable)
     if unmoved:
         what = "adapter" if is_lora else "trainable"
