@@ -543,7 +543,9 @@ def one_device_shapes(req: Request) -> dict[str, tuple]:
     with torch.device("meta"):
         model = auto_model_class(req.arch).from_config(config, dtype=getattr(torch, req.dtype))
         trainable = apply_method(model, req.arch, req.method)
-    return {name: tuple(param.shape) for name, param in trainable.model.named_parameters()}
+    # every name a state dict has: a tied output embedding too (its shard is gathered like its twin)
+    named = trainable.model.named_parameters(remove_duplicate=False)
+    return {name: tuple(param.shape) for name, param in named}
 
 
 def packed_style(model, name: str) -> bool:
