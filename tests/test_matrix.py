@@ -39,7 +39,7 @@ def test_valid_row_loads(matrix_dir):
         (
             'known_limits = [{ category = "weird", reason = "r" }]',
             "architectures.LlamaForCausalLM.known_limits[0].category",
-            "allowed: needs-newer-transformers",
+            "allowed: peft-unsupported, oom",
         ),
         (
             'known_limits = [{ category = "oom", reason = "r", method = "dpo" }]',
@@ -125,7 +125,7 @@ def test_layout_errors(matrix_dir, layout, key, fragment):
 @pytest.mark.parametrize(
     ("section", "key", "fragment"),
     [
-        ('[methods.dpo]\nsummary = "x"\nlr = -1.0', "methods.dpo.lr", "must be positive"),
+        ('[methods.dpo]\nsummary = "x"\nlr = -1.0', "methods.dpo.lr", "must be a positive number"),
         ('[methods.q]\nsummary = "x"\nlr = 1.0\nlora = { rank = 8 }', "methods.q.lora.alpha", "required"),
         ('[tiers.t]\nsummary = "x"\nsource = "hub"\ndtype = "float32"\nsteps = 3\nbatch_size = 1\n'
          "seq_len = 8", "tiers.t.source", "allowed: tiny, checkpoint, real-shape"),

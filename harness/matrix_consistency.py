@@ -1,0 +1,91 @@
+"""Checks that span the matrix's tables: each value is valid on its own (harness/matrix.py), but
+two of them together say something that cannot run or can never apply.
+
+- every tier's dtype has its `[tolerances.<dtype>]` (parity and peft_roundtrip compare within it);
+- every declared `[apis.*]` call is listed by some layout (otherwise nothing ever runs it);
+- a row's `tiny` override of a generic `tiny_defaults` key keeps that key's domain (a size);
+- a layout that leaves out a size constraint (tp_divides_heads, ep_divides_experts) has no row
+  whose sizes would need it;
+- every `known_limits` entry names at least one cell of its row that is generated (not pruned):
+  one that covers nothing is dead data, and usually a mistyped or misplaced scope.
+"""
+
+from __future__ import annotations
+
+from harness.matrix import Matrix, MatrixError
+
+
+def check_consistency(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
+    """Raise MatrixError for the first contradiction between tables.
+
+    `files` maps a section and an entry's name to the file that defines it (for messages).
+    """
+    for name, tier in matrix.tiers.items():
+        if tier.dtype not in matrix.tolerances:
+            raise MatrixError(files["tiers"][name], f"tiers.{name}.dtype", tier.dtype,
+                              f"has no [tolerances.{tier.dtype}] table (parity and peft_roundtrip compare "
+                              "within it); declare one", sorted(matrix.tolerances))
+    used = {api for layout in matrix.layouts.values() for api in layout.apis}
+    for name in matrix.apis:
+        if name not in used:
+            raise MatrixError(files["apis"][name], f"apis.{name}", name,
+                              "is listed by no layout's `apis`, so no cell would ever run it")
+    _tiny_sizes(matrix)
+    _sizes_divide(matrix, files)
+    _limits_cover_cells(matrix)
+
+
+def _sizes_divide(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
+    """A layout without a size constraint (tp_divides_heads, ep_divides_experts) must not need it:
+    every row it does not prune otherwise has sizes that split over its mesh."""
+    from harness.constraints import CONSTRAINT_CHECKS, violated_constraint
+
+    for name, layout in matrix.layouts.items():
+        absent = [c for c in ("tp_divides_heads", "ep_divides_experts") if c not in layout.constraints]
+        for arch in matrix.architectures.values():
+            if violated_constraint(matrix, arch, layout):
+                continue
+            for constraint in absent:
+                reason = CONSTRAINT_CHECKS[constraint](matrix, arch, layout)
+                if reason:
+                    raise MatrixError(files["layouts"][name], f"layouts.{name}.constraints",
+                                      list(layout.constraints),
+                                      f"{reason} ({arch.name}): declare {constraint} to prune such rows")
+
+
+def _tiny_sizes(matrix: Matrix) -> None:
+    generic = {key for group in matrix.tiny_defaults.values() for key in group}
+    for arch in matrix.architectures.values():
+        tables = [(f"architectures.{arch.name}.tiny", arch.tiny)]
+        tables += [(f"architectures.{arch.name}.tiny.{k}", v) for k, v in arch.tiny.items()
+                   if isinstance(v, dict)]
+        for path, table in tables:
+            for key, value in table.items():
+                if key in generic and not (isinstance(value, int) and not isinstance(value, bool)
+                                           and value >= 1):
+                    raise MatrixError(arch.source_file, f"{path}.{key}", value,
+                                      "must be an integer of at least 1, like the generic "
+                                      f"tiny_defaults.{key}")
+
+
+def _limits_cover_cells(matrix: Matrix) -> None:
+    from harness.cells import expand
+
+    cells, pruned = expand(matrix)
+    by_arch: dict[str, list] = {}
+    for cell in cells:
+        by_arch.setdefault(cell.architecture, []).append(cell)
+    pruned_by_arch: dict[str, list] = {}
+    for item in pruned:
+        pruned_by_arch.setdefault(item.cell.architecture, []).append(item)
+    for arch in matrix.architectures.values():
+        for i, limit in enumerate(arch.known_limits):
+            axes = lambda c, lim=limit: lim.covers_axes(c.method, c.layout, c.tier, c.check, c.variant)  # noqa: E731
+            if any(axes(c) for c in by_arch.get(arch.name, ())):
+                continue
+            scope = {k: getattr(limit, k) for k in ("method", "layout", "tier", "check", "variant")
+                     if getattr(limit, k) is not None}
+            why = next((f"; {p.id} is pruned: {p.reason}" for p in pruned_by_arch.get(arch.name, ())
+                        if axes(p.cell)), "")
+            raise MatrixError(arch.source_file, f"architectures.{arch.name}.known_limits[{i}]", scope,
+                              f"covers no cell of this row{why}")
