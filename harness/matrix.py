@@ -1135,10 +1135,12 @@ def load_matrix(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> Matrix:
 
     The one loader of every entry point (the pytest plugin, each `compat-harness` subcommand, the
     pool's ranks). It checks each table against its schema and each value against its domain,
-    then what spans tables (harness/matrix_consistency.py): a mistake is one MatrixError here,
-    never a failure of a cell later.
+    then what spans tables (harness/matrix_consistency.py), then what only the installed
+    transformers can confirm (harness/matrix_release.py): a mistake is one MatrixError here, never
+    a failure of a cell later.
     """
     from harness.matrix_consistency import check_consistency
+    from harness.matrix_release import check_release
 
     files = matrix_files(matrix_dir)
     sections = _merge_files(files)
@@ -1195,4 +1197,5 @@ def load_matrix(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> Matrix:
     files_of = {section: {name: file for name, (file, _) in entries.items()}
                 for section, entries in sections.items()}
     check_consistency(matrix, files_of)
+    check_release(matrix, files_of)
     return matrix
