@@ -224,6 +224,8 @@ class Method:
     summary: str
     lr: float
     lora: dict = field(default_factory=dict)
+    # The matrix file that declares it (messages that advise a fix name it).
+    source_file: str = ""
 
     @property
     def is_lora(self) -> bool:
@@ -966,7 +968,8 @@ def _method(file: str, name: str, body: dict) -> Method:
         if "dropout" in lora:
             _fraction(file, f"{path}.lora.dropout", lora["dropout"])
         _lora_targets(file, f"{path}.lora.target_modules", lora["target_modules"])
-    return Method(name=name, summary=body["summary"], lr=float(body["lr"]), lora=body.get("lora", {}))
+    return Method(name=name, summary=body["summary"], lr=float(body["lr"]), lora=body.get("lora", {}),
+                  source_file=file)
 
 
 def _tier(file: str, name: str, body: dict, methods: dict[str, Method], layouts: dict[str, Layout]) -> Tier:
