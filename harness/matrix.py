@@ -33,6 +33,10 @@ CLAIM_METHODS = ("sft", "lora")
 MESH_DIMS = ("dp_shard", "tp", "ep")
 # Check names; each is implemented by the module harness/checks/<name>.py.
 CHECKS = ("train", "parity", "dcp_roundtrip", "peft_roundtrip", "generate")
+# Checks that compare a multi-rank layout with one device (they cannot run on one rank), and checks
+# that reload what they saved on one device, as users do (their load layouts have one rank).
+MULTI_RANK_CHECKS = ("parity",)
+ONE_DEVICE_RELOAD_CHECKS = ("peft_roundtrip", "generate")
 # Constraint names a layout may declare; each is implemented in harness/constraints.py.
 CONSTRAINTS = ("moe_only", "tp_divides_heads", "ep_divides_experts", "ep_excludes_tp")
 # The constraints a mesh dim needs: without moe_only every dense row would be generated under

@@ -6,13 +6,15 @@ two of them together say something that cannot run or can never apply.
 - a row's `tiny` override of a generic `tiny_defaults` key keeps that key's domain (a size);
 - a layout that leaves out a size constraint (tp_divides_heads, ep_divides_experts) has no row
   whose sizes would need it;
+- parity runs under multi-rank layouts only; a round trip reloads under one rank (peft_roundtrip
+  and generate always) or under as many ranks as it saved with;
 - every `known_limits` entry names at least one cell of its row that is generated (not pruned):
   one that covers nothing is dead data, and usually a mistyped or misplaced scope.
 """
 
 from __future__ import annotations
 
-from harness.matrix import Matrix, MatrixError
+from harness.matrix import MULTI_RANK_CHECKS, ONE_DEVICE_RELOAD_CHECKS, Matrix, MatrixError
 
 
 def check_consistency(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
@@ -30,9 +32,33 @@ def check_consistency(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
         if name not in used:
             raise MatrixError(files["apis"][name], f"apis.{name}", name,
                               "is listed by no layout's `apis`, so no cell would ever run it")
+    _check_layouts(matrix, files)
     _tiny_sizes(matrix)
     _sizes_divide(matrix, files)
     _limits_cover_cells(matrix)
+
+
+def _check_layouts(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
+    """parity needs a multi-rank layout; a round trip reloads under one rank (peft_roundtrip and
+    generate: always) or under as many ranks as it saved with."""
+    for name, check in matrix.checks.items():
+        file = files["checks"][name]
+        if name in MULTI_RANK_CHECKS:
+            single = [lay for lay in (check.layouts or tuple(matrix.layouts))
+                      if matrix.layouts[lay].world_size == 1]
+            if single:
+                raise MatrixError(file, f"checks.{name}.layouts", list(check.layouts),
+                                  f"{name} compares a multi-rank layout with one device; list only "
+                                  f"multi-rank layouts (layout {single[0]} has one rank)")
+        for saved, loaded in check.load_layouts.items():
+            ranks, saved_ranks = matrix.layouts[loaded].world_size, matrix.layouts[saved].world_size
+            if name in ONE_DEVICE_RELOAD_CHECKS and ranks != 1:
+                raise MatrixError(file, f"checks.{name}.load_layouts.{saved}", loaded,
+                                  f"{name} reloads on one device, as users do: name a one-rank layout")
+            if ranks not in (1, saved_ranks):
+                raise MatrixError(file, f"checks.{name}.load_layouts.{saved}", loaded,
+                                  f"has {ranks} ranks; a checkpoint saved under {saved} ({saved_ranks} "
+                                  "ranks) loads under one rank or under as many as it was saved with")
 
 
 def _sizes_divide(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
