@@ -1157,6 +1157,8 @@ def load_matrix(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> Matrix:
 
     for n, (f, b) in sections["providers"].items():
         _provider(f, n, b)
+    for n, (f, _) in sections["apis"].items():  # before the layouts that list them
+        _must_be_one_of(f, f"apis.{n}", n, tuple(API_MESH_DIMS))
     methods = {n: _method(f, n, b) for n, (f, b) in sections["methods"].items()}
     api_names = dict.fromkeys(sections["apis"])
     layouts = {n: _layout(f, n, b, api_names) for n, (f, b) in sections["layouts"].items()}
