@@ -171,3 +171,41 @@ def test_a_module_name_that_matches_nothing_is_a_matrix_error(pytester, matrix_d
     assert message.startswith(f"{path}: {key} = ") and "matches no" in message
     assert "model.layers.0.self_attn.q_proj" in message  # the module names that exist
     assert close in message
+
+
+def collected(argv: list[str]) -> list[str]:
+    """Node ids that `pytest --collect-only -q ARGV` lists, run as a user runs it (from the repo)."""
+    import subprocess
+    import sys
+
+    from harness.records import REPO_ROOT
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           *argv], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [line for line in done.stdout.splitlines() if "::" in line]
+
+
+def test_matrix_dir_is_collected_in_every_spelling(tmp_path):
+    """--matrix-dir DIR, DIR --matrix-dir DIR and --matrix-dir=DIR collect DIR's cells, all of them."""
+    import shutil
+
+    from harness.matrix import DEFAULT_MATRIX_DIR
+
+    directory = tmp_path / "matrix"
+    shutil.copytree(DEFAULT_MATRIX_DIR, directory)
+    rows = directory / "architectures.toml"
+    text = rows.read_text()
+    start = text.index("[architectures.GemmaForCausalLM]")
+    rows.write_text(text[:start] + text[text.index("[architectures.Gemma2ForCausalLM]"):])
+    selection = ["--tier", "tiny", "--layout", "single"]
+    whole = collected(["matrix", *selection])
+    gemma = [n for n in whole if "::GemmaForCausalLM-" in n]
+    assert gemma
+    spellings = (["--matrix-dir", str(directory)], [str(directory), "--matrix-dir", str(directory)],
+                 [f"--matrix-dir={directory}"])
+    for argv in spellings:
+        ids = collected([*argv, *selection])
+        assert len(ids) == len(whole) - len(gemma), argv
+        assert all(n.split("::")[0].endswith(".toml") for n in ids), argv
+        assert not [n for n in ids if "::GemmaForCausalLM-" in n]
