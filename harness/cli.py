@@ -202,6 +202,17 @@ def _nightly(name: str, command: str):
     return add
 
 
+def pytest_selection(argv: list[str]) -> dict[str, list[str]]:
+    """The matrix selection inside pytest arguments (nightly-sim's `-- ...`), read as pytest does."""
+    from harness.cells import split_values
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for option in SELECTION_OPTIONS:
+        parser.add_argument(f"--{option}", action="append", default=[])
+    known, _ = parser.parse_known_args(argv)
+    return {axis: split_values(getattr(known, option)) for option, axis in SELECTION_OPTIONS.items()}
+
+
 def add_pool_worker(subparsers) -> None:
     """A node of a rank pool that spans hosts lives in harness/poolnode.py."""
     from harness.poolnode import add_pool_worker as add
@@ -238,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         directory = matrix_dir_of(args)
         if directory is not None:
-            load_matrix(directory)  # a matrix mistake stops every subcommand here, before it acts
+            matrix = load_matrix(directory)  # a matrix mistake stops every subcommand here, before it acts
+            if args.command == "nightly-sim":  # its shards' pytest would stop on a wrong name, later
+                from harness.cells import validate_selection
+
+                validate_selection(matrix, pytest_selection(args.selection))
         with warnings.catch_warnings():
             # Each corrupt line is its own warning; show all of them, not one per call site.
             warnings.simplefilter("always", CorruptRecordWarning)

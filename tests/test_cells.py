@@ -157,3 +157,14 @@ def test_cells_command_unknown_name_is_one_line_and_exit_2(capsys):
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
     assert err.startswith("ERROR: unknown architecture 'LlamaForCasualLM'; did you mean LlamaForCausalLM")
+
+
+def test_nightly_sim_stops_on_a_wrong_name_before_any_shard_runs(tmp_path, capsys):
+    from harness import cli
+
+    workdir = tmp_path / "sim"
+    assert cli.main(["nightly-sim", "--workdir", str(workdir), "--", "-m", "cpu", "--arch=Lama"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("ERROR: unknown architecture 'Lama'; did you mean")
+    assert not workdir.exists()
