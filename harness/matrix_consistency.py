@@ -8,6 +8,8 @@ two of them together say something that cannot run or can never apply.
   whose sizes would need it;
 - parity runs under multi-rank layouts only; a round trip reloads under one rank (peft_roundtrip
   and generate always) or under as many ranks as it saved with;
+- a tier's QA set reads as one, and the generate check's `prompt` is one of its fixed items;
+- there is a one-rank layout (the reference that parity and the round trips compare with);
 - every `known_limits` entry names at least one cell of its row that is generated (not pruned):
   one that covers nothing is dead data, and usually a mistyped or misplaced scope.
 """
@@ -27,12 +29,18 @@ def check_consistency(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
             raise MatrixError(files["tiers"][name], f"tiers.{name}.dtype", tier.dtype,
                               f"has no [tolerances.{tier.dtype}] table (parity and peft_roundtrip compare "
                               "within it); declare one", sorted(matrix.tolerances))
+    if not any(layout.world_size == 1 for layout in matrix.layouts.values()):
+        first = next(iter(files["layouts"].values()))
+        raise MatrixError(first, "layouts", sorted(matrix.layouts),
+                          "needs a one-rank layout (world_size = 1): the one-device reference that parity "
+                          "and the round trips compare with")
     used = {api for layout in matrix.layouts.values() for api in layout.apis}
     for name in matrix.apis:
         if name not in used:
             raise MatrixError(files["apis"][name], f"apis.{name}", name,
                               "is listed by no layout's `apis`, so no cell would ever run it")
     _check_layouts(matrix, files)
+    _qa_data(matrix, files)
     _tiny_sizes(matrix)
     _sizes_divide(matrix, files)
     _limits_cover_cells(matrix)
@@ -77,6 +85,26 @@ def _sizes_divide(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
                     raise MatrixError(files["layouts"][name], f"layouts.{name}.constraints",
                                       list(layout.constraints),
                                       f"{reason} ({arch.name}): declare {constraint} to prune such rows")
+
+
+def _qa_data(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
+    """A tier's QA set must read as one (harness/datasets.py), and the generate check's `prompt`
+    must be one of its fixed items on every QA tier it runs on."""
+    from harness.datasets import DatasetError, load_qa
+
+    prompt = matrix.checks["generate"].options.get("prompt") if "generate" in matrix.checks else None
+    for name, tier in matrix.tiers.items():
+        if tier.data != "qa":
+            continue
+        try:
+            items = load_qa(tier.dataset)
+        except DatasetError as exc:
+            raise MatrixError(files["tiers"][name], f"tiers.{name}.dataset", tier.dataset,
+                              f"is not a QA set: {exc}") from None
+        fixed = sorted(item.id for item in items if item.fixed)
+        if prompt is not None and name in matrix.checks["generate"].tiers and prompt not in fixed:
+            raise MatrixError(files["checks"]["generate"], "checks.generate.options.prompt", prompt,
+                              f"is not a fixed item of tier {name}'s QA set", fixed)
 
 
 def _tiny_sizes(matrix: Matrix) -> None:
