@@ -150,8 +150,8 @@ def validate_selection(matrix: Matrix, selection: dict[str, list[str]]) -> None:
                 suggestions = (close + lowered)[:5]
                 hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
                 raise SelectionError(
-                    f"unknown {axis} {value!r}{hint} (known: {len(known[axis])} in matrix/*.toml; "
-                    f"`compat-harness cells` lists them)"
+                    f"unknown {axis} {value!r}{hint} ({len(known[axis])} known; "
+                    f"`compat-harness cells` lists the cells and their axes)"
                 )
 
 
@@ -162,3 +162,9 @@ def select(cells: Iterable[Cell], selection: dict[str, list[str]]) -> list[Cell]
         for cell in cells
         if all(not wanted or cell.axis(axis) in wanted for axis, wanted in selection.items())
     ]
+
+
+def select_pruned(pruned: Iterable[PrunedCell], selection: dict[str, list[str]]) -> list[PrunedCell]:
+    """The pruned combinations inside a selection (the same filter as `select`)."""
+    return [p for p in pruned
+            if all(not wanted or p.cell.axis(axis) in wanted for axis, wanted in selection.items())]

@@ -3,16 +3,28 @@
 To add a subcommand, write `add_NAME(subparsers)` that registers its arguments and sets
 `func` to a `run_NAME(args) -> int`, then list it in SUBCOMMANDS. The behaviour lives in the
 library modules (history, diff, render); this file only parses arguments and prints.
+
+A subcommand that reads the matrix says which option names its directory
+(`set_defaults(matrix_option=...)`): `main` loads it first, through the one loader
+(harness.matrix.load_matrix), so a mistake in it is the same single line as in pytest,
+`ERROR: FILE: KEY = VALUE: PROBLEM`, on stderr with exit code 2 (argparse's usage code), before
+the subcommand does anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
 
+from harness.cells import SelectionError
+from harness.matrix import DEFAULT_MATRIX_DIR, MatrixError
 from harness.results import DEFAULT_RECORDS_GLOB, CorruptRecordWarning
+
+# The exit code of a usage mistake, argparse's own: a wrong argument or a wrong matrix.
+USAGE_ERROR = 2
 
 # Local runs (reports/records/local*.jsonl) are gitignored, hence not evidence: the committed
 # docs must be reproducible from committed records alone, so render leaves them out unless
@@ -87,7 +99,6 @@ def run_diff(args) -> int:
 # --- render ---------------------------------------------------------------------------------
 
 def add_render(subparsers) -> None:
-    from harness.matrix import DEFAULT_MATRIX_DIR
     from harness.render import DEFAULT_OUT
 
     p = subparsers.add_parser("render", help="render reports/ (llm.md, models/, index.html) from records")
@@ -95,12 +106,13 @@ def add_render(subparsers) -> None:
                    help="record files or globs (default: reports/records/*.jsonl without the "
                         "gitignored local*.jsonl)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output directory (default: %(default)s)")
-    p.add_argument("--matrix", default=str(DEFAULT_MATRIX_DIR), help="matrix directory")
+    p.add_argument("--matrix", "--matrix-dir", dest="matrix", default=str(DEFAULT_MATRIX_DIR),
+                   help="matrix directory (default: %(default)s)")
     p.add_argument("--db", default=None,
                    help="also show the history of this SQLite database in index.html")
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 when the files in --out differ from the records")
-    p.set_defaults(func=run_render)
+    p.set_defaults(func=run_render, matrix_option="matrix")
 
 
 def run_render(args) -> int:
@@ -128,13 +140,77 @@ def run_render(args) -> int:
     return 0
 
 
-def _nightly(name: str):
-    """The nightly pipeline's subcommands live in harness/nightly.py."""
+# --- cells ----------------------------------------------------------------------------------
+
+SELECTION_OPTIONS = {"arch": "architecture", "method": "method", "layout": "layout", "tier": "tier",
+                     "check": "check", "variant": "variant"}
+
+
+def add_cells(subparsers) -> None:
+    p = subparsers.add_parser(
+        "cells", help="list the cell ids of a selection, and the pruned combinations with their reasons",
+        description="The same selection options as pytest (repeatable, comma lists). A pytest item "
+                    "is a cell id plus its device: ID[cpu], ID[cuda].")
+    for option, axis in SELECTION_OPTIONS.items():
+        p.add_argument(f"--{option}", action="append", default=[], metavar="NAME[,NAME]",
+                       help=f"only these {axis} values")
+    p.add_argument("--matrix-dir", "--matrix", dest="matrix_dir", default=str(DEFAULT_MATRIX_DIR),
+                   help="matrix directory (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-pruned", action="store_true", help="leave out the pruned combinations")
+    p.set_defaults(func=run_cells, matrix_option="matrix_dir")
+
+
+def run_cells(args) -> int:
+    from harness.cells import AXES, expand, select, select_pruned, split_values, validate_selection
+    from harness.matrix import load_matrix
+
+    matrix = load_matrix(args.matrix_dir)
+    selection = {axis: split_values(getattr(args, option)) for option, axis in SELECTION_OPTIONS.items()}
+    validate_selection(matrix, selection)
+    cells, pruned = expand(matrix)
+    cells = select(cells, selection)
+    pruned = [] if args.no_pruned else select_pruned(pruned, selection)
+    if args.json:
+        axes = lambda cell: {axis: cell.axis(axis) for axis in AXES} | {"shape": cell.shape}  # noqa: E731
+        print(json.dumps({"matrix_dir": str(args.matrix_dir),
+                          "selection": {k: v for k, v in selection.items() if v},
+                          "cells": [{"id": c.id, **axes(c)} for c in cells],
+                          "pruned": [{"id": p.id, **axes(p.cell), "reason": p.reason} for p in pruned]},
+                         indent=1))
+        return 0
+    for cell in cells:
+        print(cell.id)
+    print(f"{len(cells)} cell(s)")
+    if pruned:
+        width = max(len(p.id) for p in pruned)
+        print()
+        print(f"{'PRUNED':<{width}}  REASON")
+        for item in pruned:
+            print(f"{item.id:<{width}}  {item.reason}")
+        print(f"{len(pruned)} pruned combination(s)")
+    return 0
+
+
+def _nightly(name: str, command: str):
+    """The nightly pipeline's subcommands live in harness/nightly.py; each reads --matrix-dir."""
     def add(subparsers) -> None:
         from harness import nightly
 
         getattr(nightly, name)(subparsers)
+        subparsers.choices[command].set_defaults(matrix_option="matrix_dir")
     return add
+
+
+def pytest_selection(argv: list[str]) -> dict[str, list[str]]:
+    """The matrix selection inside pytest arguments (nightly-sim's `-- ...`), read as pytest does."""
+    from harness.cells import split_values
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for option in SELECTION_OPTIONS:
+        parser.add_argument(f"--{option}", action="append", default=[])
+    known, _ = parser.parse_known_args(argv)
+    return {axis: split_values(getattr(known, option)) for option, axis in SELECTION_OPTIONS.items()}
 
 
 def add_pool_worker(subparsers) -> None:
@@ -144,8 +220,9 @@ def add_pool_worker(subparsers) -> None:
     add(subparsers)
 
 
-SUBCOMMANDS = (add_ingest, add_diff, add_render, _nightly("add_nightly_sim"),
-               _nightly("add_nightly_merge"), _nightly("add_durations"), add_pool_worker)
+SUBCOMMANDS = (add_ingest, add_diff, add_render, add_cells, _nightly("add_nightly_sim", "nightly-sim"),
+               _nightly("add_nightly_merge", "nightly-merge"), _nightly("add_durations", "durations"),
+               add_pool_worker)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,12 +234,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def matrix_dir_of(args) -> str | None:
+    """The matrix directory a subcommand reads (None: it reads no matrix)."""
+    option = getattr(args, "matrix_option", None)
+    if option is None:
+        return None
+    return getattr(args, option) or str(DEFAULT_MATRIX_DIR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from harness.matrix import load_matrix
+
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
-        # Each corrupt line is its own warning; show all of them, not one per call site.
-        warnings.simplefilter("always", CorruptRecordWarning)
-        return args.func(args)
+    try:
+        directory = matrix_dir_of(args)
+        if directory is not None:
+            matrix = load_matrix(directory)  # a matrix mistake stops every subcommand here, before it acts
+            if args.command == "nightly-sim":  # its shards' pytest would stop on a wrong name, later
+                from harness.cells import validate_selection
+
+                validate_selection(matrix, pytest_selection(args.selection))
+        with warnings.catch_warnings():
+            # Each corrupt line is its own warning; show all of them, not one per call site.
+            warnings.simplefilter("always", CorruptRecordWarning)
+            return args.func(args)
+    except (MatrixError, SelectionError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":

@@ -228,11 +228,19 @@ def experts_implementation(model) -> str | None:
                                                                         None)
 
 
-def tp_plan(arch: Architecture) -> dict | str:
-    """The row's own `tp_plan` table, else "auto" (the model's plan), else no-tp-plan."""
+def tp_plan(arch: Architecture, path=None) -> dict | str:
+    """The row's own `tp_plan` table, else "auto" (the model's plan), else no-tp-plan.
+
+    A table key that names nothing in the checkpoint's model (at `path`) is the matrix's mistake:
+    matrix-error, with the names that exist (harness/model_names.py), before transformers sees it.
+    """
     from harness.tiny import config_class
 
     if arch.tp_plan:
+        if path is not None:
+            from harness.model_names import check_tp_plan
+
+            check_tp_plan(arch, path)
         return dict(arch.tp_plan)
     if not getattr(config_class(arch), "base_model_tp_plan", None):
         import transformers
@@ -411,7 +419,7 @@ def _distributed_config_tp(req: Request) -> Placed:
     from transformers.distributed import DistributedConfig
 
     check_tp_divides_heads(req.path, req.dims["tp"])
-    plan = tp_plan(req.arch)
+    plan = tp_plan(req.arch, req.path)
     config = DistributedConfig(tp_size=req.dims["tp"], **_tp_kwargs(plan))
     model = load(req.arch, req.path, req.dtype, req.experts, distributed_config=config)
     trainable = req.with_method(model)
@@ -420,7 +428,7 @@ def _distributed_config_tp(req: Request) -> Placed:
 
 def _tp_plan(req: Request) -> Placed:
     check_tp_divides_heads(req.path, req.dims["tp"])
-    plan = tp_plan(req.arch)
+    plan = tp_plan(req.arch, req.path)
     model = load(req.arch, req.path, req.dtype, req.experts, tp_plan=plan)
     trainable = req.with_method(model)
     return Placed(trainable.model, trainable, "tp", notes=[_tp_note(plan)])
@@ -430,7 +438,7 @@ def _distributed_config_tp_fsdp(req: Request) -> Placed:
     from transformers.distributed import DistributedConfig
 
     check_tp_divides_heads(req.path, req.dims["tp"])
-    plan = tp_plan(req.arch)
+    plan = tp_plan(req.arch, req.path)
     mesh = req.ctx.mesh(req.dims)
     config = DistributedConfig(tp_size=req.dims["tp"], fsdp_size=req.dims["dp_shard"], **_tp_kwargs(plan))
     model = load(req.arch, req.path, req.dtype, req.experts, distributed_config=config)
@@ -446,7 +454,7 @@ def _tp_then_fully_shard(req: Request, legacy: bool = False) -> Placed:
     from transformers.distributed import DistributedConfig
 
     check_tp_divides_heads(req.path, req.dims["tp"])
-    plan = tp_plan(req.arch)
+    plan = tp_plan(req.arch, req.path)
     mesh = req.ctx.mesh(req.dims)
     if legacy:
         kwargs = {"tp_plan": plan, "tp_size": req.dims["tp"]}

@@ -7,6 +7,13 @@ Each cell is collected once per device, as `<cell id>[cpu]` and `<cell id>[cuda]
 `cpu` or `gpu`, so `pytest -m gpu --arch LlamaForCausalLM` picks one architecture's GPU cells;
 on a machine without CUDA those skip with a reason. Giving any matrix selection option
 (--arch, --method, --layout, --tier, --check) deselects the harness's own unit tests.
+
+`--matrix-dir DIR` collects DIR's cells however it is spelled (`--matrix-dir DIR`,
+`--matrix-dir=DIR`, with or without DIR as a path argument): pytest decides its rootdir before
+plugins add their options, so it may take `--matrix-dir`'s value for a path (and leave the
+project's ini settings behind), and its default paths are the project's `matrix/`. The plugin
+therefore makes DIR one of the paths to collect itself. A matrix mistake is a usage error
+(exit 4) with the one-line message of harness.matrix.MatrixError, never a traceback.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ DEVICES = ("cpu", "cuda")
 # still stop on it.
 HARNESS_ERROR_EXIT = 3
 MATRIX_KEY = pytest.StashKey[Matrix]()
+CELLS_KEY = pytest.StashKey[list[Cell]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -61,13 +69,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {text}")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    matrix_dir = config.getoption("matrix_dir") or DEFAULT_MATRIX_DIR
     try:
-        matrix = load_matrix(matrix_dir)
+        matrix = load_matrix(_matrix_dir(config))
         validate_selection(matrix, _selection(config))
     except (MatrixError, SelectionError) as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[MATRIX_KEY] = matrix
+    _collect_matrix_dir(config)
     config.pluginmanager.register(VerdictSummary(config), "compat-harness-verdicts")
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
@@ -81,9 +89,34 @@ def pytest_configure_node(node) -> None:
     node.workerinput["compat_harness_run_id"] = node.config.getoption("run_id")
 
 
+def _matrix_dir(config: pytest.Config) -> Path:
+    return Path(config.getoption("matrix_dir") or DEFAULT_MATRIX_DIR).resolve()
+
+
+def _collect_matrix_dir(config: pytest.Config) -> None:
+    """With --matrix-dir DIR, DIR is among the paths pytest collects, in every spelling.
+
+    Without path arguments pytest would collect its defaults (the ini's testpaths, or the
+    invocation directory when it took DIR for a path while choosing its rootdir): DIR replaces
+    them. Path arguments that do not reach into DIR are kept, and DIR is added to them.
+    """
+    if not config.getoption("matrix_dir"):
+        return
+    directory = _matrix_dir(config)
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        config.args = [str(directory)]
+    elif not any(_reaches(config, arg, directory) for arg in config.args):
+        config.args = [*config.args, str(directory)]
+
+
+def _reaches(config: pytest.Config, arg: str, directory: Path) -> bool:
+    """Whether a path argument (or node id) is DIR, lies inside it, or contains it."""
+    path = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+    return path == directory or directory in path.parents or path in directory.parents
+
+
 def _is_matrix_file(config: pytest.Config, path: Path) -> bool:
-    matrix_dir = Path(config.getoption("matrix_dir") or DEFAULT_MATRIX_DIR).resolve()
-    return path.suffix == ".toml" and path.resolve().parent == matrix_dir
+    return path.suffix == ".toml" and path.resolve().parent == _matrix_dir(config)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -108,9 +141,12 @@ class MatrixFile(pytest.File):
     def collect(self):
         config = self.config
         matrix = config.stash[MATRIX_KEY]
-        cells, _ = expand(matrix)
-        own = [c for c in cells
-               if Path(matrix.architectures[c.architecture].source_file).resolve() == self.path.resolve()]
+        if CELLS_KEY not in config.stash:
+            config.stash[CELLS_KEY] = expand(matrix)[0]
+        here = self.path.resolve()
+        rows = {name for name, arch in matrix.architectures.items()
+                if Path(arch.source_file).resolve() == here}
+        own = [c for c in config.stash[CELLS_KEY] if c.architecture in rows]
         device_option = config.getoption("device")
         devices = DEVICES if device_option == "auto" else (device_option,)
         for cell in select(own, _selection(config)):

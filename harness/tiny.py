@@ -134,7 +134,7 @@ def _build_expected_class(arch: Architecture, config):
                                          f"{arch.model_type!r} transformers {transformers.__version__} "
                                          f"builds {built} instead")
     raise CellFailure(
-        "error",
+        "matrix-error",
         f"{arch.auto_class} built {built} for model type {arch.model_type!r}, but the "
         f"row expects {arch.expected_class}: fix hf_class or model_type in {arch.source_file}",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 from hypothesis import given, settings
@@ -108,3 +109,62 @@ def test_all_combinations_order_is_sorted_by_architecture():
                     {"single": Layout("single", "", 1, {})}, {"t": Tier("t", "", "tiny", "float32", 2, 1, 1)},
                     {"c": Check("c", "", ("t",))}, {}, {}, ())
     assert [c.architecture for c in all_combinations(matrix)] == ["a", "b"]
+
+
+def test_cells_command_lists_the_selection_and_the_pruned_with_reasons(capsys):
+    from harness import cli
+
+    argv = ["cells", "--arch", "LlamaForCausalLM", "--layout", "single,ep", "--tier", "tiny"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "LlamaForCausalLM-lora-single-tiny-train" in out and "6 cell(s)" in out
+    pruned = [line for line in out if line.startswith("LlamaForCausalLM-sft-ep-tiny-train ")]
+    assert pruned and pruned[0].split(None, 1)[1] == "layout ep (expert parallel) needs a MoE model"
+
+    assert cli.main([*argv, "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [c["id"] for c in listing["cells"]][:3] == ["LlamaForCausalLM-sft-single-tiny-train",
+                                                      "LlamaForCausalLM-sft-single-tiny-dcp_roundtrip",
+                                                      "LlamaForCausalLM-sft-single-tiny-generate"]
+    assert {c["layout"] for c in listing["cells"]} == {"single"}
+    reasons = {p["id"]: p["reason"] for p in listing["pruned"]}
+    assert reasons["LlamaForCausalLM-lora-ep-tiny-train"] == "layout ep (expert parallel) needs a MoE model"
+    assert listing["selection"] == {"architecture": ["LlamaForCausalLM"], "layout": ["single", "ep"],
+                                    "tier": ["tiny"]}
+
+
+def test_cells_command_matches_what_pytest_collects(capsys):
+    """The same selection through `compat-harness cells` and through pytest: the same cells."""
+    import subprocess
+    import sys
+
+    from harness import cli
+    from harness.records import REPO_ROOT
+
+    selection = ["--arch", "Qwen3MoeForCausalLM", "--tier", "tiny", "--method", "lora"]
+    assert cli.main(["cells", *selection, "--json", "--no-pruned"]) == 0
+    ids = {c["id"] for c in json.loads(capsys.readouterr().out)["cells"]}
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "--device", "cpu", *selection], cwd=REPO_ROOT, capture_output=True, text=True)
+    items = {line.split("::")[1].removesuffix("[cpu]") for line in done.stdout.splitlines() if "::" in line}
+    assert ids and ids == items
+
+
+def test_cells_command_unknown_name_is_one_line_and_exit_2(capsys):
+    from harness import cli
+
+    assert cli.main(["cells", "--arch", "LlamaForCasualLM"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("ERROR: unknown architecture 'LlamaForCasualLM'; did you mean LlamaForCausalLM")
+
+
+def test_nightly_sim_stops_on_a_wrong_name_before_any_shard_runs(tmp_path, capsys):
+    from harness import cli
+
+    workdir = tmp_path / "sim"
+    assert cli.main(["nightly-sim", "--workdir", str(workdir), "--", "-m", "cpu", "--arch=Lama"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("ERROR: unknown architecture 'Lama'; did you mean")
+    assert not workdir.exists()

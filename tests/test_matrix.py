@@ -39,7 +39,7 @@ def test_valid_row_loads(matrix_dir):
         (
             'known_limits = [{ category = "weird", reason = "r" }]',
             "architectures.LlamaForCausalLM.known_limits[0].category",
-            "allowed: needs-newer-transformers",
+            "allowed: peft-unsupported, oom",
         ),
         (
             'known_limits = [{ category = "oom", reason = "r", method = "dpo" }]',
@@ -125,7 +125,7 @@ def test_layout_errors(matrix_dir, layout, key, fragment):
 @pytest.mark.parametrize(
     ("section", "key", "fragment"),
     [
-        ('[methods.dpo]\nsummary = "x"\nlr = -1.0', "methods.dpo.lr", "must be positive"),
+        ('[methods.dpo]\nsummary = "x"\nlr = -1.0', "methods.dpo.lr", "must be a positive number"),
         ('[methods.q]\nsummary = "x"\nlr = 1.0\nlora = { rank = 8 }', "methods.q.lora.alpha", "required"),
         ('[tiers.t]\nsummary = "x"\nsource = "hub"\ndtype = "float32"\nsteps = 3\nbatch_size = 1\n'
          "seq_len = 8", "tiers.t.source", "allowed: tiny, checkpoint, real-shape"),
@@ -184,10 +184,85 @@ def test_known_limit_with_a_bad_version_specifier_names_the_key(tmp_path):
     for f in Path("matrix").glob("*.toml"):
         shutil.copy(f, tmp_path / f.name)
     path = tmp_path / "architectures.toml"
-    limit = 'known_limits = [{ category = "oom", reason = "r", transformers = "5.0 or so" }]\n'
+    limit = '{ category = "oom", reason = "r", transformers = "5.0 or so" },\n'
     head = "[architectures.LlamaForCausalLM]\n"
-    path.write_text(path.read_text().replace(head, head + limit, 1))
+    text = path.read_text()
+    row = text.index(head)
+    at = text.index("known_limits = [\n", row) + len("known_limits = [\n")  # the row's first limit
+    path.write_text(text[:at] + limit + text[at:])
     with pytest.raises(MatrixError) as info:
         load_matrix(tmp_path)
     assert "architectures.LlamaForCausalLM.known_limits[0].transformers" in str(info.value)
     assert "version specifier" in str(info.value)
+
+
+FUTURE_ROW = """
+[architectures.FutureForCausalLM]
+families = ["Future"]
+examples = ["org/future-7b"]
+auto_class = "AutoModelForCausalLM"
+model_type = "future_model_type"
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ("", 'fix the typo; if a newer transformers has it, declare min_transformers = "<its first'),
+        ('min_transformers = "5.0.0"\n', "though the row's min_transformers = '5.0.0' says it should"),
+    ],
+)
+def test_a_model_type_the_release_lacks_is_an_error_unless_a_newer_release_is_declared(matrix_dir, extra,
+                                                                                      fragment):
+    path = write_rows(matrix_dir, FUTURE_ROW + extra)
+    error = load_error(matrix_dir)
+    assert str(error).startswith(f"{path}: architectures.FutureForCausalLM.model_type = 'future_model_type': "
+                                 "transformers ")
+    assert fragment in str(error)
+
+
+@pytest.mark.parametrize("extra", ['min_transformers = "99.0"\n', "trust_remote_code = true\n"])
+def test_a_model_type_of_a_newer_release_or_of_remote_code_loads(matrix_dir, extra):
+    write_rows(matrix_dir, FUTURE_ROW + extra)
+    assert "FutureForCausalLM" in load_matrix(matrix_dir).architectures
+
+
+def test_tiny_keys_that_the_modeling_code_reads_are_accepted(matrix_dir):
+    """Qwen3MoeConfig's signature has no head_dim, but its attention reads getattr(config, "head_dim")."""
+    row = LLAMA_ROW.replace("LlamaForCausalLM", "Qwen3MoeForCausalLM").replace('"llama"', '"qwen3_moe"')
+    write_rows(matrix_dir, row + "moe = true\ntiny = { head_dim = 16 }\n")
+    assert load_matrix(matrix_dir).architectures["Qwen3MoeForCausalLM"].tiny == {"head_dim": 16}
+    write_rows(matrix_dir, row + "moe = true\ntiny = { head_dims = 16 }\n")
+    assert "takes no argument 'head_dims' (did you mean 'head_dim'?)" in str(load_error(matrix_dir))
+
+
+def test_registries_name_what_the_code_implements():
+    import re
+
+    from harness import matrix, runner
+    from harness.parallel import PLACEMENTS
+
+    assert set(matrix.API_MESH_DIMS) == set(PLACEMENTS)
+    assert set(matrix.SKIP_CATEGORIES) == set(runner.SKIP_CATEGORIES)
+    assert set(matrix.CHECK_OPTIONS) == set(matrix.CHECKS)
+    assert all((Path(matrix.__file__).parent / "checks" / f"{name}.py").is_file() for name in matrix.CHECKS)
+    sources = "\n".join(p.read_text() for p in Path(matrix.__file__).parent.rglob("*.py"))
+    read = set(re.findall(r'\.choice\(\s*"(\w+)"', sources))
+    assert read == set(matrix.CHOICES)
+    for name, values in matrix.CHOICES.items():  # each value the code implements is spelled in it
+        assert all(f'"{value}"' in sources.replace(f'"{name}"', "") for value in values), name
+
+
+def test_a_warm_release_cache_loads_without_importing_torch_or_transformers(monkeypatch):
+    """The transformers-aware checks read the cached facts: a later process imports neither."""
+    import subprocess
+    import sys
+
+    from harness import release_facts
+
+    monkeypatch.setattr(release_facts, "_MEMO", {})
+    load_matrix()  # fills this test session's cache (COMPAT_HARNESS_CACHE), not only the memo
+    code = ("import sys; from harness.matrix import load_matrix; load_matrix(); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -113,12 +113,12 @@ def test_unknown_model_types_are_reported_with_category_not_crashed(pytester, ma
 
 
 def test_peft_refusal_is_peft_unsupported_and_known_limits_make_it_xfail(pytester, matrix_dir):
-    row = LLAMA_ROW + 'lora_targets = ["no_such_module"]\n'
+    row = LLAMA_ROW + 'lora_targets = ["norm"]\n'  # model.norm exists, but peft cannot wrap an RMSNorm
     write_rows(matrix_dir, row)
     outcome, records = run_matrix(pytester, matrix_dir, "-m", "cpu", "--tier", "tiny", "--method", "lora")
     outcome.assert_outcomes(failed=1, deselected=1)
     assert records[0]["category"] == "peft-unsupported" and records[0]["status"] == "fail"
-    assert "no_such_module" in records[0]["message"]
+    assert "LlamaRMSNorm" in records[0]["message"]
 
     write_rows(matrix_dir, row + 'known_limits = [{ category = "peft-unsupported", method = "lora", '
                                  'reason = "adapter targets are wrong on purpose" }]\n')
@@ -145,3 +145,67 @@ def test_diverging_training_is_numerics(pytester, matrix_dir):
     outcome.assert_outcomes(failed=1, deselected=1)
     assert records[0]["category"] == "numerics"
     assert "loss" in records[0]["message"]
+
+
+ROW = "architectures.LlamaForCausalLM"
+
+
+@pytest.mark.parametrize(
+    ("extra", "method", "key", "close"),
+    [
+        ('lora_targets = ["q_proj", "v_prj"]\n', "lora", f"{ROW}.lora_targets[1]", "v_proj"),
+        ("lora_targets = '^model\\.layers\\..*\\.q_prj$'\n", "lora", f"{ROW}.lora_targets", ""),
+        ('lora_exclude = ["down_prj"]\n', "lora", f"{ROW}.lora_exclude[0]", "down_proj"),
+        ('sft_frozen = ["vision_tower"]\n', "sft", f"{ROW}.sft_frozen[0]", ""),
+    ],
+)
+def test_a_module_name_that_matches_nothing_is_a_matrix_error(pytester, matrix_dir, extra, method, key,
+                                                               close):
+    """Found only once the model is built, so at run time: matrix-error, never the stack's category."""
+    path = write_rows(matrix_dir, LLAMA_ROW + extra)
+    outcome, records = run_matrix(pytester, matrix_dir, "-m", "cpu", "--tier", "tiny", "--method", method)
+    outcome.assert_outcomes(failed=1, deselected=1)
+    (record,) = records
+    assert record["category"] == "matrix-error" and record["status"] == "fail"
+    message = record["message"]
+    assert message.startswith(f"{path}: {key} = ") and "matches no" in message
+    assert "model.layers.0.self_attn.q_proj" in message  # the module names that exist
+    assert close in message
+
+
+def collected(argv: list[str]) -> list[str]:
+    """Node ids that `pytest --collect-only -q ARGV` lists, run as a user runs it (from the repo)."""
+    import subprocess
+    import sys
+
+    from harness.records import REPO_ROOT
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           *argv], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [line for line in done.stdout.splitlines() if "::" in line]
+
+
+def test_matrix_dir_is_collected_in_every_spelling(tmp_path):
+    """--matrix-dir DIR, DIR --matrix-dir DIR and --matrix-dir=DIR collect DIR's cells, all of them."""
+    import shutil
+
+    from harness.matrix import DEFAULT_MATRIX_DIR
+
+    directory = tmp_path / "matrix"
+    shutil.copytree(DEFAULT_MATRIX_DIR, directory)
+    rows = directory / "architectures.toml"
+    text = rows.read_text()
+    start = text.index("[architectures.GemmaForCausalLM]")
+    rows.write_text(text[:start] + text[text.index("[architectures.Gemma2ForCausalLM]"):])
+    selection = ["--tier", "tiny", "--layout", "single"]
+    whole = collected(["matrix", *selection])
+    gemma = [n for n in whole if "::GemmaForCausalLM-" in n]
+    assert gemma
+    spellings = (["--matrix-dir", str(directory)], [str(directory), "--matrix-dir", str(directory)],
+                 [f"--matrix-dir={directory}"])
+    for argv in spellings:
+        ids = collected([*argv, *selection])
+        assert len(ids) == len(whole) - len(gemma), argv
+        assert all(n.split("::")[0].endswith(".toml") for n in ids), argv
+        assert not [n for n in ids if "::GemmaForCausalLM-" in n]

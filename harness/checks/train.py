@@ -87,12 +87,15 @@ def assert_updates(trainable: Trainable, before: dict, after: dict, is_lora: boo
                                           "that from_pretrained does not know")
     _, unmoved = _changed(before, after, trainable.trainable)
     if unmoved:
-        what = "adapter" if is_lora else "trainable"
+        # The matrix key that leaves such modules out depends on the method: LoRA puts no adapter
+        # where lora_exclude (or a narrower lora_targets) says; SFT freezes what sft_frozen names.
+        what, fix = (("adapter", "the row's lora_exclude, or a narrower lora_targets") if is_lora
+                     else ("trainable", "the row's sft_frozen"))
         raise CellFailure(
             "check-failed",
             f"{len(unmoved)} of {len(trainable.trainable)} {what} weights did not change: "
-            f"{_listing(unmoved)} (if text-only training cannot reach them, list them in the "
-            "row's sft_frozen)",
+            f"{_listing(unmoved)} (if text-only training cannot reach those modules, leave them out "
+            f"with {fix})",
         )
     frozen_moved, _ = _changed(before, after, trainable.frozen)
     if frozen_moved:
