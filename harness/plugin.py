@@ -106,7 +106,7 @@ class MatrixFile(pytest.File):
         matrix = config.stash[MATRIX_KEY]
         cells, _ = expand(matrix)
         own = [c for c in cells
-               if Path(matrix.architectures[c.architecture].source_file).resolve() == self.path.resolve()]
+               if matrix.architectures[c.architecture].source_path.resolve() == self.path.resolve()]
         device_option = config.getoption("device")
         devices = DEVICES if device_option == "auto" else (device_option,)
         for cell in select(own, _selection(config)):
