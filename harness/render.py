@@ -237,9 +237,9 @@ def layout_section(view: ArchView, layout: str, methods: list[str], world_size: 
     history = []
     for release, where in keys:
         here = [e for e in evidence if e.release == release and e.where == where]
-        by_method = [[e for e in here if e.cell_id.split("-")[1] == g.method] for g in groups]
+        by_method = [[e for e in here if e.cell_id in {c.cell.id for c in g.cells}] for g in groups]
         history.append(HistoryRow(
-            release, place(here[0]), ", ".join(sorted({e.torch for e in here})),
+            release, " / ".join(sorted({place(e) for e in here})), ", ".join(sorted({e.torch for e in here})),
             [group_mark(g, found) for g, found in zip(groups, by_method, strict=True)],
             ", ".join(sorted({e.date for e in here})), ", ".join(sorted({e.run_id for e in here})),
             peak_of(here)))
