@@ -64,7 +64,7 @@ docs-check: setup
 
 test: lint unit slice docs-check
 
-# The main job, sized for a first session (12 min 15 s on 2 cores from a fresh clone, setup
+# The main job, sized for a first session (9.5 to 12 min on 2 cores from a fresh clone, setup
 # included, while other jobs shared the cores; README): every row's tiny cells on one CPU device;
 # every parallel layout (gloo ranks) for the default rows MATRIX_LAYOUT_ARCH (a 4-rank MoE cell
 # costs minutes on 2 cores, so not for every row: MATRIX_LAYOUT_ARCH= (empty) runs every row
