@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MATRIX_DIR = Path(__file__).resolve().parent.parent / "matrix"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MATRIX_DIR = REPO_ROOT / "matrix"
 
 AUTO_CLASSES = (
     "AutoModelForCausalLM",
@@ -190,6 +191,7 @@ class Architecture:
     examples: tuple[str, ...]
     auto_class: str
     model_type: str
+    # As messages and records name the row's file: relative to the repo (see shown_path).
     source_file: str
     recipes: tuple[str, ...] = ()
     modality: str = "text"
@@ -223,6 +225,11 @@ class Architecture:
     @property
     def checkpoint_id(self) -> str:
         return self.real_checkpoint or self.examples[0]
+
+    @property
+    def source_path(self) -> Path:
+        """The row's file on this machine, whatever the working directory."""
+        return REPO_ROOT / self.source_file
 
 
 @dataclass(frozen=True)
@@ -807,6 +814,13 @@ def _limits(file: str, path: str, raw: list, matrix_names: dict[str, tuple]) -> 
     return tuple(limits)
 
 
+def shown_path(file: Path | str) -> str:
+    """A matrix file as records and docs name it: relative to the repo, never the absolute path
+    of the machine that ran (a file outside the repo, e.g. a test's matrix, keeps its path)."""
+    path = Path(file).resolve()
+    return path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def _architecture(file: str, name: str, body: dict, matrix_names: dict[str, tuple]) -> Architecture:
     path = f"architectures.{name}"
     _shaped(file, path, name, CLASS_NAME, "a class name (letters, digits and '_')")
@@ -862,7 +876,7 @@ def _architecture(file: str, name: str, body: dict, matrix_names: dict[str, tupl
             fields[key] = tuple(fields[key])
     return Architecture(
         name=name,
-        source_file=file,
+        source_file=shown_path(file),
         lora_targets=lora_targets,
         known_limits=_limits(file, path, body.get("known_limits", []), matrix_names),
         **fields,

@@ -58,7 +58,7 @@ def durations_from_records(records: list[str | Path], matrix_dir: str | Path | N
         if arch is None or not isinstance(seconds, int | float):
             continue
         device = "cuda" if rec["env"].get("device_type") == "cuda" else "cpu"
-        nid = node_id(arch.source_file, rec["cell_id"], device, rootdir)
+        nid = node_id(arch.source_path, rec["cell_id"], device, rootdir)
         if nid not in newest or rec["timestamp"] >= newest[nid][0]:
             newest[nid] = (rec["timestamp"], round(float(seconds), 3))
     return {nid: seconds for nid, (_, seconds) in sorted(newest.items())}

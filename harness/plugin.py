@@ -144,8 +144,7 @@ class MatrixFile(pytest.File):
         if CELLS_KEY not in config.stash:
             config.stash[CELLS_KEY] = expand(matrix)[0]
         here = self.path.resolve()
-        rows = {name for name, arch in matrix.architectures.items()
-                if Path(arch.source_file).resolve() == here}
+        rows = {name for name, arch in matrix.architectures.items() if arch.source_path.resolve() == here}
         own = [c for c in config.stash[CELLS_KEY] if c.architecture in rows]
         device_option = config.getoption("device")
         devices = DEVICES if device_option == "auto" else (device_option,)

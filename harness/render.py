@@ -1,40 +1,52 @@
 """Render the supported-models docs from (Matrix, records): a pure function, then a writer.
 
-The docs may only claim what a record shows, and must say where each claim was verified: a
-mark reads "✓ cpu" or "✓ H100", never a bare "✓", and every mark carries a footnote naming
-the run (versions, device, date) and an evidence table naming the record (cell id, run id).
-Output is deterministic (sorted, no clock), so `render --check` can compare the committed
-docs with what the records give, and a nightly docs diff shows only real changes.
+The docs may only claim what a record shows, and must say on which releases and where:
 
-Marks are computed per (architecture, method, layout) over that group's runnable cells (all
-tiers and checks), separately for each place a record came from ("cpu", or a GPU's name):
-    ✓        every runnable cell of the group passed there
-    ✓ 1/2    the cells that ran passed, the others did not run there (e.g. no checkpoint)
-    ✗ cat    a cell failed there (xfail, a declared known limit, counts as a failure)
-    n/a      every cell of the group is pruned (the reason is in the evidence)
-    —        nothing of the group ran anywhere
-An architecture is supported when each of its required cells (runnable cells on tiers whose
-source is "tiny", which every machine can run) passed somewhere, and no cell failed anywhere.
-Records are taken newest per (cell, place); when one place ran several library versions, the
-newest record wins and its run footnote names the versions.
+- `llm.md`: the seed's table, one row per architecture (`harness/llm_table.py` makes a row:
+  the seed's columns, the FSDP2 verdict, the other layouts, the transformers releases), the
+  regressions listed above it, then real-size measurements and published claims;
+- `models/<family>.md`: per architecture, every layout's history by release and place (the
+  versions, device, date and run of each result) and the failures with their messages; the
+  llm.md marks link here;
+- `overview.md`: auto classes and the failure categories the records show;
+- `index.html`: the dashboard, one cell per (architecture, method, layout) with its cells'
+  results, filterable by architecture, layout and status without a server.
+
+What the records mean (newest per cell, place and release; current = newest release; required
+cells; regressions) is decided in `harness/views.py` and `harness/releases.py`; this module only
+arranges it per page. Output is deterministic (sorted, no clock) so `render --check` can compare
+the committed docs with the records, and a nightly docs diff shows only real changes. Absolute
+paths of the machines that ran are never shown (`harness/machine_paths.py`).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 import pandas as pd
 
-from harness.cells import Cell, expand
+from harness import releases
+from harness.cells import expand
 from harness.history import record_key
+from harness.llm_table import (
+    HEADER,
+    Link,
+    family_page,
+    github_anchor,
+    layout_heading,
+    llm_row,
+    markdown_row,
+    slug,
+)
+from harness.machine_paths import strip_machine_paths
 from harness.matrix import AUTO_CLASSES, FAILURE_CATEGORIES, Matrix
 from harness.records import REPO_ROOT
-from harness.results import FAILED, RAN, latest
+from harness.releases import FAILED, RAN
+from harness.views import ArchView, Evidence, Group, arch_views, where_order
 
 DEFAULT_OUT = REPO_ROOT / "reports"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -85,6 +97,9 @@ CATEGORY_TEXT = {
     "timeout": (
         "The cell did not finish within its time limit (a hang or a deadlock).",
         "Look for collectives that differ between ranks; re-run the cell alone."),
+    "harness-error": (
+        "The harness itself failed (its own code or configuration), not the stack under test.",
+        "Open an issue against the harness with the message."),
     "error": (
         "Any other exception while loading or training the model.",
         "Read the traceback in the record and open an issue with it."),
@@ -94,7 +109,7 @@ CATEGORY_TEXT = {
 # --- small formatting helpers, also registered as jinja filters -----------------------------
 
 def one_line(text, limit: int = 160) -> str:
-    text = " ".join(str(text or "").split())
+    text = " ".join(strip_machine_paths(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -131,233 +146,119 @@ def number(value) -> str:
     return f"{value:.4g}"
 
 
-def metric_items(metrics: dict) -> list[tuple[str, str]]:
-    """Scalar metrics as (name, text), lists as 'n values, first → last'; sorted by name."""
-    items = []
-    for key in sorted(metrics or {}):
-        value = metrics[key]
-        if "bytes" in key:
-            items.append((key, human_bytes(value)))
-        elif isinstance(value, list):
-            if value:
-                items.append((key, f"{len(value)} values, {number(value[0])} → {number(value[-1])}"))
-        elif isinstance(value, dict):
-            continue
-        else:
-            items.append((key, number(value)))
-    return items
+def place(e: Evidence) -> str:
+    """Where a result was obtained, for a reader: 'cpu (x86_64, 2 cores), gloo' or 'H100 ×8, nccl'."""
+    backend = f", {e.backend}" if e.backend else ""
+    return f"{e.device_name}{backend}" if e.where == "cpu" else f"{e.where_short} ×{e.device_count}{backend}"
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
-
-
-def where_order(where: str) -> tuple:
-    return (where != "cpu", where)
-
-
-# --- view models: plain data the templates only display -------------------------------------
+# --- runs: the versions, device, commit and dates behind each result -----------------------
 
 @dataclass(frozen=True)
-class Evidence:
-    cell_id: str
-    where: str
-    where_short: str
-    status: str
-    category: str | None
-    message: str
+class Run:
     run_id: str
-    note: str
-    timestamp: str
-    metrics: dict = field(compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Mark:
-    symbol: str
-    where: str
-    detail: str
-    notes: tuple[str, ...]
-    status: str
-    title: str
-
-
-@dataclass(frozen=True)
-class Group:
-    method: str
-    layout: str
-    cells: tuple[str, ...]
-    marks: tuple[Mark, ...]
-    na_reason: str | None
+    short: str  # r1, r2, ... in run-id order: what index.html shows next to a result
+    places: str
+    versions: str
+    git: str
+    dates: str
 
     @property
     def text(self) -> str:
-        if self.na_reason is not None:
-            return "n/a"
-        return " · ".join(f"{m.symbol} {m.where}" + (f" {m.detail}" if m.detail else "")
-                          for m in self.marks) or "—"
+        return f"{self.places}; {self.versions}; git {self.git}; {self.dates}"
 
 
-@dataclass(frozen=True)
-class Verdict:
-    kind: str  # supported, not-supported, not-verified, n/a
-    text: str
-    categories: tuple[str, ...] = ()
+def runs_of(evidence: Iterable[Evidence], python: dict[str, str]) -> list[Run]:
+    by_run: dict[str, list[Evidence]] = {}
+    for e in evidence:
+        by_run.setdefault(e.run_id, []).append(e)
+    out = []
+    for i, run_id in enumerate(sorted(by_run), start=1):
+        items = by_run[run_id]
+        places = sorted({place(e) for e in items})
+        versions = sorted({f"python {python.get(run_id, '?')}, torch {e.torch}, transformers "
+                           f"{e.release.transformers}, peft {e.release.peft}" for e in items})
+        days = sorted({e.date for e in items})
+        out.append(Run(run_id, f"r{i}", " / ".join(places), " / ".join(versions),
+                       ", ".join(sorted({e.git_sha[:12] for e in items})),
+                       days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"))
+    return out
 
 
-@dataclass(frozen=True)
-class RunNote:
-    label: str
-    run_id: str
-    text: str
+# --- family pages: every layout's history by release and place ------------------------------
+
+@dataclass
+class HistoryRow:
+    """One (release, place) of a layout section: each method's outcome there."""
+
+    release: releases.Release
+    where: str
+    torch: str
+    marks: list[str]
+    dates: str
+    runs: str
+    peak: str
 
 
 @dataclass
-class ArchView:
-    name: str
-    arch: object
+class LayoutSection:
+    layout: str
+    heading: str
+    anchor: str
+    world_size: int
     groups: list[Group]
-    verdict: Verdict
-    evidence: list[Evidence]
-    pruned: dict[str, str]
-    family_links: list[tuple[str, str]] = field(default_factory=list)
+    spans: str
+    history: list[HistoryRow]
+    failures: list[Evidence]
+    cells: list[tuple[str, str]]  # (method, 'tiny-train, tiny-parity')
 
 
-# --- building the views ---------------------------------------------------------------------
-
-def run_notes(shown: pd.DataFrame) -> dict[str, RunNote]:
-    """One footnote per run: where it ran, the versions, the commit and the date(s)."""
-    notes = {}
-    for run_id, group in shown.groupby("run_id", sort=True):
-        envs = []
-        for where in sorted(set(group["where"]), key=where_order):
-            rows = group[group["where"] == where]
-            env = rows.iloc[0]
-            backends = sorted({str(b) for b in rows["env_backend"] if b})
-            if where == "cpu":
-                place = "CPU (" + (", ".join(backends) if backends else "single process") + ")"
-                place += f", {env['device_name']}"
-            else:
-                count = max(int(c or 1) for c in rows["env_device_count"])
-                place = f"GPU {where} ×{count}" + (f" ({', '.join(backends)})" if backends else "")
-            libraries = ("python", "torch", "transformers", "peft")
-            versions = ", ".join(f"{k} {env['env_' + k]}" for k in libraries)
-            envs.append(f"{place}; {versions}")
-        days = sorted({str(t)[:10] for t in group["timestamp"]})
-        date = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
-        shas = sorted({str(s)[:12] for s in group["git_sha"]})
-        text = f"run `{run_id}`: {' / '.join(envs)}; git {', '.join(shas)}; {date}"
-        notes[run_id] = RunNote(f"run-{slug(run_id)}", run_id, text)
-    return notes
+def group_mark(group: Group, found: list[Evidence]) -> str:
+    if group.na_reason is not None:
+        return "n/a"
+    outcome = releases.outcome((e.status, e.category) for e in found)
+    if outcome is None:
+        return "—"
+    passed = sum(e.status == "pass" for e in found)
+    return f"{outcome.text} ({passed}/{len(group.cells)} passed)"
 
 
-def evidence_rows(shown: pd.DataFrame, notes: dict[str, RunNote]) -> dict[str, list[Evidence]]:
-    by_cell: dict[str, list[Evidence]] = {}
-    for row in shown.to_dict("records"):
-        by_cell.setdefault(row["cell_id"], []).append(Evidence(
-            cell_id=row["cell_id"], where=row["where"], where_short=row["where_short"],
-            status=row["status"], category=row["category"], message=row["message"] or "",
-            run_id=row["run_id"], note=notes[row["run_id"]].label, timestamp=row["timestamp"],
-            metrics=row["metrics"] or {}))
-    for rows in by_cell.values():
-        rows.sort(key=lambda e: where_order(e.where))
-    return by_cell
+def peak_of(found: list[Evidence]) -> str:
+    peaks = [e.metrics.get("peak_memory_bytes") for e in found if e.status == "pass"]
+    peaks = [p for p in peaks if isinstance(p, int | float) and not isinstance(p, bool)]
+    return human_bytes(max(peaks)) if peaks else "not measured"
 
 
-def mark_for(cells: list[str], found: list[Evidence]) -> Mark | None:
-    """The verdict of one place on one group of cells (see the module docstring)."""
-    ran = [e for e in found if e.status in RAN]
-    if not ran:
-        return _blocked_mark(found)
-    failed = [e for e in ran if e.status in FAILED]
-    passed = [e for e in ran if e.status == "pass"]
-    notes = tuple(sorted({e.note for e in ran}))
-    title = "; ".join(f"{e.cell_id}: {e.status} (run {e.run_id})"
-                      for e in sorted(ran, key=lambda e: e.cell_id))
-    where = ran[0].where_short
-    if failed:
-        categories = sorted({e.category or e.status for e in failed})
-        return Mark("✗", where, ", ".join(categories), notes, "fail", title)
-    detail = "" if len(passed) == len(cells) else f"{len(passed)}/{len(cells)}"
-    return Mark("✓", where, detail, notes, "pass", title)
+def layout_section(view: ArchView, layout: str, methods: list[str], world_size: int) -> LayoutSection:
+    groups = [view.group(m, layout) for m in methods]
+    evidence = [e for g in groups for c in g.cells for e in c.evidence]
+    keys = sorted({(e.release, e.where) for e in evidence},
+                  key=lambda k: (k[0].key, where_order(k[1])), reverse=True)
+    history = []
+    for release, where in keys:
+        here = [e for e in evidence if e.release == release and e.where == where]
+        by_method = [[e for e in here if e.cell_id in {c.cell.id for c in g.cells}] for g in groups]
+        history.append(HistoryRow(
+            release, " / ".join(sorted({place(e) for e in here})), ", ".join(sorted({e.torch for e in here})),
+            [group_mark(g, found) for g, found in zip(groups, by_method, strict=True)],
+            ", ".join(sorted({e.date for e in here})), ", ".join(sorted({e.run_id for e in here})),
+            peak_of(here)))
+    outcomes: dict[releases.Release, list] = {}
+    for g in groups:
+        for c in g.cells:
+            for release, found in c.per_release.items():
+                outcomes.setdefault(release, []).append(found)
+    heading = layout_heading(layout, view.name)
+    return LayoutSection(
+        layout, heading, github_anchor(heading), world_size, groups,
+        releases.spans_text(releases.spans({r: releases.combine(o) for r, o in outcomes.items()})),
+        history, newest_release_first(e for e in evidence if e.status in FAILED),
+        [(g.method, ", ".join(c.suffix for c in g.cells)) for g in groups if g.cells])
 
 
-def _blocked_mark(found: list[Evidence]) -> Mark | None:
-    """Cells this place could not run (remote code, an older transformers, no checkpoint):
-    not a pass and not a failure of the model, but a reason the docs must show."""
-    blocked = [e for e in found if e.status == "skip" and e.category]
-    if not blocked:
-        return None
-    title = "; ".join(f"{e.cell_id}: skip {e.category} (run {e.run_id})"
-                      for e in sorted(blocked, key=lambda e: e.cell_id))
-    return Mark("⊘", blocked[0].where_short, ", ".join(sorted({e.category for e in blocked})),
-                tuple(sorted({e.note for e in blocked})), "skip", title)
-
-
-def group_view(method: str, layout: str, cells: list[Cell], pruned: list[str],
-               evidence: dict[str, list[Evidence]]) -> Group:
-    ids = [c.id for c in cells]
-    if not ids:
-        return Group(method, layout, (), (), "; ".join(sorted(set(pruned))) or "no cells")
-    places: dict[str, list[Evidence]] = {}
-    for cell_id in ids:
-        for e in evidence.get(cell_id, []):
-            places.setdefault(e.where, []).append(e)
-    marks = [m for w in sorted(places, key=where_order) if (m := mark_for(ids, places[w]))]
-    return Group(method, layout, tuple(ids), tuple(marks), None)
-
-
-def verdict_for(required: list[str], runnable: list[str], evidence: dict[str, list[Evidence]]) -> Verdict:
-    if not runnable:
-        return Verdict("n/a", "n/a: no runnable cell")
-    found = [e for cell_id in runnable for e in evidence.get(cell_id, [])]
-    failed = sorted({(e.category or e.status, e.where_short) for e in found if e.status in FAILED})
-    if failed:
-        text = ", ".join(f"{cat} ({where})" for cat, where in failed)
-        return Verdict("not-supported", f"✗ not supported: {text}", tuple(sorted({c for c, _ in failed})))
-    passed_where = {cell_id: sorted({e.where_short for e in evidence.get(cell_id, []) if e.status == "pass"},
-                                    key=where_order) for cell_id in required}
-    missing = [cell_id for cell_id, wheres in passed_where.items() if not wheres]
-    if missing:
-        done = len(required) - len(missing)
-        blocked = sorted({(e.category, e.where_short) for cell_id in missing
-                          for e in evidence.get(cell_id, []) if e.status == "skip" and e.category},
-                         key=lambda x: (x[0], where_order(x[1])))
-        if blocked and done == 0:
-            text = ", ".join(f"{cat} ({where})" for cat, where in blocked)
-            categories = tuple(sorted({c for c, _ in blocked}))
-            return Verdict("not-supported", f"✗ not supported: {text}", categories)
-        return Verdict("not-verified", f"— not verified: {done} of {len(required)} required cells passed")
-    wheres = sorted({w for ws in passed_where.values() for w in ws}, key=where_order)
-    return Verdict("supported", f"✓ supported ({', '.join(wheres)})")
-
-
-def arch_views(matrix: Matrix, evidence: dict[str, list[Evidence]]) -> list[ArchView]:
-    cells, pruned = expand(matrix)
-    by_arch: dict[str, list[Cell]] = {}
-    for cell in cells:
-        by_arch.setdefault(cell.architecture, []).append(cell)
-    pruned_by_arch: dict[str, dict[str, str]] = {}
-    for p in pruned:
-        pruned_by_arch.setdefault(p.cell.architecture, {})[p.id] = p.reason
-    views = []
-    for name in sorted(matrix.architectures):
-        arch, own = matrix.architectures[name], by_arch.get(name, [])
-        own_pruned = pruned_by_arch.get(name, {})
-        groups = []
-        for method in matrix.methods:
-            for layout in matrix.layouts:
-                chosen = [c for c in own if c.method == method and c.layout == layout]
-                reasons = [r for i, r in own_pruned.items() if i.startswith(f"{name}-{method}-{layout}-")]
-                groups.append(group_view(method, layout, chosen, reasons, evidence))
-        tiny_tiers = {t for t, tier in matrix.tiers.items() if tier.source == "tiny"}
-        required = ([c.id for c in own if c.tier in tiny_tiers and matrix.layouts[c.layout].required]
-                    or [c.id for c in own])
-        rows = sorted((e for c in own for e in evidence.get(c.id, [])),
-                      key=lambda e: (e.cell_id, where_order(e.where)))
-        views.append(ArchView(name, arch, groups, verdict_for(required, required, evidence),
-                              rows, own_pruned))
-    return views
+def newest_release_first(evidence: Iterable[Evidence]) -> list[Evidence]:
+    by_cell = sorted(evidence, key=lambda e: (e.cell_id, where_order(e.where)))
+    return sorted(by_cell, key=lambda e: e.release.key, reverse=True)
 
 
 def families(views: list[ArchView]) -> list[dict]:
@@ -379,44 +280,52 @@ def families(views: list[ArchView]) -> list[dict]:
     return out
 
 
-def passed_layouts(view: ArchView, matrix: Matrix) -> list[dict]:
-    """Per method × layout × place where every cell that ran passed: the family page's table."""
-    rows = []
-    for group in view.groups:
-        for mark in group.marks:
-            if mark.status != "pass":
-                continue
-            found = [e for e in view.evidence if e.cell_id in group.cells and e.where_short == mark.where
-                     and e.status == "pass"]
-            peaks = [e.metrics.get("peak_memory_bytes") for e in found]
-            peaks = [p for p in peaks if isinstance(p, int | float) and not isinstance(p, bool)]
-            rows.append({
-                "method": group.method, "layout": group.layout,
-                "world_size": matrix.layouts[group.layout].world_size, "mark": mark,
-                "cells": ", ".join(e.cell_id.removeprefix(f"{view.name}-{group.method}-{group.layout}-")
-                                   for e in found),
-                "peak": human_bytes(max(peaks)) if peaks else "not measured",
-            })
-    return rows
-
+# --- overview.md ---------------------------------------------------------------------------
 
 def failure_table(views: list[ArchView]) -> list[dict]:
-    """Seed 001's 'when may a model not be supported', one row per observed failure category."""
+    """Seed 001's 'when may a model not be supported', one row per observed failure category,
+    its example taken from the newest release that shows it."""
     seen: dict[str, dict] = {}
     for view in views:
         for e in view.evidence:
             if e.status not in FAILED and not (e.status == "skip" and e.category):
                 continue
-            category = e.category or e.status
-            row = seen.setdefault(category, {"category": category, "example": e, "archs": set()})
+            row = seen.setdefault(e.category or e.status, {"examples": [], "archs": set()})
+            row["examples"].append(e)
             row["archs"].add(view.name)
     rows = []
     for category in sorted(seen):
         issue, fix = CATEGORY_TEXT.get(category, (f"Failure category `{category}`.", "Read the message."))
-        archs = sorted(seen[category]["archs"])
-        rows.append({"category": category, "issue": issue, "solution": fix,
-                     "example": seen[category]["example"], "archs": archs})
+        newest = max(e.release.key for e in seen[category]["examples"])
+        example = min((e for e in seen[category]["examples"] if e.release.key == newest),
+                      key=lambda e: (e.cell_id, where_order(e.where)))
+        rows.append({"category": category, "issue": issue, "solution": fix, "example": example,
+                     "archs": sorted(seen[category]["archs"])})
     return rows
+
+
+def known_limit_rows(matrix: Matrix) -> list[dict]:
+    """Every declared known limit: where it holds, on which releases, and where upstream tracks it."""
+    rows = []
+    for name in sorted(matrix.architectures):
+        for limit in matrix.architectures[name].known_limits:
+            scope = " · ".join(f"{axis} {value}" for axis, value in (
+                ("method", limit.method), ("layout", limit.layout), ("check", limit.check),
+                ("tier", limit.tier), ("variant", limit.variant)) if value) or "every cell"
+            releases = " · ".join(f"{package} {spec}" for package, spec in (
+                ("transformers", limit.transformers), ("peft", limit.peft)) if spec) or "every release"
+            rows.append({"arch": name, "category": limit.category, "scope": scope, "releases": releases,
+                         "reason": limit.reason, "upstream": limit.upstream})
+    return rows
+
+
+def api_rows(matrix: Matrix) -> list[dict]:
+    """The documented calls that apply each multi-rank layout, in the order a plain cell tries them."""
+    return [{"layout": layout.name, "api": name, "call": matrix.apis[name].call,
+             "releases": " or ".join(matrix.apis[name].transformers) or "every release",
+             "variant": "plain cells" if i == 0 else f"variant `+{name}`" + (
+                 "" if matrix.apis[name].checks else " (fallback only)")}
+            for layout in matrix.layouts.values() for i, name in enumerate(layout.apis)]
 
 
 def auto_class_table(views: list[ArchView]) -> list[dict]:
@@ -437,35 +346,36 @@ def auto_class_table(views: list[ArchView]) -> list[dict]:
     return rows
 
 
-def grid(matrix: Matrix, views: list[ArchView], history: dict[str, list[dict]]) -> dict:
-    """index.html: one row per architecture, one column per (method, layout, tier, check)."""
-    columns = [(m, lay, t, c) for m in matrix.methods for lay in matrix.layouts
-               for t in matrix.tiers for c in matrix.checks]
-    severity = {"fail": 5, "xfail": 4, "pass": 3, "skip": 2}
+# --- index.html ----------------------------------------------------------------------------
+
+def grid(matrix: Matrix, views: list[ArchView], run_short: dict[str, str],
+         history: dict[str, list[dict]]) -> dict:
+    """index.html: one row per architecture, one column per (method, layout), each cell holding its
+    runnable cells' results per release and place. Aggregated so the page stays light."""
+    columns = [(m, lay) for m in matrix.methods for lay in matrix.layouts]
     rows = []
     for view in views:
-        by_cell: dict[str, list[Evidence]] = {}
-        for e in view.evidence:
-            by_cell.setdefault(e.cell_id, []).append(e)
         tds = []
-        for column in columns:
-            cell_id = "-".join((view.name, *column))
-            found = by_cell.get(cell_id, [])
-            if cell_id in view.pruned:
-                status = "na"
-            elif found:
-                status = max((e.status for e in found), key=lambda s: severity.get(s, 0))
-            else:
-                status = "notrun"
-            tds.append({"cell_id": cell_id, "status": status, "reason": view.pruned.get(cell_id),
-                        "entries": [{"e": e, "metrics": metric_items(e.metrics)} for e in found],
-                        "history": history.get(cell_id, [])[-HISTORY_LIMIT:]})
+        for method, layout in columns:
+            group = view.group(method, layout)
+            cells = []
+            for c in group.cells:
+                newest_first = sorted(c.evidence, key=lambda e: (e.release.key, where_order(e.where)),
+                                      reverse=True)
+                # One message per cell, its newest failure's (or skip reason): the page stays light;
+                # the family page has every release's message.
+                messages = [e.message for e in newest_first if e.status in (*FAILED, "skip") and e.message]
+                cells.append({"suffix": c.suffix, "message": messages[0] if messages else "",
+                              "entries": [{"e": e, "run": run_short[e.run_id]} for e in newest_first]})
+            runs = sorted((h for c in group.cells for h in history.get(c.cell.id, [])),
+                          key=lambda h: (h["timestamp"], h["run_id"], h["where"], h["status"]))
+            tds.append({"group": group, "cells": cells, "history": runs[-HISTORY_LIMIT:]})
         rows.append({"view": view, "cells": tds})
     return {"columns": columns, "rows": rows}
 
 
 def history_by_cell(frames: Iterable[pd.DataFrame]) -> dict[str, list[dict]]:
-    """Every record of every run, de-duplicated by content, oldest first, per cell."""
+    """Every record of the history database, de-duplicated by content, oldest first, per cell."""
     seen, out = set(), {}
     for frame in frames:
         for row in frame.to_dict("records"):
@@ -475,11 +385,13 @@ def history_by_cell(frames: Iterable[pd.DataFrame]) -> dict[str, list[dict]]:
             seen.add(key)
             out.setdefault(row["cell_id"], []).append(
                 {"timestamp": row["timestamp"], "run_id": row["run_id"], "status": row["status"],
-                 "where": row["where_short"]})
+                 "where": row["where_short"], "transformers": row["transformers"]})
     for items in out.values():
         items.sort(key=lambda h: (h["timestamp"], h["run_id"], h["where"], h["status"]))
     return out
 
+
+# --- llm.md: real sizes and published claims ----------------------------------------------
 
 def real_shape_rows(matrix: Matrix, views: list[ArchView]) -> list[dict]:
     """One row per real-shape record: what fitting the real size on a GPU cost (or why it did not)."""
@@ -496,13 +408,14 @@ def real_shape_rows(matrix: Matrix, views: list[ArchView]) -> list[dict]:
             rows.append({
                 "cell_id": e.cell_id, "checkpoint": shapes.get(shape, shape),
                 "method": e.cell_id.split("-")[1], "where": e.where_short,
+                "release": e.release.label(),
                 "status": e.status + (f" ({e.category})" if e.category else ""),
                 "params": number(m.get("params_total")), "peak": human_bytes(peak) if peak else "—",
                 "asked": human_bytes(planned) if not passed and planned else "",
                 "tokens_per_s": number(m.get("tokens_per_s")) if passed else "—",
                 "mfu": f"{m['mfu']:.1%}" if passed and m.get("mfu") is not None else "—",
-                "peak_tflops": m.get("peak_tflops"), "note": e.note})
-    return sorted(rows, key=lambda r: (r["checkpoint"], r["method"], where_order(r["where"])))
+                "peak_tflops": m.get("peak_tflops")})
+    return sorted(rows, key=lambda r: (r["checkpoint"], r["method"], where_order(r["where"]), r["release"]))
 
 
 def claim_rows(matrix: Matrix, views: list[ArchView]) -> list[dict]:
@@ -520,10 +433,43 @@ def claim_rows(matrix: Matrix, views: list[ArchView]) -> list[dict]:
             claim, status=None, category=None, peak_bytes=None, device_name=None,
             device_count=claim.gpus, device_total_bytes=None)))]
         for e, verdict in found:
-            rows.append({**verdict, "where": e.where_short if e else "—", "note": e.note if e else None,
+            rows.append({**verdict, "where": f"{e.where_short}, {e.release.label()}" if e else "—",
                          "source": claim.source})
     return rows
 
+
+def regression_items(views: list[ArchView]) -> list[dict]:
+    """The regressions listed at the top of llm.md: per row, the layouts that regressed, the first
+    failing release seen (and the last passing one), a failing message, the evidence link."""
+    items = []
+    for view in views:
+        groups = view.regressed_groups
+        if not groups:
+            continue
+        first = releases.earliest(g.regression for g in groups)
+        layouts: dict[str, list[str]] = {}
+        for g in groups:
+            layouts.setdefault(g.layout, []).append(g.method)
+        failing = [e for g in groups for c in g.cells for e in c.current
+                   if c.regression and e.status in FAILED]
+        example = min(failing, key=lambda e: (e.release.key, e.cell_id, where_order(e.where)))
+        layout = example.cell_id.split("-")[2]
+        items.append({
+            "view": view, "first": first.first_failing.label(), "last": first.last_passing.label(),
+            "layouts": ", ".join(f"`{lay}` ({', '.join(ms)})" for lay, ms in layouts.items()),
+            "example": example,
+            "link": Link(f"{view.number}.{layout}",
+                         f"{family_page(view)}#{github_anchor(layout_heading(layout, view.name))}")})
+    return items
+
+
+def link_order(label: str) -> tuple:
+    """'12.fsdp2' after '12' and before '13': the link definitions follow the table's rows."""
+    number, _, layout = label.partition(".")
+    return (int(number), layout)
+
+
+# --- the documents -------------------------------------------------------------------------
 
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -537,59 +483,54 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def oldest_transformers_passed(records: pd.DataFrame) -> dict[str, str]:
-    """Per architecture, the oldest transformers release with which one of its cells passed:
-    with a transformers-version axis in CI this is the documented minimum version."""
-    from packaging.version import InvalidVersion, Version
-
-    out: dict[str, str] = {}
+def python_versions(records: pd.DataFrame) -> dict[str, str]:
     if records.empty:
-        return out
-    passed = records[records["status"] == "pass"]
-    for arch, versions in passed.groupby("architecture")["transformers"]:
-        parsed = []
-        for text in set(versions.dropna()):
-            try:
-                parsed.append((Version(text), text))
-            except InvalidVersion:
-                continue
-        if parsed:
-            out[arch] = min(parsed)[1]
-    return out
+        return {}
+    return {str(r): str(p) for r, p in zip(records["run_id"], records["env_python"], strict=True)}
 
 
 def render_docs(matrix: Matrix, records: pd.DataFrame,
                 history_frames: Iterable[pd.DataFrame] = ()) -> dict[str, str]:
     """Relative path -> text of every generated document. Pure: same inputs, same bytes."""
     in_matrix = {c.id for c in expand(matrix)[0]}
-    shown = latest(records, by=("where",))
-    unused = int((~shown["cell_id"].isin(in_matrix)).sum()) if not shown.empty else 0
-    shown = shown[shown["cell_id"].isin(in_matrix)] if not shown.empty else shown
-    notes = run_notes(shown)
-    views = arch_views(matrix, evidence_rows(shown, notes))
+    unused = int((~records["cell_id"].isin(in_matrix)).sum()) if not records.empty else 0
+    views = arch_views(matrix, records)
     pages = families(views)
-    real_shapes, claims = real_shape_rows(matrix, views), claim_rows(matrix, views)
+    methods, layouts = list(matrix.methods), list(matrix.layouts)
+    rows = [llm_row(v, layouts, methods) for v in views]
+    evidence = [e for v in views for e in v.evidence]
+    runs = runs_of(evidence, python_versions(records))
+    run_short = {r.run_id: r.short for r in runs}
     env = environment()
-    common = {"matrix": matrix, "views": views, "notes": [notes[k] for k in sorted(notes)],
-              "notes_by_run": notes, "unused": unused, "records": len(records),
-              "oldest_passed": oldest_transformers_passed(shown),
+    common = {"matrix": matrix, "views": views, "unused": unused, "records": len(records),
+              "places": sorted({e.where_short for e in evidence}, key=where_order),
               "counts": {k: sum(v.verdict.kind == k for v in views)
                          for k in ("supported", "not-supported", "not-verified", "n/a")}}
+    regressions = regression_items(views)
+    found = [*(link for r in rows for link in r.links), *(r["link"] for r in regressions)]
+    links = {link.label: link for link in found}
     docs = {
-        "llm.md": env.get_template("llm.md.j2").render(**common, real_shapes=real_shapes, claims=claims),
+        "llm.md": env.get_template("llm.md.j2").render(
+            **common, header=markdown_row(HEADER), rule=markdown_row(("---",) * len(HEADER)),
+            rows=[(v, r, markdown_row(r.cells)) for v, r in zip(views, rows, strict=True)],
+            links=[links[k] for k in sorted(links, key=link_order)], regressions=regressions,
+            real_shapes=real_shape_rows(matrix, views), claims=claim_rows(matrix, views)),
         "overview.md": env.get_template("overview.md.j2").render(
             **common, auto_classes=auto_class_table(views), failures=failure_table(views),
-            known=FAILURE_CATEGORIES),
+            known=FAILURE_CATEGORIES, apis=api_rows(matrix), choices=list(matrix.choices.values()),
+            release_sets=list(matrix.release_sets.values()), known_limits=known_limit_rows(matrix)),
         "index.html": env.get_template("index.html.j2").render(
-            **common, grid=grid(matrix, views, history_by_cell([records, *history_frames]))),
+            **common, runs=runs, layouts=layouts,
+            grid=grid(matrix, views, run_short, history_by_cell(history_frames))),
         "models/index.md": env.get_template("models_index.md.j2").render(**common, pages=pages),
     }
     family = env.get_template("family.md.j2")
     for page in pages:
-        used = sorted({e.run_id for v in page["archs"] for e in v.evidence})
+        sections = {v.name: [layout_section(v, lay, methods, matrix.layouts[lay].world_size)
+                             for lay in layouts] for v in page["archs"]}
+        page_runs = [r for r in runs if r.run_id in {e.run_id for v in page["archs"] for e in v.evidence}]
         docs[f"models/{page['slug']}.md"] = family.render(
-            **common, page=page, page_notes=[notes[r] for r in used],
-            passed={v.name: passed_layouts(v, matrix) for v in page["archs"]})
+            **common, page=page, sections=sections, page_runs=page_runs)
     return dict(sorted(docs.items()))
 
 
