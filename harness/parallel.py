@@ -415,23 +415,24 @@ def _distributed_config_fsdp(req: Request) -> Placed:
     return Placed(trainable.model, trainable, "fsdp2", dp=dp, notes=notes)
 
 
+def _tp_at_load(req: Request, load_kwargs) -> Placed:
+    """TP over every rank, applied by from_pretrained with `load_kwargs(plan)`; then the method."""
+    check_tp_divides_heads(req.path, req.dims["tp"])
+    plan = tp_plan(req.arch, req.path)
+    model = load(req.arch, req.path, req.dtype, req.experts, **load_kwargs(plan))
+    trainable = req.with_method(model)
+    return Placed(trainable.model, trainable, "tp", notes=[_tp_note(plan)])
+
+
 def _distributed_config_tp(req: Request) -> Placed:
     from transformers.distributed import DistributedConfig
 
-    check_tp_divides_heads(req.path, req.dims["tp"])
-    plan = tp_plan(req.arch, req.path)
-    config = DistributedConfig(tp_size=req.dims["tp"], **_tp_kwargs(plan))
-    model = load(req.arch, req.path, req.dtype, req.experts, distributed_config=config)
-    trainable = req.with_method(model)
-    return Placed(trainable.model, trainable, "tp", notes=[_tp_note(plan)])
+    return _tp_at_load(req, lambda plan: {
+        "distributed_config": DistributedConfig(tp_size=req.dims["tp"], **_tp_kwargs(plan))})
 
 
 def _tp_plan(req: Request) -> Placed:
-    check_tp_divides_heads(req.path, req.dims["tp"])
-    plan = tp_plan(req.arch, req.path)
-    model = load(req.arch, req.path, req.dtype, req.experts, tp_plan=plan)
-    trainable = req.with_method(model)
-    return Placed(trainable.model, trainable, "tp", notes=[_tp_note(plan)])
+    return _tp_at_load(req, lambda plan: {"tp_plan": plan})
 
 
 def _distributed_config_tp_fsdp(req: Request) -> Placed:
