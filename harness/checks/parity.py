@@ -179,11 +179,14 @@ def run(cr) -> dict:
     reference_result = _finish(reference_steps)
     timing["reference_s"] += time.perf_counter() - start
     problems, curve_metrics = compare_curves(cr.layout.name, result, reference_result, cr.tolerance)
+    bound = grad_tolerance(cr.tolerance)
     metrics.update(curve_metrics, reference_s=timing["reference_s"], reference_losses=reference_result.losses,
                    reference_grad_norms=reference_result.grad_norms,
                    params_compared=len({name for _, name, *_ in compared}),
                    grad_diff_over_bound_max=max((c[0] for c in compared), default=0.0),
-                   grad_max_rel_diff=max((c[3] / c[4] for c in compared if c[4] > 0), default=0.0),
+                   # relative to a parameter's largest gradient, where that term of the bound dominates
+                   grad_max_rel_diff=max((c[3] / c[4] for c in compared
+                                          if c[4] * bound["rtol"] > bound["atol"]), default=0.0),
                    **{f"grad_{k}": v for k, v in grad_tolerance(cr.tolerance).items()})
     over = [c for c in compared if not c[0] <= 1.0]  # a NaN difference fails too
     if over:
