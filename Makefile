@@ -133,7 +133,7 @@ $(BIN)/.real-installed: $(BIN)/.installed
 clean:
 	rm -rf $(VENV) $(GATE_VENVS) .cache .pytest_cache
 
-# The nightly GPU pipeline simulated on the CPU (harness/nightly.py): SHARDS pytest-split shards
+# The nightly GPU pipeline simulated on the CPU (harness/report/nightly.py): SHARDS pytest-split shards
 # of a small selection, disjointness check, merge (ingest), diff against PREVIOUS, render.
 SHARDS ?= 2
 NIGHTLY_ARCH ?= LlamaForCausalLM,Qwen3ForCausalLM,Gemma3ForCausalLM

@@ -21,10 +21,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def heldout_curve(arch: str, method: str) -> list[float]:
-    from harness import realtext
     from harness.cellrun import CellRun
-    from harness.cells import Cell
-    from harness.matrix import load_matrix
+    from harness.data import text as realtext
+    from harness.spec.cells import Cell
+    from harness.spec.matrix import load_matrix
 
     matrix = load_matrix()
     cr = CellRun(matrix, Cell(arch, method, "single", "real", "train"), "cpu")

@@ -2,7 +2,7 @@
 
     python benchmarks/pool_vs_torchrun.py [--device cpu|cuda] [--world-size 2] [--steps 5]
 
-Each cell (architecture x method, tiny tier, fsdp2 layout) runs `harness.parallel.train_task`
+Each cell (architecture x method, tiny tier, fsdp2 layout) runs `harness.stacks.native.placement.train_task`
 once through the warm pool and once as its own `torchrun --standalone` job, which pays the
 interpreter start, the torch imports and the process-group rendezvous every time. Printed per
 cell: wall time both ways, the task's own time measured inside the ranks (load + train; in a
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 def timed_task(payload: dict, ctx) -> dict:
     """train_task, plus the time it took inside the rank."""
-    from harness.parallel import train_task
+    from harness.stacks.native.placement import train_task
 
     start = time.perf_counter()
     out = train_task(payload, ctx)
@@ -36,8 +36,8 @@ def timed_task(payload: dict, ctx) -> dict:
 
 
 def cells(world_size: int, steps: int, device: str) -> list[tuple[str, dict]]:
-    from harness.matrix import Layout, load_matrix
-    from harness.tiny import tiny_checkpoint
+    from harness.ckpt.tiny import tiny_checkpoint
+    from harness.spec.matrix import Layout, load_matrix
 
     matrix = load_matrix()
     layout = Layout("fsdp2", "FSDP2", world_size, {"dp_shard": world_size}, apis=("fully_shard",))
@@ -58,7 +58,7 @@ def torchrun_worker(payload_file: str, result_file: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from harness.pool import RankContext
+    from harness.run.pool import RankContext
 
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     payload = pickle.loads(Path(payload_file).read_bytes())
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
 
-    from harness.pool import PRELOAD, RankPool
+    from harness.run.pool import PRELOAD, RankPool
 
     work = Path(tempfile.mkdtemp(prefix="pool-bench-"))
     os.environ.setdefault("COMPAT_HARNESS_CACHE", str(work / "cache"))

@@ -1,7 +1,7 @@
 """What a check needs to run one cell: its matrix entries, its device, and the model steps.
 
 Checks are written once against CellRun and do not know whether they run on one device or on
-a rank of a pool. `place()` returns a `Placed` (harness/parallel.py): the model as the cell's
+a rank of a pool. `place()` returns a `Placed` (harness/stacks/native/placement.py): the model as the cell's
 documented call built it, with the data-parallel slice it trains on and a global view of its
 gradients; `train(placed)` runs the shared training loop on it. The placement travels as that
 value; there is one way to get a one-device model (`place()` under the one-rank layout).
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from harness.cells import Cell
-from harness.matrix import Api, Architecture, Layout, Matrix, Method, Tier
+from harness.spec.cells import Cell
+from harness.spec.matrix import Api, Architecture, Layout, Matrix, Method, Tier
 
 
 @dataclass
@@ -85,14 +85,14 @@ class CellRun:
 
     def api(self, layout: Layout) -> Api | None:
         """The documented call that applies `layout` for this cell (its variant's on its own layout)."""
-        from harness.parallel import choose_api
+        from harness.stacks.native.placement import choose_api
 
         variant = self.cell.variant if layout.name == self.cell.layout else ""
         return choose_api(self.matrix.apis, layout, variant)
 
     @cached_property
     def checkpoint(self) -> Path:
-        from harness.models import checkpoint_for
+        from harness.ckpt.models import checkpoint_for
 
         if self.checkpoint_path is not None:
             return Path(self.checkpoint_path)
@@ -109,14 +109,14 @@ class CellRun:
         """A fresh model from the tier's checkpoint through from_pretrained, on this device."""
         import torch
 
-        from harness.models import load_model
+        from harness.ckpt.models import load_model
 
         torch.manual_seed(0)
         return load_model(self.arch, self.checkpoint, self.tier.dtype, self.device)
 
     def place(self, layout: Layout | None = None):
         """The cell's method and `layout` (default: the cell's own) applied on this rank: a Placed."""
-        from harness.parallel import Request, place
+        from harness.stacks.native.placement import Request, place
 
         layout = layout or self.layout
         ctx = self.ctx if layout.world_size > 1 else None
@@ -147,13 +147,13 @@ class CellRun:
     @property
     def per_sequence(self) -> bool:
         """Whether the model's loss averages over sequences (a classifier), not label tokens."""
-        from harness.train import PER_SEQUENCE_AUTO_CLASSES
+        from harness.stacks.native.loop import PER_SEQUENCE_AUTO_CLASSES
 
         return self.arch.auto_class in PER_SEQUENCE_AUTO_CLASSES
 
     def batch(self) -> dict:
         """The tiny tier's fixed global batch, from the checkpoint's own vocabulary."""
-        from harness.train import classification_labels, fixed_batch
+        from harness.stacks.native.loop import classification_labels, fixed_batch
 
         text_config = self.config.get_text_config()
         size = self.layout.batch_size or self.tier.batch_size
@@ -164,19 +164,19 @@ class CellRun:
 
     def batches(self) -> list[dict]:
         """The global batch of every step: the tier's real text, or the fixed batch every step."""
-        from harness import realtext
+        from harness.data import text as realtext
 
         return realtext.train_batches(self) if realtext.uses_text(self) else [self.batch()]
 
     def optimizer(self, model):
-        from harness.train import make_optimizer
+        from harness.stacks.native.loop import make_optimizer
 
         return make_optimizer(model, self.tier.lr_for(self.method),
                               self.matrix.choice("optimizer_groups", "by_tensor_kind"))
 
     def steps(self, placed, batches: list[dict] | None = None, steps: int | None = None):
-        """The training loop on `placed` as a generator (see harness/train.py: iter_steps)."""
-        from harness.train import iter_steps, local_grad_norm
+        """The training loop on `placed` as a generator (see harness/stacks/native/loop.py: iter_steps)."""
+        from harness.stacks.native.loop import iter_steps, local_grad_norm
 
         batches = batches or self.batches()
         norm = placed.global_grad_norm if placed.kind != "single" else local_grad_norm
@@ -185,7 +185,7 @@ class CellRun:
 
     def train(self, placed, steps: int | None = None, batches: list[dict] | None = None):
         """A few optimizer steps on the tier's global batches; the global loss curve."""
-        from harness.train import finish
+        from harness.stacks.native.loop import finish
 
         return finish(self.steps(placed, batches, steps))
 

@@ -6,7 +6,7 @@ library modules (history, diff, render); this file only parses arguments and pri
 
 A subcommand that reads the matrix says which option names its directory
 (`set_defaults(matrix_option=...)`): `main` loads it first, through the one loader
-(harness.matrix.load_matrix), so a mistake in it is the same single line as in pytest,
+(harness.spec.matrix.load_matrix), so a mistake in it is the same single line as in pytest,
 `ERROR: FILE: KEY = VALUE: PROBLEM`, on stderr with exit code 2 (argparse's usage code), before
 the subcommand does anything.
 """
@@ -19,9 +19,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from harness.cells import SelectionError
-from harness.matrix import DEFAULT_MATRIX_DIR, MatrixError
-from harness.results import DEFAULT_RECORDS_GLOB, CorruptRecordWarning
+from harness.report.results import DEFAULT_RECORDS_GLOB, CorruptRecordWarning
+from harness.spec.cells import SelectionError
+from harness.spec.matrix import DEFAULT_MATRIX_DIR, MatrixError
 
 # The exit code of a usage mistake, argparse's own: a wrong argument or a wrong matrix.
 USAGE_ERROR = 2
@@ -33,7 +33,7 @@ LOCAL_RECORDS = "local"
 
 
 def default_committed_records() -> list[str]:
-    from harness.results import expand_paths
+    from harness.report.results import expand_paths
 
     return [str(p) for p in expand_paths([DEFAULT_RECORDS_GLOB])
             if not p.name.startswith(LOCAL_RECORDS)]
@@ -42,7 +42,7 @@ def default_committed_records() -> list[str]:
 # --- ingest ---------------------------------------------------------------------------------
 
 def add_ingest(subparsers) -> None:
-    from harness.history import DEFAULT_DB
+    from harness.report.history import DEFAULT_DB
 
     p = subparsers.add_parser("ingest", help="add record files to the SQLite history (idempotent)")
     p.add_argument("files", nargs="+", help="record files or globs (JSONL)")
@@ -51,7 +51,7 @@ def add_ingest(subparsers) -> None:
 
 
 def run_ingest(args) -> int:
-    from harness.history import count, ingest
+    from harness.report.history import count, ingest
 
     report = ingest(args.files, args.db)
     print(f"{args.db}: read {report.read} records from {report.files} file(s), added "
@@ -63,7 +63,7 @@ def run_ingest(args) -> int:
 # --- diff -----------------------------------------------------------------------------------
 
 def add_diff(subparsers) -> None:
-    from harness.history import DEFAULT_DB
+    from harness.report.history import DEFAULT_DB
 
     p = subparsers.add_parser(
         "diff", help="compare two runs: regressions, fixes, new and vanished cells",
@@ -81,7 +81,7 @@ def add_diff(subparsers) -> None:
 
 
 def run_diff(args) -> int:
-    from harness.diff import DiffError, compare, format_table, load_sides, to_json_text
+    from harness.report.diff import DiffError, compare, format_table, load_sides, to_json_text
 
     if (args.run_a is None) != (args.run_b is None):
         print("compat-harness diff: give both RUN_A and RUN_B, or neither", file=sys.stderr)
@@ -99,7 +99,7 @@ def run_diff(args) -> int:
 # --- render ---------------------------------------------------------------------------------
 
 def add_render(subparsers) -> None:
-    from harness.render import DEFAULT_OUT
+    from harness.report.render import DEFAULT_OUT
 
     p = subparsers.add_parser("render", help="render reports/ (llm.md, models/, index.html) from records")
     p.add_argument("--records", nargs="+", default=None, metavar="GLOB",
@@ -116,10 +116,10 @@ def add_render(subparsers) -> None:
 
 
 def run_render(args) -> int:
-    from harness.history import load_frame
-    from harness.matrix import load_matrix
-    from harness.render import render_docs, stale_files, write_docs
-    from harness.results import load_results
+    from harness.report.history import load_frame
+    from harness.report.render import render_docs, stale_files, write_docs
+    from harness.report.results import load_results
+    from harness.spec.matrix import load_matrix
 
     patterns = args.records if args.records is not None else default_committed_records()
     records = load_results(patterns)
@@ -162,8 +162,8 @@ def add_cells(subparsers) -> None:
 
 
 def run_cells(args) -> int:
-    from harness.cells import AXES, expand, select, select_pruned, split_values, validate_selection
-    from harness.matrix import load_matrix
+    from harness.spec.cells import AXES, expand, select, select_pruned, split_values, validate_selection
+    from harness.spec.matrix import load_matrix
 
     matrix = load_matrix(args.matrix_dir)
     selection = {axis: split_values(getattr(args, option)) for option, axis in SELECTION_OPTIONS.items()}
@@ -193,9 +193,9 @@ def run_cells(args) -> int:
 
 
 def _nightly(name: str, command: str):
-    """The nightly pipeline's subcommands live in harness/nightly.py; each reads --matrix-dir."""
+    """The nightly pipeline's subcommands live in harness/report/nightly.py; each reads --matrix-dir."""
     def add(subparsers) -> None:
-        from harness import nightly
+        from harness.report import nightly
 
         getattr(nightly, name)(subparsers)
         subparsers.choices[command].set_defaults(matrix_option="matrix_dir")
@@ -204,7 +204,7 @@ def _nightly(name: str, command: str):
 
 def pytest_selection(argv: list[str]) -> dict[str, list[str]]:
     """The matrix selection inside pytest arguments (nightly-sim's `-- ...`), read as pytest does."""
-    from harness.cells import split_values
+    from harness.spec.cells import split_values
 
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for option in SELECTION_OPTIONS:
@@ -214,8 +214,8 @@ def pytest_selection(argv: list[str]) -> dict[str, list[str]]:
 
 
 def add_pool_worker(subparsers) -> None:
-    """A node of a rank pool that spans hosts lives in harness/poolnode.py."""
-    from harness.poolnode import add_pool_worker as add
+    """A node of a rank pool that spans hosts lives in harness/run/poolnode.py."""
+    from harness.run.poolnode import add_pool_worker as add
 
     add(subparsers)
 
@@ -243,7 +243,7 @@ def matrix_dir_of(args) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.matrix import load_matrix
+    from harness.spec.matrix import load_matrix
 
     args = build_parser().parse_args(argv)
     try:
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         if directory is not None:
             matrix = load_matrix(directory)  # a matrix mistake stops every subcommand here, before it acts
             if args.command == "nightly-sim":  # its shards' pytest would stop on a wrong name, later
-                from harness.cells import validate_selection
+                from harness.spec.cells import validate_selection
 
                 validate_selection(matrix, pytest_selection(args.selection))
         with warnings.catch_warnings():

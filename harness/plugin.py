@@ -13,7 +13,7 @@ on a machine without CUDA those skip with a reason. Giving any matrix selection 
 plugins add their options, so it may take `--matrix-dir`'s value for a path (and leave the
 project's ini settings behind), and its default paths are the project's `matrix/`. The plugin
 therefore makes DIR one of the paths to collect itself. A matrix mistake is a usage error
-(exit 4) with the one-line message of harness.matrix.MatrixError, never a traceback.
+(exit 4) with the one-line message of harness.spec.matrix.MatrixError, never a traceback.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cells import Cell, SelectionError, expand, select, split_values, validate_selection
 from harness.failures import HARNESS_ERROR
-from harness.matrix import DEFAULT_MATRIX_DIR, Matrix, MatrixError, load_matrix
-from harness.records import DEFAULT_RESULTS, new_run_id
+from harness.report.records import DEFAULT_RESULTS, new_run_id
+from harness.spec.cells import Cell, SelectionError, expand, select, split_values, validate_selection
+from harness.spec.matrix import DEFAULT_MATRIX_DIR, Matrix, MatrixError, load_matrix
 
 SELECTION_OPTIONS = {"arch": "architecture", "method": "method", "layout": "layout",
                      "tier": "tier", "check": "check", "variant": "variant"}
@@ -168,9 +168,9 @@ class CellItem(pytest.Item):
             self.add_marker("slow")
 
     def runtest(self) -> None:
-        from harness.hardware import missing_devices
-        from harness.records import append_record, environment, make_record
-        from harness.runner import run_cell
+        from harness.report.records import append_record, environment, make_record
+        from harness.run.hardware import missing_devices
+        from harness.run.runner import run_cell
 
         matrix = self.config.stash[MATRIX_KEY]
         layout = matrix.layouts[self.cell.layout]

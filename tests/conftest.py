@@ -15,11 +15,11 @@ import harness.checks.dcp_roundtrip  # noqa: F401
 import harness.checks.generate  # noqa: F401
 import harness.checks.parity  # noqa: F401
 import harness.checks.peft_roundtrip  # noqa: F401
-import harness.hardware  # noqa: F401
-import harness.parallel  # noqa: F401
-import harness.pool  # noqa: F401
-import harness.runner  # noqa: F401
-from harness.matrix import DEFAULT_MATRIX_DIR
+import harness.run.hardware  # noqa: F401
+import harness.run.pool  # noqa: F401
+import harness.run.runner  # noqa: F401
+import harness.stacks.native.placement  # noqa: F401
+from harness.spec.matrix import DEFAULT_MATRIX_DIR
 
 torch.cuda.is_available()
 

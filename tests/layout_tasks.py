@@ -13,9 +13,9 @@ def _cell_run(payload: dict, ctx):
     from pathlib import Path
 
     from harness.cellrun import CellRun
-    from harness.cells import Cell
-    from harness.matrix import load_matrix
-    from harness.tiny import tiny_checkpoint
+    from harness.ckpt.tiny import tiny_checkpoint
+    from harness.spec.cells import Cell
+    from harness.spec.matrix import load_matrix
 
     matrix = load_matrix()
     if "lr" in payload:  # a run at another learning rate (e.g. LoRA's common 1e-4)
@@ -32,7 +32,7 @@ def _average_outside_fsdp_except(model, dp, skipped: str) -> list[str]:
     """What the matrix choice `replicas_outside_fsdp` does, for every parameter but `skipped`."""
     import torch.distributed as dist
 
-    from harness.parallel import _outside_data_parallel
+    from harness.stacks.native.placement import _outside_data_parallel
 
     hooked = []
     for name, param in model.named_parameters():
@@ -60,8 +60,8 @@ def planted_parity(payload: dict, ctx) -> dict:
     new one's (every parameter's gradient), each as the list of problems it found.
     """
     from harness.checks.parity import compare_curves, compare_grads, describe
-    from harness.parallel import Request, grad_or_zeros, place, same_adapter_start
-    from harness.train import finish
+    from harness.stacks.native.loop import finish
+    from harness.stacks.native.placement import Request, grad_or_zeros, place, same_adapter_start
 
     cr = _cell_run(payload, ctx)
     bug, target = payload.get("bug"), payload.get("target")
@@ -116,7 +116,7 @@ def fsdp2_dcp_save(payload: dict, ctx) -> list[str]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    from harness.ckpt_io import collective_atomic_directory
+    from harness.ckpt.atomic import collective_atomic_directory
 
     cr = _cell_run({"arch": "LlamaForCausalLM", "method": "sft", "layout": "fsdp2"}, ctx)
     placed = cr.place()
@@ -137,7 +137,7 @@ def plain_shards(payload: dict, ctx) -> dict:
     """Split known tensors the way a plain-tensor TP release does, then read them back whole."""
     import torch
 
-    from harness.parallel import gather_plain_shard, split_of
+    from harness.stacks.native.placement import gather_plain_shard, split_of
 
     full = torch.arange(4 * 6, dtype=torch.float32).reshape(4, 6)
     rows = full.chunk(ctx.world_size, 0)[ctx.rank]  # colwise: out features split

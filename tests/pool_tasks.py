@@ -45,8 +45,8 @@ def sleep(payload: dict, ctx) -> int:
 
 
 def rank_task_with_faults(payload: dict, ctx):
-    """harness.runner.rank_task, except for the cells a test marks: rank 1 dies or hangs there."""
-    from harness.runner import rank_task
+    """harness.run.runner.rank_task, except for the cells a test marks: rank 1 dies or hangs there."""
+    from harness.run.runner import rank_task
 
     cell = payload["cell"]
     fault = {"crash": ("lora", "train"), "hang": ("sft", "parity")}

@@ -8,8 +8,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.cells import Cell, all_combinations, expand, select
-from harness.matrix import Architecture, Check, Layout, Matrix, Method, Tier
+from harness.spec.cells import Cell, all_combinations, expand, select
+from harness.spec.matrix import Architecture, Check, Layout, Matrix, Method, Tier
 
 NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=6)
 
@@ -139,7 +139,7 @@ def test_cells_command_matches_what_pytest_collects(capsys):
     import sys
 
     from harness import cli
-    from harness.records import REPO_ROOT
+    from harness.report.records import REPO_ROOT
 
     selection = ["--arch", "Qwen3MoeForCausalLM", "--tier", "tiny", "--method", "lora"]
     assert cli.main(["cells", *selection, "--json", "--no-pruned"]) == 0

@@ -12,11 +12,11 @@ import time
 import pytest
 
 from harness.checks.dcp_roundtrip import export_hf, load_dcp, reload_hf, save_dcp
-from harness.ckpt_io import CheckpointCorrupt, atomic_directory, verify
+from harness.ckpt.atomic import CheckpointCorrupt, atomic_directory, verify
+from harness.ckpt.models import load_model
+from harness.ckpt.tiny import tiny_checkpoint
 from harness.failures import CellFailure
-from harness.matrix import load_matrix
-from harness.models import load_model
-from harness.tiny import tiny_checkpoint
+from harness.spec.matrix import load_matrix
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +71,10 @@ def test_exception_halfway_leaves_the_old_checkpoint(llama, tmp_path):
 KILLED_WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from harness.ckpt_io import atomic_directory
-    from harness.matrix import load_matrix
-    from harness.models import load_model
-    from harness.tiny import tiny_checkpoint
+    from harness.ckpt.atomic import atomic_directory
+    from harness.spec.matrix import load_matrix
+    from harness.ckpt.models import load_model
+    from harness.ckpt.tiny import tiny_checkpoint
     matrix = load_matrix()
     arch = matrix.architectures["LlamaForCausalLM"]
     model = load_model(arch, tiny_checkpoint(arch, matrix), "float32", "cpu")
@@ -120,7 +120,7 @@ def test_reload_of_a_non_checkpoint_is_a_check_failure(llama, tmp_path):
 
 def test_sharded_save_by_two_ranks_is_atomic_and_verified(llama, tmp_path):
     """A DCP checkpoint written by 2 FSDP2 ranks: complete and verified, or not there at all."""
-    from harness.pool import PoolTaskError, get_pool
+    from harness.run.pool import PoolTaskError, get_pool
 
     arch, model = llama
     target = tmp_path / "dcp"

@@ -11,13 +11,14 @@ import re
 
 import pytest
 
-from harness.matrix import load_matrix
-from harness.records import REPO_ROOT
+from harness.report.records import REPO_ROOT
+from harness.spec.matrix import load_matrix
 from tests.test_render import llm_table
 
 REPORTS = REPO_ROOT / "reports"
 RENDERED = sorted([*REPORTS.glob("*.md"), *REPORTS.glob("models/*.md"), *REPORTS.glob("*.html")])
-# Independent of harness.machine_paths: the roots under which machines keep checkouts, venvs and caches.
+# Independent of harness.report.machine_paths: the roots under which machines keep checkouts, venvs
+# and caches.
 MACHINE_PATH = re.compile(r"(?<![\w.:/-])/(?:home|root|tmp|work|opt|usr|var|mnt|srv|scratch|data|Users)/")
 DASHBOARD_LIMIT = 1_000_000
 

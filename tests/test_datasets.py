@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from harness import datasets
-from harness.datasets import IGNORE_INDEX, DatasetError, QAItem
+from harness.data import qa as datasets
+from harness.data.qa import IGNORE_INDEX, DatasetError, QAItem
 
 CHAT = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}")

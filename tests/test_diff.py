@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from harness import history
-from harness.cells import Cell
 from harness.cli import main
+from harness.report import history
+from harness.spec.cells import Cell
 from tests.test_results import LLAMA_SFT, LLAMA_TINY, gpu_env, record, write
 
 QWEN = Cell("Qwen3ForCausalLM", "sft", "single", "tiny", "train")

@@ -19,11 +19,11 @@ def _raised(call):
 
 
 def test_an_exception_raised_in_harness_code_is_a_harness_error():
-    from harness.train import label_tokens
+    from harness.stacks.native.loop import label_tokens
 
     category, message = classify(_raised(lambda: label_tokens({"labels": None}, per_sequence=False)))
     assert category == HARNESS_ERROR
-    assert "harness/train.py" in message and "not a verdict" in message
+    assert "harness/stacks/native/loop.py" in message and "not a verdict" in message
 
 
 def test_an_exception_raised_in_a_library_is_the_stacks():
@@ -52,7 +52,7 @@ def test_a_harness_error_fails_the_run_with_exit_3_even_where_failures_are_findi
 
 @pytest.mark.parametrize("category", ["harness-error"])
 def test_a_harness_error_cannot_be_declared_a_known_limit(matrix_dir, category):
-    from harness.matrix import MatrixError, load_matrix
+    from harness.spec.matrix import MatrixError, load_matrix
 
     write_rows(matrix_dir, LLAMA_ROW + f'known_limits = [{{ category = "{category}", reason = "r" }}]\n')
     with pytest.raises(MatrixError, match="known_limits"):

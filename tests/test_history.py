@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from harness import history
 from harness.cli import main
-from harness.results import CorruptRecordWarning
+from harness.report import history
+from harness.report.results import CorruptRecordWarning
 from tests.test_results import LLAMA_SFT, LLAMA_TINY, gpu_env, record, write
 
 

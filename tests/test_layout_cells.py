@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import runner
+from harness.run import runner
 from tests.conftest import LLAMA_ROW, write_rows
 from tests.test_plugin_e2e import run_matrix
 
@@ -17,7 +17,7 @@ from tests.test_plugin_e2e import run_matrix
 @pytest.fixture
 def private_pools(monkeypatch):
     """Pools of this test only: its crash and timeout restarts do not touch the shared pools."""
-    from harness import pool
+    from harness.run import pool
 
     pools: dict = {}
     monkeypatch.setattr(pool, "_POOLS", pools)
@@ -80,7 +80,7 @@ def test_a_rank_that_raises_is_a_fail_with_its_traceback_and_the_pool_stays(pyte
     """GPT-2 has no TP plan in transformers: every rank raises no-tp-plan; nothing is torn down."""
     write_rows(matrix_dir, LLAMA_ROW + LLAMA_ROW.replace("LlamaForCausalLM", "GPT2LMHeadModel")
                .replace('"llama"', '"gpt2"'))
-    from harness.pool import get_pool
+    from harness.run.pool import get_pool
 
     outcome, records = run_matrix(pytester, matrix_dir, "--arch", "GPT2LMHeadModel", "--layout", "tp",
                                   "--check", "train", "--method", "sft", "-m", "cpu", "--tier", "tiny",
@@ -94,7 +94,7 @@ def test_a_rank_that_raises_is_a_fail_with_its_traceback_and_the_pool_stays(pyte
 
 
 def test_cell_timeout_default_tier_and_override(monkeypatch):
-    from harness.matrix import load_matrix
+    from harness.spec.matrix import load_matrix
 
     tiers = load_matrix().tiers
     monkeypatch.delenv("COMPAT_HARNESS_CELL_TIMEOUT", raising=False)
@@ -108,7 +108,7 @@ def test_cell_timeout_default_tier_and_override(monkeypatch):
 
 def test_parity_compare_shows_both_curves():
     from harness.checks.parity import compare_curves
-    from harness.train import TrainResult
+    from harness.stacks.native.loop import TrainResult
 
     ref = TrainResult([2.0, 1.5], [1.0, 0.9], [0.1, 0.1], 64)
     got = TrainResult([2.0, 1.6], [1.0, 0.9], [0.1, 0.1], 64)

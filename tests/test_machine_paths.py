@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.machine_paths import has_machine_path, strip_machine_paths
+from harness.report.machine_paths import has_machine_path, strip_machine_paths
 
 
 @pytest.mark.parametrize(("text", "shown"), [

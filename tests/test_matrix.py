@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.matrix import MatrixError, load_matrix
+from harness.spec.matrix import MatrixError, load_matrix
 from tests.conftest import LLAMA_ROW, write_rows
 
 
@@ -169,7 +169,7 @@ def test_no_architectures(matrix_dir):
 def test_known_limit_scoped_to_transformers_versions():
     import transformers
 
-    from harness.matrix import KnownLimit
+    from harness.spec.matrix import KnownLimit
 
     here = transformers.__version__
     cell = ("sft", "tp", "tiny", "parity")
@@ -239,8 +239,9 @@ def test_tiny_keys_that_the_modeling_code_reads_are_accepted(matrix_dir):
 def test_registries_name_what_the_code_implements():
     import re
 
-    from harness import matrix, runner
-    from harness.parallel import PLACEMENTS
+    from harness.run import runner
+    from harness.spec import matrix
+    from harness.stacks.native.placement import PLACEMENTS
 
     assert set(matrix.API_MESH_DIMS) == set(PLACEMENTS)
     assert set(matrix.SKIP_CATEGORIES) == set(runner.SKIP_CATEGORIES)
@@ -258,11 +259,11 @@ def test_a_warm_release_cache_loads_without_importing_torch_or_transformers(monk
     import subprocess
     import sys
 
-    from harness import release_facts
+    from harness.spec import release_facts
 
     monkeypatch.setattr(release_facts, "_MEMO", {})
     load_matrix()  # fills this test session's cache (COMPAT_HARNESS_CACHE), not only the memo
-    code = ("import sys; from harness.matrix import load_matrix; load_matrix(); "
+    code = ("import sys; from harness.spec.matrix import load_matrix; load_matrix(); "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness.matrix import DEFAULT_MATRIX_DIR, MatrixError, load_matrix
-from harness.records import REPO_ROOT
+from harness.report.records import REPO_ROOT
+from harness.spec.matrix import DEFAULT_MATRIX_DIR, MatrixError, load_matrix
 
 CORPUS_FILE = Path(__file__).parent / "matrix_corpus.toml"
 CORPUS = tomllib.loads(CORPUS_FILE.read_text())["case"]

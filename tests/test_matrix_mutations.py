@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from harness.cells import expand
-from harness.matrix import DEFAULT_MATRIX_DIR, TOP_LEVEL, MatrixError, load_matrix
+from harness.spec.cells import expand
+from harness.spec.matrix import DEFAULT_MATRIX_DIR, TOP_LEVEL, MatrixError, load_matrix
 
 FILES = {p.name: tomllib.loads(p.read_text()) for p in sorted(DEFAULT_MATRIX_DIR.glob("*.toml"))}
 # Key paths (with * for any entry name) whose valid changes legitimately change the cells: the

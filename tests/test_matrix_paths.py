@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from harness.matrix import REPO_ROOT, load_matrix
+from harness.spec.matrix import REPO_ROOT, load_matrix
 from tests.conftest import LLAMA_ROW, write_rows
 
 

@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 
-from harness import nightly
-from harness.records import REPO_ROOT
+from harness.report import nightly
+from harness.report.records import REPO_ROOT
 
 ARCHS = "LlamaForCausalLM,Qwen3ForCausalLM"
 SELECTION = ["-m", "cpu", "--tier", "tiny", "--layout", "single", "--check", "train",

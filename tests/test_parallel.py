@@ -18,11 +18,11 @@ import os
 import pytest
 import torch
 
-from harness.cells import Cell
 from harness.failures import CellFailure
-from harness.matrix import Api, Layout, load_matrix
-from harness.parallel import choose_api
-from harness.pool import PoolTaskError, get_pool
+from harness.run.pool import PoolTaskError, get_pool
+from harness.spec.cells import Cell
+from harness.spec.matrix import Api, Layout, load_matrix
+from harness.stacks.native.placement import choose_api
 
 DEVICE = os.environ.get("COMPAT_HARNESS_TEST_DEVICE", "cpu")
 MATRIX = load_matrix()
@@ -31,8 +31,8 @@ TASKS = "tests.layout_tasks"
 
 def _run(world_size: int, task: str, payload: dict, timeout_s: float = 180):
     """Run a task on the pool; the cell's tiny checkpoint is built here first, as the runner does."""
-    from harness.hardware import missing_devices
-    from harness.tiny import tiny_checkpoint
+    from harness.ckpt.tiny import tiny_checkpoint
+    from harness.run.hardware import missing_devices
 
     if reason := missing_devices(DEVICE, world_size):
         pytest.skip(reason)
@@ -125,7 +125,7 @@ def test_choose_api_follows_the_declared_releases():
 def test_variant_cells_and_ids():
     cell = Cell("Qwen3MoeForCausalLM", "sft", "ep", "tiny", "parity", "", "experts_eager")
     assert cell.id == "Qwen3MoeForCausalLM-sft-ep-tiny-parity+experts_eager"
-    from harness.cells import expand
+    from harness.spec.cells import expand
 
     ids = {c.id for c in expand(MATRIX)[0]}
     assert cell.id in ids

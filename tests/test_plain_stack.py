@@ -11,11 +11,11 @@ import re
 
 import pytest
 
-from harness.cells import Cell
-from harness.matrix import load_matrix
-from harness.pool import PoolTaskError, get_pool
-from harness.runner import run_cell
-from harness.tiny import tiny_checkpoint
+from harness.ckpt.tiny import tiny_checkpoint
+from harness.run.pool import PoolTaskError, get_pool
+from harness.run.runner import run_cell
+from harness.spec.cells import Cell
+from harness.spec.matrix import load_matrix
 
 
 def _exception(message: str) -> str:

@@ -178,7 +178,7 @@ def collected(argv: list[str]) -> list[str]:
     import subprocess
     import sys
 
-    from harness.records import REPO_ROOT
+    from harness.report.records import REPO_ROOT
 
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                            *argv], cwd=REPO_ROOT, capture_output=True, text=True)
@@ -190,7 +190,7 @@ def test_matrix_dir_is_collected_in_every_spelling(tmp_path):
     """--matrix-dir DIR, DIR --matrix-dir DIR and --matrix-dir=DIR collect DIR's cells, all of them."""
     import shutil
 
-    from harness.matrix import DEFAULT_MATRIX_DIR
+    from harness.spec.matrix import DEFAULT_MATRIX_DIR
 
     directory = tmp_path / "matrix"
     shutil.copytree(DEFAULT_MATRIX_DIR, directory)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.failures import classify
-from harness.pool import PoolTaskError, RankPool, get_pool
+from harness.run.pool import PoolTaskError, RankPool, get_pool
 
 TASKS = "tests.pool_tasks"
 
@@ -96,7 +96,7 @@ def test_timeout_rebuilds(pool2):
 
 
 def test_gpu_lease_is_all_or_nothing(tmp_path, monkeypatch):
-    from harness.devices import lease_gpus
+    from harness.run.devices import lease_gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
     monkeypatch.setenv("COMPAT_HARNESS_GPU_LOCK_DIR", str(tmp_path))
@@ -115,7 +115,7 @@ def test_gpu_lease_is_all_or_nothing(tmp_path, monkeypatch):
 
 def test_a_rank_with_piled_up_threads_is_restarted_before_the_next_task(monkeypatch):
     """transformers' distributed loads leave process groups (and their threads) behind."""
-    from harness import pool as pool_module
+    from harness.run import pool as pool_module
 
     monkeypatch.setattr(pool_module, "RECYCLE_THREADS", 1)  # any rank has more than one thread
     pool = RankPool(2, "cpu")

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from harness import rendezvous
-from harness.pool import PoolTaskError, RankPool, get_pool
-from harness.poolnode import shutdown_nodes
-from harness.records import REPO_ROOT
+from harness.report.records import REPO_ROOT
+from harness.run import rendezvous
+from harness.run.pool import PoolTaskError, RankPool, get_pool
+from harness.run.poolnode import shutdown_nodes
 
 TASKS = "tests.pool_tasks"
 
@@ -125,7 +125,7 @@ def test_rendezvous_spec_and_placement():
 
 
 def test_get_pool_reads_the_rendezvous(monkeypatch):
-    from harness import pool as pool_module
+    from harness.run import pool as pool_module
 
     monkeypatch.setenv(rendezvous.RDZV_ENV, "nnodes=2,nproc=2,endpoint=127.0.0.1:1")
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
@@ -141,7 +141,7 @@ def test_get_pool_reads_the_rendezvous(monkeypatch):
 
 
 def test_cuda_cells_larger_than_this_host_run_when_the_rendezvous_has_the_gpus(monkeypatch):
-    from harness import hardware
+    from harness.run import hardware
 
     monkeypatch.setattr(hardware, "cuda_device_count", lambda: 2)
     monkeypatch.delenv(rendezvous.RDZV_ENV, raising=False)

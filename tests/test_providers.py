@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import providers
+from harness.ckpt import providers
+from harness.ckpt.hub_cache import resolve_offline
 from harness.failures import CellFailure
-from harness.realckpt import resolve_offline
 
 # Read at import: tests/conftest.py repoints COMPAT_HARNESS_CACHE per test to a tmp dir.
 PERSISTENT_CACHE = os.environ.get("COMPAT_HARNESS_CACHE")

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from harness.cellrun import CellRun
-from harness.cells import Cell, expand
-from harness.claims import FAILS, HOLDS, UNVERIFIED, evaluate
 from harness.failures import CellFailure, classify
-from harness.matrix import Claim, RealShape, load_matrix
-from harness.realshape import (
+from harness.spec.cells import Cell, expand
+from harness.spec.claims import FAILS, HOLDS, UNVERIFIED, evaluate
+from harness.spec.matrix import Claim, RealShape, load_matrix
+from harness.stacks.native.realshape import (
     asked_bytes,
     find_gpu,
     flops_per_token,
@@ -92,7 +92,7 @@ def _cell_run(shape_config: dict, method: str, claims=()) -> CellRun:
 
 
 def test_materialising_keeps_tied_embeddings_tied():
-    from harness.realshape import materialise
+    from harness.stacks.native.realshape import materialise
 
     shape = RealShape("tied", "LlamaForCausalLM", "x/y", {**TINY, "tie_word_embeddings": True}, 0)
     model = materialise(meta_model(MATRIX.architectures["LlamaForCausalLM"], shape), "cpu")
@@ -154,7 +154,7 @@ def test_seed_003_claims_and_real_shape_cells_are_in_the_matrix():
 
 
 def test_matrix_errors_name_the_claim_and_the_tier_key(tmp_path):
-    from harness.matrix import DEFAULT_MATRIX_DIR, MatrixError
+    from harness.spec.matrix import DEFAULT_MATRIX_DIR, MatrixError
 
     for name in ("axes.toml", "architectures.toml", "real_shapes.toml"):
         (tmp_path / name).write_text((DEFAULT_MATRIX_DIR / name).read_text())

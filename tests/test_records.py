@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 
-from harness.cells import Cell
-from harness.records import append_record, environment, make_record
+from harness.report.records import append_record, environment, make_record
+from harness.spec.cells import Cell
 
 CELL = Cell("LlamaForCausalLM", "lora", "single", "tiny", "train")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.releases import (
+from harness.report.releases import (
     BLOCKED,
     FAIL,
     PASS,

@@ -10,14 +10,14 @@ from html.parser import HTMLParser
 import pytest
 from markdown_it import MarkdownIt
 
-from harness import history
-from harness.cells import expand
 from harness.cli import main
-from harness.llm_table import HEADER, github_anchor
-from harness.machine_paths import has_machine_path
-from harness.matrix import load_matrix
-from harness.render import render_docs, stale_files, write_docs
-from harness.results import load_results
+from harness.report import history
+from harness.report.llm_table import HEADER, github_anchor
+from harness.report.machine_paths import has_machine_path
+from harness.report.render import render_docs, stale_files, write_docs
+from harness.report.results import load_results
+from harness.spec.cells import expand
+from harness.spec.matrix import load_matrix
 from tests.conftest import write_rows
 from tests.test_results import cpu_env, gpu_env, record, write
 

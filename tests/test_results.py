@@ -1,6 +1,6 @@
 """Results: corrupt lines are skipped loudly, and "latest" is per cell and per environment.
 
-The helpers at the top make real records with harness.records.make_record; the history,
+The helpers at the top make real records with harness.report.records.make_record; the history,
 diff and render tests import them so every test writes records the same way.
 """
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.cells import Cell
-from harness.records import append_record, environment, make_record
-from harness.results import CorruptRecordWarning, latest, load_results, short_device
+from harness.report.records import append_record, environment, make_record
+from harness.report.results import CorruptRecordWarning, latest, load_results, short_device
+from harness.spec.cells import Cell
 
 LLAMA_TINY = Cell("LlamaForCausalLM", "lora", "single", "tiny", "train")
 LLAMA_SFT = Cell("LlamaForCausalLM", "sft", "single", "tiny", "train")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 
-from harness.matrix import load_matrix
-from harness.tiny import build_tiny_config, cache_root, tiny_checkpoint
+from harness.ckpt.tiny import build_tiny_config, cache_root, tiny_checkpoint
+from harness.spec.matrix import load_matrix
 
 
 def _build(cache: str, queue) -> None:

@@ -31,9 +31,9 @@ from harness.checks.common import (
     logits,
 )
 from harness.checks.train import trained, training_metrics
-from harness.ckpt_io import atomic_directory, collective_atomic_directory, verify
+from harness.ckpt.atomic import atomic_directory, collective_atomic_directory, verify
+from harness.ckpt.tiny import auto_model_class
 from harness.failures import CellFailure
-from harness.tiny import auto_model_class
 
 
 def _distributed() -> bool:

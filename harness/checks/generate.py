@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from harness import realtext
 from harness.checks.common import full_state, model_device, require_one_device_load
 from harness.checks.dcp_roundtrip import export_hf, reload_hf
 from harness.checks.peft_roundtrip import load_adapter, one_device_adapter_model, save_adapter
 from harness.checks.train import trained, training_metrics
-from harness.datasets import answer_matches
+from harness.data import text as realtext
+from harness.data.qa import answer_matches
 from harness.failures import CellFailure
 
 

@@ -28,7 +28,7 @@ import time
 
 from harness.checks.train import training_metrics
 from harness.failures import CellFailure
-from harness.parallel import grad_or_zeros, same_adapter_start
+from harness.stacks.native.placement import grad_or_zeros, same_adapter_start
 
 WORST_SHOWN = 5
 
@@ -202,6 +202,6 @@ def run(cr) -> dict:
 
 
 def _finish(steps):
-    from harness.train import finish
+    from harness.stacks.native.loop import finish
 
     return finish(steps)

@@ -25,7 +25,7 @@ from harness.checks.common import (
 )
 from harness.checks.dcp_roundtrip import export_hf, reload_hf
 from harness.checks.train import trained, training_metrics
-from harness.ckpt_io import atomic_directory, verify
+from harness.ckpt.atomic import atomic_directory, verify
 from harness.failures import CellFailure
 
 

@@ -10,7 +10,8 @@ Pass means all of:
 - LoRA: every adapter weight moved and every base weight is bit-for-bit unchanged.
 
 The real-shape tier builds its model at a real checkpoint's size instead of loading one and
-measures memory, tokens/s and MFU (harness/realshape.py); the loss must still be finite and fall.
+measures memory, tokens/s and MFU (harness/stacks/native/realshape.py); the loss must still be
+finite and fall.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import time
 
 import torch
 
-from harness import realtext
+from harness.ckpt.providers import provenance
+from harness.data import text as realtext
 from harness.failures import CellFailure
-from harness.methods import Trainable
-from harness.providers import provenance
-from harness.train import TrainResult
+from harness.stacks.native.loop import TrainResult
+from harness.stacks.native.methods import Trainable
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -125,7 +126,7 @@ def train(cr, placed) -> TrainResult:
 def run(cr) -> dict:
     """The `train` check for one cell; returns the measurements for its record."""
     if cr.tier.source == "real-shape":
-        from harness.realshape import run_train
+        from harness.stacks.native.realshape import run_train
 
         return run_train(cr)
     start = time.perf_counter()

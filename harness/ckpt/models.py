@@ -1,0 +1,31 @@
+"""Where a cell's model comes from: the tier picks the checkpoint, from_pretrained loads it.
+
+Every tier ends in a directory holding a saved Hugging Face checkpoint, so the tiny tier and
+the real tier both go through the same `from_pretrained` path that users take.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.ckpt.providers import resolve
+from harness.ckpt.tiny import auto_model_class, config_class, tiny_checkpoint
+from harness.spec.matrix import Architecture, Matrix, Tier
+
+
+def checkpoint_for(arch: Architecture, tier: Tier, matrix: Matrix) -> Path:
+    if tier.source == "tiny":
+        return tiny_checkpoint(arch, matrix)
+    if tier.source == "checkpoint":
+        config_class(arch)  # an unknown model type is a category, not a loading crash
+        return resolve(arch.checkpoint_id, arch.real_provider)
+    raise NotImplementedError(f"tier source {tier.source!r} is not implemented yet")
+
+
+def load_model(arch: Architecture, path: Path, dtype: str, device: str):
+    import torch
+
+    model = auto_model_class(arch).from_pretrained(
+        path, dtype=getattr(torch, dtype), trust_remote_code=False
+    )
+    return model.to(device)

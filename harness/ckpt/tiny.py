@@ -1,0 +1,158 @@
+"""Tiny checkpoints: a shrunk config from the architecture's own config class, saved once.
+
+Every test then loads the checkpoint back with `from_pretrained`, so the real loading path is
+exercised rather than a model object handed around in memory. Checkpoints are cached by
+content (architecture, config, transformers version) and built under a file lock, so that
+pytest-xdist workers share them safely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from filelock import FileLock
+
+from harness.ckpt.atomic import atomic_directory
+from harness.failures import CellFailure
+from harness.spec.matrix import Architecture, Matrix
+
+SEED = 0
+
+
+def cache_root() -> Path:
+    """Where tiny checkpoints live; COMPAT_HARNESS_CACHE moves it (CI, read-only homes)."""
+    env = os.environ.get("COMPAT_HARNESS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "compat-harness"
+
+
+def config_class(arch: Architecture):
+    """The config class for the row's model type, or a categorised failure saying why not."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        return CONFIG_MAPPING[arch.model_type]
+    except KeyError:
+        pass
+    if arch.trust_remote_code:
+        raise CellFailure(
+            "remote-code",
+            f"{arch.name} (model type {arch.model_type!r}) is implemented only as remote code "
+            f"on the hub ({arch.examples[0]}); transformers {transformers.__version__} has no "
+            "class for it and remote code cannot be fetched offline",
+        )
+    raise CellFailure(
+        "needs-newer-transformers",
+        f"{arch.name}: transformers {transformers.__version__} does not recognise model type "
+        f"{arch.model_type!r}" + (f" (needs >= {arch.min_transformers})" if arch.min_transformers else ""),
+    )
+
+
+def _has_attribute(config, key: str) -> bool:
+    return key in config.to_dict() or key in getattr(config, "attribute_map", {})
+
+
+def _shrink(default_config, defaults: dict) -> dict:
+    return {k: v for k, v in defaults.items() if _has_attribute(default_config, k)}
+
+
+def tiny_config_kwargs(arch: Architecture, matrix: Matrix) -> dict:
+    """Generic shrink (only the keys this config has), then the row's own overrides."""
+    cls = config_class(arch)
+    default = cls()
+    generic = dict(matrix.tiny_defaults.get("base", {}))
+    if arch.moe:
+        generic.update(matrix.tiny_defaults.get("moe", {}))
+    kwargs = _shrink(default, generic)
+    for name in getattr(cls, "sub_configs", {}) or {}:
+        sub_default = getattr(default, name, None)
+        if sub_default is not None and hasattr(sub_default, "to_dict"):
+            sub = _shrink(sub_default, generic)
+            sub["model_type"] = sub_default.model_type
+            kwargs[name] = sub
+    for key, value in arch.tiny.items():
+        if isinstance(value, dict) and isinstance(kwargs.get(key), dict):
+            kwargs[key] = {**kwargs[key], **value}
+        else:
+            kwargs[key] = value
+    return kwargs
+
+
+def build_tiny_config(arch: Architecture, matrix: Matrix):
+    cls = config_class(arch)
+    return cls(**tiny_config_kwargs(arch, matrix))
+
+
+def auto_model_class(arch: Architecture):
+    import transformers
+
+    return getattr(transformers, arch.auto_class)
+
+
+def cache_key(arch: Architecture, config) -> str:
+    import transformers
+
+    payload = json.dumps(
+        {
+            "architecture": arch.name,
+            "auto_class": arch.auto_class,
+            "config": config.to_dict(),
+            "transformers": transformers.__version__,
+            "seed": SEED,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _build_expected_class(arch: Architecture, config):
+    """Build through the auto class and insist on the row's class.
+
+    For a remote-code row, transformers either has no class for the config or builds a
+    different native class (e.g. a reward model whose config is plain qwen2): both mean the
+    real class exists only as hub code. For any other row a mismatch is a matrix mistake.
+    """
+    import transformers
+
+    try:
+        model = auto_model_class(arch).from_config(config)
+    except ValueError as exc:
+        if not arch.trust_remote_code:
+            raise
+        raise CellFailure("remote-code", f"{arch.name}: transformers {transformers.__version__} has no "
+                                         f"{arch.auto_class} class for this config ({exc}); the class "
+                                         "exists only as hub remote code") from None
+    built = type(model).__name__
+    if built == arch.expected_class:
+        return model
+    if arch.trust_remote_code:
+        raise CellFailure("remote-code", f"{arch.name} exists only as hub remote code: for model type "
+                                         f"{arch.model_type!r} transformers {transformers.__version__} "
+                                         f"builds {built} instead")
+    raise CellFailure(
+        "matrix-error",
+        f"{arch.auto_class} built {built} for model type {arch.model_type!r}, but the "
+        f"row expects {arch.expected_class}: fix hf_class or model_type in {arch.source_file}",
+    )
+
+
+def tiny_checkpoint(arch: Architecture, matrix: Matrix) -> Path:
+    """Path of the row's tiny checkpoint, building and saving it the first time it is asked for."""
+    import torch
+
+    config = build_tiny_config(arch, matrix)
+    root = cache_root() / "tiny"
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{arch.name}-{cache_key(arch, config)}"
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists():
+            return target
+        torch.manual_seed(SEED)
+        model = _build_expected_class(arch, config)
+        with atomic_directory(target) as staging:
+            model.save_pretrained(staging)
+    return target

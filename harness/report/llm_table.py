@@ -1,0 +1,145 @@
+"""Where a row of reports/llm.md comes from: one `llm_row` per architecture of the matrix.
+
+The table keeps the seed's shape (Architecture, Models, Example HF Models with recipes) and adds
+three short columns, each computed from the row's view (`harness.report.views`):
+
+- **FSDP2 with SFT / PEFT**, what the seed promises: the fsdp2 group of each method (every
+  tier and check), e.g. `sft ✓ · lora ✓`;
+- **Other layouts**: every other layout of the matrix, methods folded when they agree, e.g.
+  `single ✓ · tp: sft ✓, lora ✗ numerics · ep ep4 n/a`;
+- **transformers**: the releases the row's required cells ran on, as ranges of equal outcome
+  (`harness.report.releases`), e.g. `5.17–5.23 ✓ · 5.24 ✗ regression`.
+
+Each mark is a Markdown reference link (`[tp ✓][12.tp]`, defined at the end of the page) to the
+layout's section on the row's family page, where the runs (versions, device, date) and the
+messages are: the table's text stays short, in a terminal as on GitHub.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from harness.report import releases
+from harness.report.views import ArchView, Group
+
+VERDICT_LAYOUT = "fsdp2"
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub (and markdown-it's anchors) give a heading: lower case, punctuation
+    dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
+
+
+def layout_heading(layout: str, arch: str) -> str:
+    """The heading of a layout's section on a family page (the target of the row's links)."""
+    return f"`{layout}`: {arch}"
+
+
+def family_page(view: ArchView) -> str:
+    return f"models/{slug(view.arch.families[0])}.md"
+
+
+def cell_text(text: str) -> str:
+    """Plain text safe inside a table cell: no pipes, no raw HTML, one line."""
+    text = " ".join(str(text or "").split())
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+@dataclass(frozen=True)
+class Link:
+    label: str
+    target: str
+
+
+@dataclass(frozen=True)
+class LlmRow:
+    architecture: str
+    models: str
+    examples: str
+    fsdp2: str
+    layouts: str
+    releases: str
+    links: tuple[Link, ...]
+
+    @property
+    def cells(self) -> tuple[str, ...]:
+        return (self.architecture, self.models, self.examples, self.fsdp2, self.layouts, self.releases)
+
+
+HEADER = ("Architecture", "Models", "Example HF Models", "FSDP2 with SFT / PEFT", "Other layouts",
+          "transformers")
+
+
+def by_mark(items: list[tuple[str, Group]]) -> list[tuple[list[str], Group]]:
+    """(name, group) pairs joined by equal mark, in first-seen order: [(['single', 'tp'], g), ...]."""
+    joined: dict[str, tuple[list[str], Group]] = {}
+    for name, group in items:
+        joined.setdefault(group.text, ([], group))[0].append(name)
+    return list(joined.values())
+
+
+def layout_items(layout: str, groups: list[Group]) -> list[tuple[str, Group]]:
+    """A layout's (name, group) pairs: one when its methods agree ('tp'), else one per method
+    ('tp (lora)')."""
+    if len({g.text for g in groups}) == 1:
+        return [(layout, groups[0])]
+    return [(f"{layout} ({g.method})", g) for g in groups]
+
+
+def examples_text(view: ArchView) -> str:
+    examples = view.arch.examples
+    text = f"`{examples[0]}`" + (" etc." if len(examples) > 1 else "")
+    if view.arch.recipes:
+        text += "; recipes " + ", ".join(f"`{r}`" for r in view.arch.recipes)
+    return cell_text(text)
+
+
+def llm_row(view: ArchView, layouts: list[str], methods: list[str]) -> LlmRow:
+    links: dict[str, Link] = {}
+
+    def link(layout: str | None) -> str:
+        """The label of a layout's section on the family page, or of the row's section there."""
+        label = f"{view.number}.{layout}" if layout else str(view.number)
+        heading = layout_heading(layout, view.name) if layout else f"`{view.name}`"
+        links[label] = Link(label, f"{family_page(view)}#{github_anchor(heading)}")
+        return label
+
+    def marks(items: list[tuple[str, Group]]) -> str:
+        """'single tp [✓][34] · ep ep4 n/a': names, then their mark, linked where it has evidence
+        (to the layout's section when the mark is one layout's, else to the row's section)."""
+        parts = []
+        for names, group in by_mark(items):
+            mark = group.text
+            if group.na_reason is None and group.outcome is not None:
+                layouts = {g.layout for name, g in items if name in names}
+                mark = f"[{mark}][{link(layouts.pop() if len(layouts) == 1 else None)}]"
+            parts.append(f"{' '.join(names)} {mark}")
+        return " · ".join(parts) or "—"
+
+    # Names are unique within a cell: methods in the verdict, layouts or "layout (method)" here.
+    verdict = [(m, view.group(m, VERDICT_LAYOUT)) for m in methods]
+    others = [item for layout in layouts if layout != VERDICT_LAYOUT
+              for item in layout_items(layout, [view.group(m, layout) for m in methods])]
+    release_text = releases.spans_text(view.release_spans)
+    if view.regression:
+        release_text += " **regression**"
+    return LlmRow(
+        architecture=f"`{view.name}`",
+        models=cell_text(", ".join(view.arch.families)),
+        examples=examples_text(view),
+        fsdp2=marks(verdict),
+        layouts=marks(others),
+        releases=release_text,
+        links=tuple(links[k] for k in sorted(links)),
+    )
+
+
+def markdown_row(cells: tuple[str, ...]) -> str:
+    return "| " + " | ".join(cells) + " |"

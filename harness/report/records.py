@@ -1,0 +1,148 @@
+"""Result records: one JSON object per cell, appended to a JSONL file.
+
+A record must say everything a reader of the docs needs to trust a claim: what ran, on which
+device, with which library versions, from which commit, and what came out. Appends take an
+exclusive lock and write the whole line at once, so pytest-xdist workers never interleave or
+lose lines.
+
+Schema (version 1), every key always present:
+    schema, cell_id, architecture, method, layout, tier, check, status, category, message,
+    traceback, metrics, env, git_sha, run_id, timestamp
+status is one of pass, fail, skip, xfail, n/a. category is null on pass. env holds python,
+torch, transformers, peft, device_type, device_name, device_count, world_size, backend,
+platform.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import os
+import platform
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+STATUSES = ("pass", "fail", "skip", "xfail", "n/a")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_RESULTS = REPO_ROOT / "reports" / "records" / "local.jsonl"
+
+
+def new_run_id() -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+@functools.cache
+def git_sha() -> str:
+    """The commit of the harness code that ran; "unknown" unless REPO_ROOT is itself a checkout.
+
+    A copy of the tree exported into another repository (e.g. `git archive` into a folder of a
+    checkout) would otherwise report the enclosing repository's HEAD: a commit whose code did
+    not run. COMPAT_HARNESS_GIT_SHA names the commit of such a copy explicitly.
+    """
+    if os.environ.get("COMPAT_HARNESS_GIT_SHA"):
+        return os.environ["COMPAT_HARNESS_GIT_SHA"]
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        if not top or Path(top).resolve() != Path(REPO_ROOT).resolve():
+            return "unknown"
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:  # noqa: BLE001 - a missing library is recorded as None, not raised
+        return None
+
+
+def device_name(device_type: str) -> str:
+    if device_type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+
+
+def environment(device_type: str, world_size: int = 1, backend: str | None = None) -> dict:
+    """Versions and hardware this process runs on; stored in every record."""
+    device_count = 1
+    if device_type == "cuda":
+        import torch
+
+        device_count = torch.cuda.device_count()
+    return {
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "peft": _version("peft"),
+        "device_type": device_type,
+        "device_name": device_name(device_type),
+        "device_count": device_count,
+        "world_size": world_size,
+        "backend": backend,
+        "platform": f"{sys.platform}-{platform.machine()}",
+    }
+
+
+def make_record(
+    cell,
+    status: str,
+    *,
+    category: str | None = None,
+    message: str = "",
+    traceback: str = "",
+    metrics: dict | None = None,
+    env: dict,
+    run_id: str,
+) -> dict:
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {STATUSES}")
+    return {
+        "schema": SCHEMA_VERSION,
+        "cell_id": cell.id,
+        "architecture": cell.architecture,
+        "method": cell.method,
+        "layout": cell.layout,
+        "tier": cell.tier,
+        "check": cell.check,
+        "status": status,
+        "category": category,
+        "message": message,
+        "traceback": traceback,
+        "metrics": metrics or {},
+        "env": env,
+        "git_sha": git_sha(),
+        "run_id": run_id,
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def append_record(path: Path | str, record: dict) -> None:
+    """Append one line under an exclusive lock: concurrent writers never interleave."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

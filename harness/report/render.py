@@ -1,0 +1,560 @@
+"""Render the supported-models docs from (Matrix, records): a pure function, then a writer.
+
+The docs may only claim what a record shows, and must say on which releases and where:
+
+- `llm.md`: the seed's table, one row per architecture (`harness/report/llm_table.py` makes a row:
+  the seed's columns, the FSDP2 verdict, the other layouts, the transformers releases), the
+  regressions listed above it, then real-size measurements and published claims;
+- `models/<family>.md`: per architecture, every layout's history by release and place (the
+  versions, device, date and run of each result) and the failures with their messages; the
+  llm.md marks link here;
+- `overview.md`: auto classes and the failure categories the records show;
+- `index.html`: the dashboard, one cell per (architecture, method, layout) with its cells'
+  results, filterable by architecture, layout and status without a server.
+
+What the records mean (newest per cell, place and release; current = newest release; required
+cells; regressions) is decided in `harness/report/views.py` and `harness/report/releases.py`; this module only
+arranges it per page. Output is deterministic (sorted, no clock) so `render --check` can compare
+the committed docs with the records, and a nightly docs diff shows only real changes. Absolute
+paths of the machines that ran are never shown (`harness/report/machine_paths.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from harness.report import releases
+from harness.report.history import record_key
+from harness.report.llm_table import (
+    HEADER,
+    Link,
+    family_page,
+    github_anchor,
+    layout_heading,
+    llm_row,
+    markdown_row,
+    slug,
+)
+from harness.report.machine_paths import strip_machine_paths
+from harness.report.records import REPO_ROOT
+from harness.report.releases import FAILED, RAN
+from harness.report.views import ArchView, Evidence, Group, arch_views, where_order
+from harness.spec.cells import expand
+from harness.spec.matrix import AUTO_CLASSES, FAILURE_CATEGORIES, Matrix
+
+DEFAULT_OUT = REPO_ROOT / "reports"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+GENERATED_DIRS = ("models",)
+HISTORY_LIMIT = 20
+
+TASKS = {
+    "AutoModelForCausalLM": "Text generation (LLM)",
+    "AutoModelForImageTextToText": "Image-text-to-text (VLM)",
+    "AutoModelForSequenceClassification": "Sequence classification",
+}
+# category -> (what it means for a user, what they can do about it), in our own words.
+CATEGORY_TEXT = {
+    "needs-newer-transformers": (
+        "The installed transformers does not know the model type yet.",
+        "Upgrade transformers to a release that has the model (the matrix row's "
+        "`min_transformers` says which), then re-run the row."),
+    "remote-code": (
+        "The model exists only as remote code on the Hub (`trust_remote_code`), which the "
+        "harness never executes.",
+        "Use a transformers-native port of the model, or contribute one upstream."),
+    "peft-unsupported": (
+        "PEFT cannot attach LoRA adapters to the model's layers.",
+        "Set `lora_targets` / `lora_exclude` on the matrix row, or upgrade peft."),
+    "oom": (
+        "The device ran out of memory.",
+        "Shard more (FSDP2, TP), shorten the batch or sequence, or use a larger GPU."),
+    "numerics": (
+        "The loss was not finite or did not fall, or a parallel layout drifted from the "
+        "single-device reference beyond the dtype's tolerance.",
+        "Compare with the `single` layout; look for unstable ops or a wrong dtype."),
+    "check-failed": (
+        "An assertion of the check failed (a weight that should move did not, a roundtrip "
+        "was not exact).",
+        "The message names the weight or tensor that differed; fix the model or the row."),
+    "checkpoint-absent": (
+        "The real checkpoint is not in the local Hugging Face cache.",
+        "Pre-fetch it with `hf download <id>` on a machine with network access."),
+    "no-tp-plan": (
+        "The model declares no tensor-parallel plan, so TP cannot shard it.",
+        "Add a `tp_plan` to the matrix row, or use FSDP2."),
+    "layout-unsupported": (
+        "The parallel layout cannot be applied to this model.",
+        "Use another layout, and open an issue with the message."),
+    "crash": (
+        "A rank died (segfault, abort, killed process).",
+        "Re-run the cell alone and read its traceback; check driver and library versions."),
+    "timeout": (
+        "The cell did not finish within its time limit (a hang or a deadlock).",
+        "Look for collectives that differ between ranks; re-run the cell alone."),
+    "harness-error": (
+        "The harness itself failed (its own code or configuration), not the stack under test.",
+        "Open an issue against the harness with the message."),
+    "error": (
+        "Any other exception while loading or training the model.",
+        "Read the traceback in the record and open an issue with it."),
+}
+
+
+# --- small formatting helpers, also registered as jinja filters -----------------------------
+
+def one_line(text, limit: int = 160) -> str:
+    text = " ".join(strip_machine_paths(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def md_text(text, limit: int = 160) -> str:
+    """Plain text safe inside a markdown table cell: no pipes, no raw HTML."""
+    text = one_line(text, limit)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def md_code(text, limit: int = 160) -> str:
+    """A markdown code span (literal text, so `<script>` stays text) safe in a table cell."""
+    text = one_line(text, limit).replace("|", "\\|")
+    if not text:
+        return ""
+    fence = "``" if "`" in text else "`"
+    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+
+
+def human_bytes(value) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        return "not measured"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return ""
+
+
+def number(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def place(e: Evidence) -> str:
+    """Where a result was obtained, for a reader: 'cpu (x86_64, 2 cores), gloo' or 'H100 ×8, nccl'."""
+    backend = f", {e.backend}" if e.backend else ""
+    return f"{e.device_name}{backend}" if e.where == "cpu" else f"{e.where_short} ×{e.device_count}{backend}"
+
+
+# --- runs: the versions, device, commit and dates behind each result -----------------------
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    short: str  # r1, r2, ... in run-id order: what index.html shows next to a result
+    places: str
+    versions: str
+    git: str
+    dates: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.places}; {self.versions}; git {self.git}; {self.dates}"
+
+
+def runs_of(evidence: Iterable[Evidence], python: dict[str, str]) -> list[Run]:
+    by_run: dict[str, list[Evidence]] = {}
+    for e in evidence:
+        by_run.setdefault(e.run_id, []).append(e)
+    out = []
+    for i, run_id in enumerate(sorted(by_run), start=1):
+        items = by_run[run_id]
+        places = sorted({place(e) for e in items})
+        versions = sorted({f"python {python.get(run_id, '?')}, torch {e.torch}, transformers "
+                           f"{e.release.transformers}, peft {e.release.peft}" for e in items})
+        days = sorted({e.date for e in items})
+        out.append(Run(run_id, f"r{i}", " / ".join(places), " / ".join(versions),
+                       ", ".join(sorted({e.git_sha[:12] for e in items})),
+                       days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"))
+    return out
+
+
+# --- family pages: every layout's history by release and place ------------------------------
+
+@dataclass
+class HistoryRow:
+    """One (release, place) of a layout section: each method's outcome there."""
+
+    release: releases.Release
+    where: str
+    torch: str
+    marks: list[str]
+    dates: str
+    runs: str
+    peak: str
+
+
+@dataclass
+class LayoutSection:
+    layout: str
+    heading: str
+    anchor: str
+    world_size: int
+    groups: list[Group]
+    spans: str
+    history: list[HistoryRow]
+    failures: list[Evidence]
+    cells: list[tuple[str, str]]  # (method, 'tiny-train, tiny-parity')
+
+
+def group_mark(group: Group, found: list[Evidence]) -> str:
+    if group.na_reason is not None:
+        return "n/a"
+    outcome = releases.outcome((e.status, e.category) for e in found)
+    if outcome is None:
+        return "—"
+    passed = sum(e.status == "pass" for e in found)
+    return f"{outcome.text} ({passed}/{len(group.cells)} passed)"
+
+
+def peak_of(found: list[Evidence]) -> str:
+    peaks = [e.metrics.get("peak_memory_bytes") for e in found if e.status == "pass"]
+    peaks = [p for p in peaks if isinstance(p, int | float) and not isinstance(p, bool)]
+    return human_bytes(max(peaks)) if peaks else "not measured"
+
+
+def layout_section(view: ArchView, layout: str, methods: list[str], world_size: int) -> LayoutSection:
+    groups = [view.group(m, layout) for m in methods]
+    evidence = [e for g in groups for c in g.cells for e in c.evidence]
+    keys = sorted({(e.release, e.where) for e in evidence},
+                  key=lambda k: (k[0].key, where_order(k[1])), reverse=True)
+    history = []
+    for release, where in keys:
+        here = [e for e in evidence if e.release == release and e.where == where]
+        by_method = [[e for e in here if e.cell_id in {c.cell.id for c in g.cells}] for g in groups]
+        history.append(HistoryRow(
+            release, " / ".join(sorted({place(e) for e in here})), ", ".join(sorted({e.torch for e in here})),
+            [group_mark(g, found) for g, found in zip(groups, by_method, strict=True)],
+            ", ".join(sorted({e.date for e in here})), ", ".join(sorted({e.run_id for e in here})),
+            peak_of(here)))
+    outcomes: dict[releases.Release, list] = {}
+    for g in groups:
+        for c in g.cells:
+            for release, found in c.per_release.items():
+                outcomes.setdefault(release, []).append(found)
+    heading = layout_heading(layout, view.name)
+    return LayoutSection(
+        layout, heading, github_anchor(heading), world_size, groups,
+        releases.spans_text(releases.spans({r: releases.combine(o) for r, o in outcomes.items()})),
+        history, newest_release_first(e for e in evidence if e.status in FAILED),
+        [(g.method, ", ".join(c.suffix for c in g.cells)) for g in groups if g.cells])
+
+
+def newest_release_first(evidence: Iterable[Evidence]) -> list[Evidence]:
+    by_cell = sorted(evidence, key=lambda e: (e.cell_id, where_order(e.where)))
+    return sorted(by_cell, key=lambda e: e.release.key, reverse=True)
+
+
+def families(views: list[ArchView]) -> list[dict]:
+    """One page per family slug (names that differ only in case or punctuation share one)."""
+    pages: dict[str, dict] = {}
+    for view in views:
+        for family in view.arch.families:
+            page = pages.setdefault(slug(family), {"slug": slug(family), "names": set(), "archs": []})
+            page["names"].add(family)
+            if not any(v is view for v in page["archs"]):
+                page["archs"].append(view)
+            link = (family, f"models/{slug(family)}.md")
+            if link not in view.family_links:
+                view.family_links.append(link)
+    out = []
+    for key in sorted(pages):
+        page = pages[key]
+        out.append({"slug": key, "title": " / ".join(sorted(page["names"])), "archs": page["archs"]})
+    return out
+
+
+# --- overview.md ---------------------------------------------------------------------------
+
+def failure_table(views: list[ArchView]) -> list[dict]:
+    """Seed 001's 'when may a model not be supported', one row per observed failure category,
+    its example taken from the newest release that shows it."""
+    seen: dict[str, dict] = {}
+    for view in views:
+        for e in view.evidence:
+            if e.status not in FAILED and not (e.status == "skip" and e.category):
+                continue
+            row = seen.setdefault(e.category or e.status, {"examples": [], "archs": set()})
+            row["examples"].append(e)
+            row["archs"].add(view.name)
+    rows = []
+    for category in sorted(seen):
+        issue, fix = CATEGORY_TEXT.get(category, (f"Failure category `{category}`.", "Read the message."))
+        newest = max(e.release.key for e in seen[category]["examples"])
+        example = min((e for e in seen[category]["examples"] if e.release.key == newest),
+                      key=lambda e: (e.cell_id, where_order(e.where)))
+        rows.append({"category": category, "issue": issue, "solution": fix, "example": example,
+                     "archs": sorted(seen[category]["archs"])})
+    return rows
+
+
+def known_limit_rows(matrix: Matrix) -> list[dict]:
+    """Every declared known limit: where it holds, on which releases, and where upstream tracks it."""
+    rows = []
+    for name in sorted(matrix.architectures):
+        for limit in matrix.architectures[name].known_limits:
+            scope = " · ".join(f"{axis} {value}" for axis, value in (
+                ("method", limit.method), ("layout", limit.layout), ("check", limit.check),
+                ("tier", limit.tier), ("variant", limit.variant)) if value) or "every cell"
+            releases = " · ".join(f"{package} {spec}" for package, spec in (
+                ("transformers", limit.transformers), ("peft", limit.peft)) if spec) or "every release"
+            rows.append({"arch": name, "category": limit.category, "scope": scope, "releases": releases,
+                         "reason": limit.reason, "upstream": limit.upstream})
+    return rows
+
+
+def api_rows(matrix: Matrix) -> list[dict]:
+    """The documented calls that apply each multi-rank layout, in the order a plain cell tries them."""
+    return [{"layout": layout.name, "api": name, "call": matrix.apis[name].call,
+             "releases": " or ".join(matrix.apis[name].transformers) or "every release",
+             "variant": "plain cells" if i == 0 else f"variant `+{name}`" + (
+                 "" if matrix.apis[name].checks else " (fallback only)")}
+            for layout in matrix.layouts.values() for i, name in enumerate(layout.apis)]
+
+
+def auto_class_table(views: list[ArchView]) -> list[dict]:
+    rows = []
+    for auto in AUTO_CLASSES:
+        own = [v for v in views if v.arch.auto_class == auto]
+        kinds = {k: sum(v.verdict.kind == k for v in own)
+                 for k in ("supported", "not-supported", "not-verified")}
+        if not own:
+            status, notes = "Not in the matrix", "No matrix row uses this auto class."
+        else:
+            status = ("Supported" if kinds["supported"] else
+                      "Failing" if kinds["not-supported"] else "Not verified")
+            notes = (f"{kinds['supported']} of {len(own)} architectures supported, "
+                     f"{kinds['not-supported']} not supported, {kinds['not-verified']} not verified; "
+                     "see [llm.md](llm.md).")
+        rows.append({"auto_class": auto, "task": TASKS.get(auto, auto), "status": status, "notes": notes})
+    return rows
+
+
+# --- index.html ----------------------------------------------------------------------------
+
+def grid(matrix: Matrix, views: list[ArchView], run_short: dict[str, str],
+         history: dict[str, list[dict]]) -> dict:
+    """index.html: one row per architecture, one column per (method, layout), each cell holding its
+    runnable cells' results per release and place. Aggregated so the page stays light."""
+    columns = [(m, lay) for m in matrix.methods for lay in matrix.layouts]
+    rows = []
+    for view in views:
+        tds = []
+        for method, layout in columns:
+            group = view.group(method, layout)
+            cells = []
+            for c in group.cells:
+                newest_first = sorted(c.evidence, key=lambda e: (e.release.key, where_order(e.where)),
+                                      reverse=True)
+                # One message per cell, its newest failure's (or skip reason): the page stays light;
+                # the family page has every release's message.
+                messages = [e.message for e in newest_first if e.status in (*FAILED, "skip") and e.message]
+                cells.append({"suffix": c.suffix, "message": messages[0] if messages else "",
+                              "entries": [{"e": e, "run": run_short[e.run_id]} for e in newest_first]})
+            runs = sorted((h for c in group.cells for h in history.get(c.cell.id, [])),
+                          key=lambda h: (h["timestamp"], h["run_id"], h["where"], h["status"]))
+            tds.append({"group": group, "cells": cells, "history": runs[-HISTORY_LIMIT:]})
+        rows.append({"view": view, "cells": tds})
+    return {"columns": columns, "rows": rows}
+
+
+def history_by_cell(frames: Iterable[pd.DataFrame]) -> dict[str, list[dict]]:
+    """Every record of the history database, de-duplicated by content, oldest first, per cell."""
+    seen, out = set(), {}
+    for frame in frames:
+        for row in frame.to_dict("records"):
+            key = record_key(row["record"])
+            if key in seen:
+                continue
+            seen.add(key)
+            out.setdefault(row["cell_id"], []).append(
+                {"timestamp": row["timestamp"], "run_id": row["run_id"], "status": row["status"],
+                 "where": row["where_short"], "transformers": row["transformers"]})
+    for items in out.values():
+        items.sort(key=lambda h: (h["timestamp"], h["run_id"], h["where"], h["status"]))
+    return out
+
+
+# --- llm.md: real sizes and published claims ----------------------------------------------
+
+def real_shape_rows(matrix: Matrix, views: list[ArchView]) -> list[dict]:
+    """One row per real-shape record: what fitting the real size on a GPU cost (or why it did not)."""
+    shapes = {n: s.checkpoint for n, s in matrix.real_shapes.items()}
+    rows = []
+    for view in views:
+        for e in view.evidence:
+            if "@" not in e.cell_id or e.status not in RAN:
+                continue
+            m, shape = e.metrics, e.cell_id.rsplit("@", 1)[1]
+            passed = e.status == "pass"
+            peak = m.get("peak_reserved_bytes") or m.get("peak_memory_bytes")
+            planned = m.get("planned_bytes")
+            rows.append({
+                "cell_id": e.cell_id, "checkpoint": shapes.get(shape, shape),
+                "method": e.cell_id.split("-")[1], "where": e.where_short,
+                "release": e.release.label(),
+                "status": e.status + (f" ({e.category})" if e.category else ""),
+                "params": number(m.get("params_total")), "peak": human_bytes(peak) if peak else "—",
+                "asked": human_bytes(planned) if not passed and planned else "",
+                "tokens_per_s": number(m.get("tokens_per_s")) if passed else "—",
+                "mfu": f"{m['mfu']:.1%}" if passed and m.get("mfu") is not None else "—",
+                "peak_tflops": m.get("peak_tflops")})
+    return sorted(rows, key=lambda r: (r["checkpoint"], r["method"], where_order(r["where"]), r["release"]))
+
+
+def claim_rows(matrix: Matrix, views: list[ArchView]) -> list[dict]:
+    """Each published claim with the verdict its real-shape measurements gave (or 'unverified')."""
+    from harness.spec.claims import evaluate
+
+    judged: dict[str, list[tuple[Evidence, dict]]] = {}
+    for view in views:
+        for e in view.evidence:
+            for verdict in e.metrics.get("claims") or []:
+                judged.setdefault(verdict["claim"], []).append((e, verdict))
+    rows = []
+    for name, claim in sorted(matrix.claims.items()):
+        found = judged.get(name) or [(None, vars(evaluate(
+            claim, status=None, category=None, peak_bytes=None, device_name=None,
+            device_count=claim.gpus, device_total_bytes=None)))]
+        for e, verdict in found:
+            rows.append({**verdict, "where": f"{e.where_short}, {e.release.label()}" if e else "—",
+                         "source": claim.source})
+    return rows
+
+
+def regression_items(views: list[ArchView]) -> list[dict]:
+    """The regressions listed at the top of llm.md: per row, the layouts that regressed, the first
+    failing release seen (and the last passing one), a failing message, the evidence link."""
+    items = []
+    for view in views:
+        groups = view.regressed_groups
+        if not groups:
+            continue
+        first = releases.earliest(g.regression for g in groups)
+        layouts: dict[str, list[str]] = {}
+        for g in groups:
+            layouts.setdefault(g.layout, []).append(g.method)
+        failing = [e for g in groups for c in g.cells for e in c.current
+                   if c.regression and e.status in FAILED]
+        example = min(failing, key=lambda e: (e.release.key, e.cell_id, where_order(e.where)))
+        layout = example.cell_id.split("-")[2]
+        items.append({
+            "view": view, "first": first.first_failing.label(), "last": first.last_passing.label(),
+            "layouts": ", ".join(f"`{lay}` ({', '.join(ms)})" for lay, ms in layouts.items()),
+            "example": example,
+            "link": Link(f"{view.number}.{layout}",
+                         f"{family_page(view)}#{github_anchor(layout_heading(layout, view.name))}")})
+    return items
+
+
+def link_order(label: str) -> tuple:
+    """'12.fsdp2' after '12' and before '13': the link definitions follow the table's rows."""
+    number, _, layout = label.partition(".")
+    return (int(number), layout)
+
+
+# --- the documents -------------------------------------------------------------------------
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"),
+                                            default_for_string=True),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(md_text=md_text, md_code=md_code, one_line=one_line, human_bytes=human_bytes)
+    return env
+
+
+def python_versions(records: pd.DataFrame) -> dict[str, str]:
+    if records.empty:
+        return {}
+    return {str(r): str(p) for r, p in zip(records["run_id"], records["env_python"], strict=True)}
+
+
+def render_docs(matrix: Matrix, records: pd.DataFrame,
+                history_frames: Iterable[pd.DataFrame] = ()) -> dict[str, str]:
+    """Relative path -> text of every generated document. Pure: same inputs, same bytes."""
+    in_matrix = {c.id for c in expand(matrix)[0]}
+    unused = int((~records["cell_id"].isin(in_matrix)).sum()) if not records.empty else 0
+    views = arch_views(matrix, records)
+    pages = families(views)
+    methods, layouts = list(matrix.methods), list(matrix.layouts)
+    rows = [llm_row(v, layouts, methods) for v in views]
+    evidence = [e for v in views for e in v.evidence]
+    runs = runs_of(evidence, python_versions(records))
+    run_short = {r.run_id: r.short for r in runs}
+    env = environment()
+    common = {"matrix": matrix, "views": views, "unused": unused, "records": len(records),
+              "places": sorted({e.where_short for e in evidence}, key=where_order),
+              "counts": {k: sum(v.verdict.kind == k for v in views)
+                         for k in ("supported", "not-supported", "not-verified", "n/a")}}
+    regressions = regression_items(views)
+    found = [*(link for r in rows for link in r.links), *(r["link"] for r in regressions)]
+    links = {link.label: link for link in found}
+    docs = {
+        "llm.md": env.get_template("llm.md.j2").render(
+            **common, header=markdown_row(HEADER), rule=markdown_row(("---",) * len(HEADER)),
+            rows=[(v, r, markdown_row(r.cells)) for v, r in zip(views, rows, strict=True)],
+            links=[links[k] for k in sorted(links, key=link_order)], regressions=regressions,
+            real_shapes=real_shape_rows(matrix, views), claims=claim_rows(matrix, views)),
+        "overview.md": env.get_template("overview.md.j2").render(
+            **common, auto_classes=auto_class_table(views), failures=failure_table(views),
+            known=FAILURE_CATEGORIES, apis=api_rows(matrix), choices=list(matrix.choices.values()),
+            release_sets=list(matrix.release_sets.values()), known_limits=known_limit_rows(matrix)),
+        "index.html": env.get_template("index.html.j2").render(
+            **common, runs=runs, layouts=layouts,
+            grid=grid(matrix, views, run_short, history_by_cell(history_frames))),
+        "models/index.md": env.get_template("models_index.md.j2").render(**common, pages=pages),
+    }
+    family = env.get_template("family.md.j2")
+    for page in pages:
+        sections = {v.name: [layout_section(v, lay, methods, matrix.layouts[lay].world_size)
+                             for lay in layouts] for v in page["archs"]}
+        page_runs = [r for r in runs if r.run_id in {e.run_id for v in page["archs"] for e in v.evidence}]
+        docs[f"models/{page['slug']}.md"] = family.render(
+            **common, page=page, sections=sections, page_runs=page_runs)
+    return dict(sorted(docs.items()))
+
+
+def write_docs(out: Path | str, docs: dict[str, str]) -> list[str]:
+    """Write every document; remove generated pages that the records no longer give."""
+    out = Path(out)
+    for extra in stale_files(out, docs):
+        if extra not in docs:
+            (out / extra).unlink()
+    for rel, text in docs.items():
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return sorted(docs)
+
+
+def stale_files(out: Path | str, docs: dict[str, str]) -> list[str]:
+    """Documents that differ from what the records give: changed, missing or left over."""
+    out = Path(out)
+    stale = [rel for rel, text in docs.items()
+             if not (out / rel).is_file() or (out / rel).read_text(encoding="utf-8") != text]
+    for directory in GENERATED_DIRS:
+        for path in sorted((out / directory).glob("*.md")):
+            rel = path.relative_to(out).as_posix()
+            if rel not in docs:
+                stale.append(rel)
+    return sorted(stale)

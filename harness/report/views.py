@@ -1,0 +1,265 @@
+"""Views: what the records show for each architecture row, by cell, release and place.
+
+Render is a pure function from (Matrix, records) to documents; this module is its first half:
+it turns the records into plain view objects that the templates only display.
+
+- Records are taken newest per (cell, place, release): a place is "cpu" or a GPU by name, a
+  release is the transformers and peft versions (`harness.report.releases`). An older release is
+  never hidden by a newer one; it is history that the family pages show and the release
+  ranges compress.
+- A cell's *current* result is its newest release (over every place that ran that release).
+- A group is one (method, layout) of a row: its cells over every tier and check. Its mark is
+  the combined current outcome of its cells (`releases.combine`).
+- A row's verdict is about its *required* cells (tiny tier, layouts the matrix marks
+  `required`): supported when each one's current result is a pass.
+- A regression is a cell whose newest release fails while an earlier one passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from harness.report import releases
+from harness.report.machine_paths import strip_machine_paths
+from harness.report.releases import FAIL, PASS, Outcome, Regression, Release
+from harness.report.results import latest
+from harness.spec.cells import Cell, expand
+from harness.spec.constraints import violated_constraint
+from harness.spec.matrix import Architecture, Matrix
+
+# A verdict, per release and per group, is about a (cell, place, release): newest record of each.
+BY = ("where", "transformers", "env_peft")
+
+
+def where_order(where: str) -> tuple:
+    return (where != "cpu", where)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One record as the docs show it (machine paths stripped from its message)."""
+
+    cell_id: str
+    where: str
+    where_short: str
+    status: str
+    category: str | None
+    message: str
+    run_id: str
+    timestamp: str
+    release: Release
+    torch: str
+    device_name: str
+    device_count: int
+    backend: str | None
+    git_sha: str
+    metrics: dict = field(compare=False, repr=False)
+
+    @property
+    def date(self) -> str:
+        return self.timestamp[:10]
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return releases.outcome([(self.status, self.category)])
+
+
+@dataclass
+class CellView:
+    cell: Cell
+    evidence: list[Evidence]  # oldest release first, then place
+    per_release: dict[Release, Outcome | None]
+    current: list[Evidence]  # the evidence of its newest release
+    outcome: Outcome | None
+    regression: Regression | None
+
+    @property
+    def suffix(self) -> str:
+        """The cell id without architecture, method and layout: 'tiny-train'."""
+        return self.cell.id.split("-", 3)[3]
+
+
+@dataclass
+class Group:
+    """One (method, layout) of a row: its runnable cells, or why none can run (n/a)."""
+
+    method: str
+    layout: str
+    cells: list[CellView]
+    na_reason: str | None
+    outcome: Outcome | None
+    regression: Regression | None
+
+    @property
+    def passed(self) -> int:
+        return sum(c.outcome is not None and c.outcome.symbol == PASS for c in self.cells)
+
+    @property
+    def text(self) -> str:
+        """The short mark: '✓', '✗ numerics', '⊘ remote-code', 'n/a', '—' (nothing ran)."""
+        if self.na_reason is not None:
+            return "n/a"
+        if self.outcome is None:
+            return "—"
+        return self.outcome.text + (" regression" if self.regression else "")
+
+    @property
+    def status(self) -> str:
+        """For the dashboard: pass, fail, xfail, skip, na or notrun."""
+        if self.na_reason is not None:
+            return "na"
+        if self.outcome is None:
+            return "notrun"
+        if self.outcome.symbol == FAIL:
+            statuses = {e.status for c in self.cells for e in c.current}
+            return "fail" if "fail" in statuses else "xfail"
+        return "pass" if self.outcome.symbol == PASS else "skip"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # supported, not-supported, not-verified, n/a
+    text: str
+    categories: tuple[str, ...] = ()
+
+
+@dataclass
+class ArchView:
+    name: str
+    arch: Architecture
+    number: int  # the row's position in llm.md (1-based), also its link labels
+    groups: list[Group]
+    verdict: Verdict
+    required: list[CellView]
+    per_release: dict[Release, Outcome | None]  # over the required cells
+    regression: Regression | None  # of a required cell
+    pruned: dict[str, str]
+    family_links: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def cells(self) -> list[CellView]:
+        return [c for g in self.groups for c in g.cells]
+
+    @property
+    def evidence(self) -> list[Evidence]:
+        return sorted((e for c in self.cells for e in c.evidence),
+                      key=lambda e: (e.cell_id, e.release.key, where_order(e.where)))
+
+    @property
+    def release_spans(self) -> list[releases.Span]:
+        return releases.spans(self.per_release)
+
+    @property
+    def regressed_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.regression]
+
+    def group(self, method: str, layout: str) -> Group:
+        return next(g for g in self.groups if g.method == method and g.layout == layout)
+
+
+# --- building -------------------------------------------------------------------------------
+
+def evidence_by_cell(records: pd.DataFrame) -> dict[str, list[Evidence]]:
+    shown = latest(records, by=BY)
+    by_cell: dict[str, list[Evidence]] = {}
+    for row in shown.to_dict("records"):
+        by_cell.setdefault(row["cell_id"], []).append(Evidence(
+            cell_id=row["cell_id"], where=row["where"], where_short=row["where_short"],
+            status=row["status"], category=row["category"],
+            message=strip_machine_paths(row["message"]), run_id=str(row["run_id"]),
+            timestamp=str(row["timestamp"]),
+            release=Release(str(row["transformers"]), row["env_peft"] and str(row["env_peft"])),
+            torch=str(row["torch"]), device_name=str(row["device_name"]),
+            device_count=int(row["env_device_count"] or 1), backend=row["env_backend"] or None,
+            git_sha=str(row["git_sha"] or "unknown"), metrics=row["metrics"] or {}))
+    for items in by_cell.values():
+        items.sort(key=lambda e: (e.release.key, where_order(e.where)))
+    return by_cell
+
+
+def cell_view(cell: Cell, evidence: list[Evidence]) -> CellView:
+    per_release: dict[Release, list[Evidence]] = {}
+    for e in evidence:
+        per_release.setdefault(e.release, []).append(e)
+    outcomes = {r: releases.outcome((e.status, e.category) for e in found)
+                for r, found in per_release.items()}
+    ran = [r for r, o in outcomes.items() if o is not None]
+    newest = max(ran, key=lambda r: r.key) if ran else None
+    current = per_release.get(newest, []) if newest else []
+    return CellView(cell, evidence, outcomes, current, outcomes.get(newest) if newest else None,
+                    releases.regression(outcomes))
+
+
+def group_view(method: str, layout: str, cells: list[CellView], reason: str | None) -> Group:
+    if not cells:
+        return Group(method, layout, [], reason or "no cells", None, None)
+    return Group(method, layout, cells, None, releases.combine(c.outcome for c in cells),
+                 releases.earliest(c.regression for c in cells))
+
+
+def verdict_for(required: list[CellView]) -> Verdict:
+    if not required:
+        return Verdict("n/a", "n/a: no runnable cell")
+    current = releases.combine(c.outcome for c in required)
+    if current is not None and current.symbol == FAIL:
+        return Verdict("not-supported", f"✗ not supported: {', '.join(current.categories)}",
+                       current.categories)
+    passed = sum(c.outcome is not None and c.outcome.symbol == PASS for c in required)
+    if passed == len(required):
+        return Verdict("supported", "✓ supported")
+    if passed == 0 and current is not None:
+        return Verdict("not-supported", f"✗ not supported: {', '.join(current.categories)}",
+                       current.categories)
+    return Verdict("not-verified", f"— not verified: {passed} of {len(required)} required cells passed")
+
+
+def per_release_outcomes(cells: list[CellView]) -> dict[Release, Outcome | None]:
+    found: dict[Release, list[Outcome | None]] = {}
+    for c in cells:
+        for release, outcome in c.per_release.items():
+            found.setdefault(release, []).append(outcome)
+    return {r: releases.combine(o) for r, o in found.items()}
+
+
+def na_reason(matrix: Matrix, name: str, method: str, layout: str, pruned: dict[str, str]) -> str:
+    """Why no cell of (method, layout) can run: the layout's constraint where one rules the row
+    out ('EP needs a MoE model'), else the reasons of the pruned cells."""
+    arch = matrix.architectures[name]
+    constraint = violated_constraint(matrix, arch, matrix.layouts[layout])
+    if constraint:
+        return constraint
+    reasons = {r for i, r in pruned.items() if i.startswith(f"{name}-{method}-{layout}-")}
+    return "; ".join(sorted(reasons)) or "no cells"
+
+
+def arch_views(matrix: Matrix, records: pd.DataFrame) -> list[ArchView]:
+    """One view per architecture row, in the matrix's (sorted) order."""
+    evidence = evidence_by_cell(records)
+    cells, pruned = expand(matrix)
+    by_arch: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_arch.setdefault(cell.architecture, []).append(cell)
+    pruned_by_arch: dict[str, dict[str, str]] = {}
+    for p in pruned:
+        pruned_by_arch.setdefault(p.cell.architecture, {})[p.id] = p.reason
+    tiny_tiers = {t for t, tier in matrix.tiers.items() if tier.source == "tiny"}
+    views = []
+    for number, name in enumerate(sorted(matrix.architectures), start=1):
+        own = [cell_view(c, evidence.get(c.id, [])) for c in by_arch.get(name, [])]
+        own_pruned = pruned_by_arch.get(name, {})
+        groups = []
+        for method in matrix.methods:
+            for layout in matrix.layouts:
+                chosen = [c for c in own if c.cell.method == method and c.cell.layout == layout]
+                groups.append(group_view(method, layout, chosen, na_reason(matrix, name, method, layout,
+                                                                           own_pruned)))
+        required = ([c for c in own if c.cell.tier in tiny_tiers and matrix.layouts[c.cell.layout].required]
+                    or own)
+        views.append(ArchView(
+            name=name, arch=matrix.architectures[name], number=number, groups=groups,
+            verdict=verdict_for(required), required=required,
+            per_release=per_release_outcomes(required),
+            regression=releases.earliest(c.regression for c in required), pruned=own_pruned))
+    return views

@@ -1,0 +1,181 @@
+"""Run one cell and turn whatever happens into an Outcome: status, category, message, metrics.
+
+This is the only place that maps failures to statuses:
+- a check that passes is `pass`;
+- a cell that cannot run in this environment (remote code, a newer transformers, a checkpoint
+  not in the cache) is `skip`, with its category and the real message;
+- a failure that a row declares in `known_limits` is `xfail`;
+- anything else is `fail`, with its category and the real message and traceback.
+
+A cell whose layout has more than one rank runs on the persistent rank pool (harness/run/pool.py):
+every rank runs the same check module through `rank_task`, with a CellRun for that rank, and
+rank 0's metrics come back. A rank that raises, dies or hangs fails the cell with its category
+(`crash`, `timeout`, or the check's own) and that rank's traceback; the pool carries on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.failures import HARNESS_ERROR, CellFailure, classify, format_traceback, trimmed
+from harness.run.pool import PoolTaskError
+from harness.spec.cells import Cell
+from harness.spec.matrix import Matrix, load_matrix
+
+SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent", "not-offered")
+DEFAULT_CELL_TIMEOUT_S = 300.0
+RANK_TASK = "harness.run.runner:rank_task"
+
+
+def cell_timeout_s(tier=None) -> float:
+    """How long a multi-rank cell may run before its pool is torn down.
+
+    COMPAT_HARNESS_CELL_TIMEOUT overrides; else the tier's own `cell_timeout_s` (matrix data);
+    else DEFAULT_CELL_TIMEOUT_S.
+    """
+    if os.environ.get("COMPAT_HARNESS_CELL_TIMEOUT"):
+        return float(os.environ["COMPAT_HARNESS_CELL_TIMEOUT"])
+    if tier is not None and tier.cell_timeout_s:
+        return float(tier.cell_timeout_s)
+    return DEFAULT_CELL_TIMEOUT_S
+
+
+@dataclass
+class Outcome:
+    status: str
+    category: str | None = None
+    message: str = ""
+    traceback: str = ""
+    metrics: dict = field(default_factory=dict)
+    known_limit_stale: str | None = None
+
+
+def _peak_memory(device: str) -> dict:
+    import torch
+
+    if device == "cuda":
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated())}
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
+    return {"peak_memory_bytes": None,
+            "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
+
+
+def run_check(matrix: Matrix, cell: Cell, device: str) -> dict:
+    """Run the cell's check (harness/checks/<name>.py) on this device; return its metrics."""
+    import torch
+
+    from harness.cellrun import CellRun
+
+    if matrix.layouts[cell.layout].world_size > 1:
+        return run_on_pool(matrix, cell, device)
+    check = importlib.import_module(f"harness.checks.{cell.check}")
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory(prefix=f"{cell.id}-") as scratch:
+        metrics = check.run(CellRun(matrix, cell, device, scratch_root=Path(scratch)))
+    # A check that measured its own peak (real-shape: the training steps alone) keeps it.
+    return {**_peak_memory(device), **metrics}
+
+
+# --- multi-rank cells --------------------------------------------------------------------------
+
+def matrix_dir(matrix: Matrix) -> str:
+    dirs = {str(Path(f).resolve().parent) for f in matrix.files}
+    if len(dirs) != 1:
+        raise CellFailure("error", f"matrix files span several directories: {sorted(dirs)}")
+    return dirs.pop()
+
+
+def run_on_pool(matrix: Matrix, cell: Cell, device: str) -> dict:
+    """Run the cell on every rank of this process's pool for its world size; rank 0's metrics."""
+    from harness.ckpt.models import checkpoint_for
+    from harness.run.pool import get_pool
+
+    layout = matrix.layouts[cell.layout]
+    # Resolved here, once: a missing checkpoint is a skip before any rank starts, and the ranks
+    # do not race to write the same tiny checkpoint.
+    checkpoint = checkpoint_for(matrix.architectures[cell.architecture], matrix.tiers[cell.tier], matrix)
+    with tempfile.TemporaryDirectory(prefix=f"{cell.id}-") as scratch:
+        payload = {"matrix_dir": matrix_dir(matrix), "cell": dataclasses.asdict(cell),
+                   "checkpoint": str(checkpoint), "scratch": scratch}
+        per_rank = get_pool(layout.world_size, device).run(RANK_TASK, payload,
+                                                            cell_timeout_s(matrix.tiers[cell.tier]))
+    metrics = per_rank[0]
+    losses = [r.get("losses") for r in per_rank]
+    if losses[0] is not None and any(x != losses[0] for x in losses):
+        raise CellFailure("numerics", "ranks disagree on the global loss curve: "
+                                      + "; ".join(f"rank {i}: {x}" for i, x in enumerate(losses)))
+    return {**metrics, "world_size": layout.world_size, "mesh": dict(layout.mesh)}
+
+
+_MATRICES: dict[tuple, Matrix] = {}
+
+
+def _rank_matrix(directory: str) -> Matrix:
+    """load_matrix once per process and matrix contents (the files' sizes and mtimes)."""
+    from harness.spec.matrix import matrix_files
+
+    key = (directory, *((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in matrix_files(directory)))
+    if key not in _MATRICES:
+        _MATRICES[key] = load_matrix(directory)
+    return _MATRICES[key]
+
+
+def rank_task(payload: dict, ctx) -> dict:
+    """On every pool rank: run the cell's check module with this rank's CellRun; its metrics."""
+    import torch
+
+    from harness.cellrun import CellRun
+
+    matrix = _rank_matrix(payload["matrix_dir"])
+    cell = Cell(**payload["cell"])
+    check = importlib.import_module(f"harness.checks.{cell.check}")
+    if ctx.device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    scratch = Path(payload["scratch"]) / f"rank{ctx.rank}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    cr = CellRun(matrix, cell, ctx.device_type, scratch_root=scratch, shared_root=Path(payload["scratch"]),
+                 rank=ctx.rank, world_size=ctx.world_size, ctx=ctx,
+                 checkpoint_path=Path(payload["checkpoint"]))
+    metrics = check.run(cr)  # a failure is classified on this rank by the pool (failures.classify)
+    return {**metrics, **_peak_memory(ctx.device_type)}
+
+
+def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
+    arch = matrix.architectures[cell.architecture]
+    limit = next(
+        (lim for lim in arch.known_limits
+         if lim.covers(cell.method, cell.layout, cell.tier, cell.check, cell.variant)),
+        None,
+    )
+    start = time.perf_counter()
+    try:
+        metrics = run_check(matrix, cell, device)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a categorised record
+        category, message = classify(exc)
+        duration = {**getattr(exc, "metrics", {}), "duration_s": time.perf_counter() - start}
+        if category in SKIP_CATEGORIES:
+            return Outcome("skip", category, message, metrics=duration)
+        status = "xfail" if limit and limit.category == category != HARNESS_ERROR else "fail"
+        if status == "xfail":
+            message = f"known limit ({limit.reason}): {message}"
+        if isinstance(exc, PoolTaskError) and exc.rank_traceback:
+            text = trimmed(f"rank {exc.rank}:\n{exc.rank_traceback}", 8000)
+        else:
+            text = format_traceback(exc)
+        return Outcome(status, category, message, text, metrics=duration)
+    metrics["duration_s"] = time.perf_counter() - start
+    stale = None
+    if limit:
+        stale = (f"{cell.id} passed, but {arch.source_file} declares a known limit for it "
+                 f"({limit.category}: {limit.reason}); remove that known_limits entry")
+    return Outcome("pass", metrics=metrics, known_limit_stale=stale)
+

@@ -1,0 +1,7 @@
+"""The matrix as data: its types, loading and validation, the cells it expands to, constraints and
+claims.
+
+First stage of the data path (matrix/*.toml -> Matrix -> cells). Nothing here imports torch or
+peft (an import-linter contract in `make lint`): listing thousands of cells must stay fast, and a
+mistake in the TOML must be reported before any library is touched.
+"""
