@@ -31,7 +31,7 @@ def heldout_curve(arch: str, method: str) -> list[float]:
     placed = cr.place()
     heldout = realtext.heldout_batch(cr)
     def heldout_loss() -> float:
-        return realtext.eval_loss(placed, heldout, cr.per_sequence)
+        return cr.stack.eval_loss(placed, heldout, cr.per_sequence)
 
     steps = cr.steps(placed, realtext.train_batches(cr))
     curve = [heldout_loss()]

@@ -2,7 +2,8 @@
 
     python benchmarks/pool_vs_torchrun.py [--device cpu|cuda] [--world-size 2] [--steps 5]
 
-Each cell (architecture x method, tiny tier, fsdp2 layout) runs `harness.stacks.native.placement.train_task`
+Each cell (architecture x method, tiny tier, fsdp2 layout) runs
+`harness.stacks.native.stack.fixed_batch_fit_task`
 once through the warm pool and once as its own `torchrun --standalone` job, which pays the
 interpreter start, the torch imports and the process-group rendezvous every time. Printed per
 cell: wall time both ways, the task's own time measured inside the ranks (load + train; in a
@@ -27,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def timed_task(payload: dict, ctx) -> dict:
-    """train_task, plus the time it took inside the rank."""
-    from harness.stacks.native.placement import train_task
+    """fixed_batch_fit_task, plus the time it took inside the rank."""
+    from harness.stacks.native.stack import fixed_batch_fit_task
 
     start = time.perf_counter()
-    out = train_task(payload, ctx)
+    out = fixed_batch_fit_task(payload, ctx)
     return {"task_s": time.perf_counter() - start, "losses": out["losses"]}
 
 
@@ -58,7 +59,7 @@ def torchrun_worker(payload_file: str, result_file: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from harness.run.pool import RankContext
+    from harness.run.ranks import RankContext
 
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     payload = pickle.loads(Path(payload_file).read_bytes())

@@ -1,10 +1,14 @@
-"""What a check needs to run one cell: its matrix entries, its device, and the model steps.
+"""What a check receives for one cell: its matrix entries, its device, and its stack.
 
 Checks are written once against CellRun and do not know whether they run on one device or on
-a rank of a pool. `place()` returns a `Placed` (harness/stacks/native/placement.py): the model as the cell's
-documented call built it, with the data-parallel slice it trains on and a global view of its
-gradients; `train(placed)` runs the shared training loop on it. The placement travels as that
+a rank of a pool, nor which stack runs the cell: `cr.stack` is the Stack seam
+(harness/stacks/base.py). `place()` returns a `Placed` (harness/stacks/placed.py): the model as
+the cell's documented call built it, with the data-parallel slice it trains on and a global view
+of its gradients; `fit(placed)` trains it with the tier's schedule. The placement travels as that
 value; there is one way to get a one-device model (`place()` under the one-rank layout).
+
+This module sits between the checks (above) and the stacks (below): it turns matrix entries into
+the stack's typed requests (PlaceRequest, Schedule), so neither side parses the other's data.
 """
 
 from __future__ import annotations
@@ -13,8 +17,17 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from harness import failures
+from harness.ckpt.models import checkpoint_for
+from harness.data import text
+from harness.data.batches import PER_SEQUENCE_AUTO_CLASSES, classification_labels, fixed_batch
 from harness.spec.cells import Cell
 from harness.spec.matrix import Api, Architecture, Layout, Matrix, Method, Tier
+from harness.stacks.base import PlaceRequest, Schedule, Stack
+from harness.stacks.native.placement import choose_api
+from harness.stacks.placed import Placed
+from harness.stacks.registry import stack_for
+from harness.stacks.result import TrainResult
 
 
 @dataclass
@@ -31,6 +44,16 @@ class CellRun:
     ctx: object = None
     # Resolved once by the runner, so that the ranks do not race to build the same checkpoint.
     checkpoint_path: Path | None = None
+
+    @cached_property
+    def stack(self) -> Stack:
+        """The stack under test that runs this cell (harness/stacks/registry.py)."""
+        return stack_for("native")
+
+    @property
+    def choices(self) -> dict[str, str]:
+        """The matrix's script choices, name -> declared value (the stack has its defaults)."""
+        return {name: choice.value for name, choice in self.matrix.choices.items()}
 
     @property
     def distributed(self) -> bool:
@@ -85,15 +108,11 @@ class CellRun:
 
     def api(self, layout: Layout) -> Api | None:
         """The documented call that applies `layout` for this cell (its variant's on its own layout)."""
-        from harness.stacks.native.placement import choose_api
-
         variant = self.cell.variant if layout.name == self.cell.layout else ""
         return choose_api(self.matrix.apis, layout, variant)
 
     @cached_property
     def checkpoint(self) -> Path:
-        from harness.ckpt.models import checkpoint_for
-
         if self.checkpoint_path is not None:
             return Path(self.checkpoint_path)
         return checkpoint_for(self.arch, self.tier, self.matrix)
@@ -105,26 +124,21 @@ class CellRun:
 
         return AutoConfig.from_pretrained(self.checkpoint)
 
-    def load_base(self):
-        """A fresh model from the tier's checkpoint through from_pretrained, on this device."""
-        import torch
-
-        from harness.ckpt.models import load_model
-
-        torch.manual_seed(0)
-        return load_model(self.arch, self.checkpoint, self.tier.dtype, self.device)
-
-    def place(self, layout: Layout | None = None):
-        """The cell's method and `layout` (default: the cell's own) applied on this rank: a Placed."""
-        from harness.stacks.native.placement import Request, place
-
+    def request(self, layout: Layout | None = None) -> PlaceRequest:
+        """What the stack is asked to build on this rank: the cell's method under `layout`."""
         layout = layout or self.layout
         ctx = self.ctx if layout.world_size > 1 else None
         device = self.ctx.device if self.ctx is not None else self.device
-        request = Request(self.arch, self.method, layout, self.checkpoint, self.tier.dtype, ctx,
-                          device=device, experts=self.experts,
-                          replicas=self.matrix.choice("replicas_outside_fsdp", "average_gradients"))
-        return place(request, self.api(layout))
+        return PlaceRequest(self.arch, self.method, layout, self.api(layout), self.checkpoint,
+                            self.tier.dtype, device, ctx, experts=self.experts, choices=self.choices)
+
+    def place(self, layout: Layout | None = None) -> Placed:
+        """The cell's method and `layout` (default: the cell's own) applied on this rank by the stack."""
+        return self.stack.place(self.request(layout))
+
+    def load_base(self):
+        """The checkpoint as from_pretrained gives it on this device, no method applied."""
+        return self.stack.load_base(self.request(self.one_device_layout))
 
     def one_device_model(self, state: dict | None = None):
         """The cell's method on an unsharded model on this rank's device, holding `state`.
@@ -138,23 +152,18 @@ class CellRun:
             missing, unexpected = model.load_state_dict({k: v.to(device) for k, v in state.items()},
                                                         strict=False)
             if missing or unexpected:
-                from harness.failures import CellFailure
-
-                raise CellFailure("check-failed", "the gathered state dict does not fit a one-device model: "
-                                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+                raise failures.CellFailure(
+                    "check-failed", "the gathered state dict does not fit a one-device model: "
+                                    f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model
 
     @property
     def per_sequence(self) -> bool:
         """Whether the model's loss averages over sequences (a classifier), not label tokens."""
-        from harness.stacks.native.loop import PER_SEQUENCE_AUTO_CLASSES
-
         return self.arch.auto_class in PER_SEQUENCE_AUTO_CLASSES
 
     def batch(self) -> dict:
         """The tiny tier's fixed global batch, from the checkpoint's own vocabulary."""
-        from harness.stacks.native.loop import classification_labels, fixed_batch
-
         text_config = self.config.get_text_config()
         size = self.layout.batch_size or self.tier.batch_size
         batch = fixed_batch(text_config.vocab_size, size, self.tier.seq_len)
@@ -164,30 +173,20 @@ class CellRun:
 
     def batches(self) -> list[dict]:
         """The global batch of every step: the tier's real text, or the fixed batch every step."""
-        from harness.data import text as realtext
+        return text.train_batches(self) if text.uses_text(self) else [self.batch()]
 
-        return realtext.train_batches(self) if realtext.uses_text(self) else [self.batch()]
+    def schedule(self, batches: list[dict] | None = None, steps: int | None = None) -> Schedule:
+        """The tier's training schedule for this cell's method (default: the tier's batches and steps)."""
+        return Schedule(batches or self.batches(), steps or self.tier.steps, self.tier.lr_for(self.method),
+                        self.per_sequence, self.choices)
 
-    def optimizer(self, model):
-        from harness.stacks.native.loop import make_optimizer
+    def steps(self, placed: Placed, batches: list[dict] | None = None, steps: int | None = None):
+        """The stack's training on `placed` as a generator that yields after each backward."""
+        return self.stack.steps(placed, self.schedule(batches, steps))
 
-        return make_optimizer(model, self.tier.lr_for(self.method),
-                              self.matrix.choice("optimizer_groups", "by_tensor_kind"))
-
-    def steps(self, placed, batches: list[dict] | None = None, steps: int | None = None):
-        """The training loop on `placed` as a generator (see harness/stacks/native/loop.py: iter_steps)."""
-        from harness.stacks.native.loop import iter_steps, local_grad_norm
-
-        batches = batches or self.batches()
-        norm = placed.global_grad_norm if placed.kind != "single" else local_grad_norm
-        return iter_steps(placed.model, batches, self.optimizer(placed.model), steps or self.tier.steps,
-                          placed.dp, norm, self.per_sequence)
-
-    def train(self, placed, steps: int | None = None, batches: list[dict] | None = None):
+    def fit(self, placed: Placed, steps: int | None = None, batches: list[dict] | None = None) -> TrainResult:
         """A few optimizer steps on the tier's global batches; the global loss curve."""
-        from harness.stacks.native.loop import finish
-
-        return finish(self.steps(placed, batches, steps))
+        return self.stack.fit(placed, self.schedule(batches, steps))
 
     def scratch_dir(self) -> Path:
         """A fresh directory for this cell's checkpoints, inside the root the runner removes."""

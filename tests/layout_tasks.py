@@ -60,8 +60,9 @@ def planted_parity(payload: dict, ctx) -> dict:
     new one's (every parameter's gradient), each as the list of problems it found.
     """
     from harness.checks.parity import compare_curves, compare_grads, describe
-    from harness.stacks.native.loop import finish
-    from harness.stacks.native.placement import Request, grad_or_zeros, place, same_adapter_start
+    from harness.stacks.native.placement import Request, place, same_adapter_start
+    from harness.stacks.placed import grad_or_zeros
+    from harness.stacks.result import run_to_end
 
     cr = _cell_run(payload, ctx)
     bug, target = payload.get("bug"), payload.get("target")
@@ -98,7 +99,7 @@ def planted_parity(payload: dict, ctx) -> dict:
             compared += compare_grads(step, grads, want, cr.tolerance)
     if reference_steps is None:
         return {"losses": result.losses}
-    reference_result = finish(reference_steps)
+    reference_result = run_to_end(reference_steps)
     old, _ = compare_curves(cr.layout.name, result, reference_result, cr.tolerance)
     over = [c for c in compared if not c[0] <= 1.0]
     return {"losses": result.losses, "reference_losses": reference_result.losses,
@@ -137,7 +138,7 @@ def plain_shards(payload: dict, ctx) -> dict:
     """Split known tensors the way a plain-tensor TP release does, then read them back whole."""
     import torch
 
-    from harness.stacks.native.placement import gather_plain_shard, split_of
+    from harness.stacks.placed import gather_plain_shard, split_of
 
     full = torch.arange(4 * 6, dtype=torch.float32).reshape(4, 6)
     rows = full.chunk(ctx.world_size, 0)[ctx.rank]  # colwise: out features split

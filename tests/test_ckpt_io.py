@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from harness.checks.dcp_roundtrip import export_hf, load_dcp, reload_hf, save_dcp
 from harness.ckpt.atomic import CheckpointCorrupt, atomic_directory, verify
 from harness.ckpt.models import load_model
 from harness.ckpt.tiny import tiny_checkpoint
 from harness.failures import CellFailure
 from harness.spec.matrix import load_matrix
+from harness.stacks.native.saving import export_hf, load_dcp, reload_hf, save_dcp
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,8 @@ def test_reload_of_a_non_checkpoint_is_a_check_failure(llama, tmp_path):
 
 def test_sharded_save_by_two_ranks_is_atomic_and_verified(llama, tmp_path):
     """A DCP checkpoint written by 2 FSDP2 ranks: complete and verified, or not there at all."""
-    from harness.run.pool import PoolTaskError, get_pool
+    from harness.run.pool import get_pool
+    from harness.run.ranks import PoolTaskError
 
     arch, model = llama
     target = tmp_path / "dcp"

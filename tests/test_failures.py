@@ -19,7 +19,7 @@ def _raised(call):
 
 
 def test_an_exception_raised_in_harness_code_is_a_harness_error():
-    from harness.stacks.native.loop import label_tokens
+    from harness.data.batches import label_tokens
 
     category, message = classify(_raised(lambda: label_tokens({"labels": None}, per_sequence=False)))
     assert category == HARNESS_ERROR

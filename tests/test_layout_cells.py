@@ -108,7 +108,7 @@ def test_cell_timeout_default_tier_and_override(monkeypatch):
 
 def test_parity_compare_shows_both_curves():
     from harness.checks.parity import compare_curves
-    from harness.stacks.native.loop import TrainResult
+    from harness.stacks.result import TrainResult
 
     ref = TrainResult([2.0, 1.5], [1.0, 0.9], [0.1, 0.1], 64)
     got = TrainResult([2.0, 1.6], [1.0, 0.9], [0.1, 0.1], 64)

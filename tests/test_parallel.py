@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from harness.failures import CellFailure
-from harness.run.pool import PoolTaskError, get_pool
+from harness.run.pool import get_pool
+from harness.run.ranks import PoolTaskError
 from harness.spec.cells import Cell
 from harness.spec.matrix import Api, Layout, load_matrix
 from harness.stacks.native.placement import choose_api

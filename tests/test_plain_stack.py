@@ -12,7 +12,8 @@ import re
 import pytest
 
 from harness.ckpt.tiny import tiny_checkpoint
-from harness.run.pool import PoolTaskError, get_pool
+from harness.run.pool import get_pool
+from harness.run.ranks import PoolTaskError
 from harness.run.runner import run_cell
 from harness.spec.cells import Cell
 from harness.spec.matrix import load_matrix

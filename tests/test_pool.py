@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from harness.failures import classify
-from harness.run.pool import PoolTaskError, RankPool, get_pool
+from harness.run.pool import RankPool, get_pool
+from harness.run.ranks import PoolTaskError
 
 TASKS = "tests.pool_tasks"
 

@@ -11,8 +11,9 @@ import pytest
 
 from harness.report.records import REPO_ROOT
 from harness.run import rendezvous
-from harness.run.pool import PoolTaskError, RankPool, get_pool
+from harness.run.pool import RankPool, get_pool
 from harness.run.poolnode import shutdown_nodes
+from harness.run.ranks import PoolTaskError
 
 TASKS = "tests.pool_tasks"
 

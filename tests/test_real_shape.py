@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from harness.cellrun import CellRun
+from harness.checks import train as train_check
 from harness.failures import CellFailure, classify
 from harness.spec.cells import Cell, expand
 from harness.spec.claims import FAILS, HOLDS, UNVERIFIED, evaluate
@@ -21,7 +22,6 @@ from harness.stacks.native.realshape import (
     mfu,
     oom_failure,
     param_counts,
-    run_train,
 )
 
 GIB = 1 << 30
@@ -102,7 +102,7 @@ def test_materialising_keeps_tied_embeddings_tied():
 
 def test_real_shape_train_runs_on_cpu_with_a_shrunk_config():
     claim = Claim("tiny-claim", "tiny-org/tiny-llama", "lora", 1, 80.0, "test", shape="tiny-llama")
-    metrics = run_train(_cell_run(TINY, "lora", [claim]))
+    metrics = train_check.run(_cell_run(TINY, "lora", [claim]))
     assert metrics["losses"][-1] < metrics["losses"][0]
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -116,7 +116,7 @@ def test_real_shape_train_runs_on_cpu_with_a_shrunk_config():
 def test_a_shape_that_does_not_fit_is_an_oom_record_with_the_memory_it_asked_for():
     huge = {**TINY, "vocab_size": 1 << 32, "hidden_size": 1024, "num_attention_heads": 8, "head_dim": 128}
     with pytest.raises(CellFailure) as info:
-        run_train(_cell_run(huge, "sft"))  # a genuine allocator refusal: 8 TiB of embedding
+        train_check.run(_cell_run(huge, "sft"))  # a genuine allocator refusal: 8 TiB of embedding
     assert info.value.category == "oom"
     assert info.value.metrics["asked_bytes"] >= (1 << 32) * 1024 * 2
     assert info.value.metrics["oom_at"] == "materialising the weights"

@@ -15,14 +15,6 @@ order, so across layouts only the parity check's tolerance applies.
 
 from __future__ import annotations
 
-import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    set_model_state_dict,
-)
-
 from harness.checks.common import (
     assert_bit_equal,
     assert_same_logits,
@@ -30,54 +22,9 @@ from harness.checks.common import (
     full_state,
     logits,
 )
-from harness.checks.train import trained, training_metrics
-from harness.ckpt.atomic import atomic_directory, collective_atomic_directory, verify
-from harness.ckpt.tiny import auto_model_class
+from harness.checks.train import trained
 from harness.failures import CellFailure
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def save_dcp(model, target) -> None:
-    """Every rank writes its shards (a collective when a process group is up); then one rename."""
-    with collective_atomic_directory(target) as staging:
-        dcp.save(get_model_state_dict(model), checkpoint_id=str(staging))
-
-
-def load_dcp(model, source, collective: bool = True) -> None:
-    """Load a (possibly sharded) DCP checkpoint into `model`, resharding to its layout.
-
-    collective=False loads on this rank alone, e.g. rank 0 of a pool reading what all ranks
-    saved into an unsharded model while the others are done.
-    """
-    verify(source)
-    state = get_model_state_dict(model)
-    dcp.load(state, checkpoint_id=str(source), no_dist=not (collective and _distributed()))
-    set_model_state_dict(model, state)
-
-
-def set_full_state(model, state: dict) -> None:
-    """Give a (possibly sharded) model the gathered `state`: each rank keeps its own shards.
-
-    A copy of the dict goes in: torch replaces its entries with the DTensor shards it makes.
-    """
-    set_model_state_dict(model, dict(state), options=StateDictOptions(full_state_dict=True, strict=False))
-
-
-def export_hf(model, target, max_shard_size: str) -> None:
-    with atomic_directory(target) as staging:
-        model.save_pretrained(staging, max_shard_size=max_shard_size)
-
-
-def reload_hf(arch, source, device):
-    verify(source)
-    try:
-        return auto_model_class(arch).from_pretrained(source).to(device)
-    except Exception as exc:  # noqa: BLE001 - the verdict is the loader's own message
-        raise CellFailure("check-failed", f"from_pretrained({source}) failed: {type(exc).__name__}: {exc}") \
-            from exc
+from harness.stacks.result import training_metrics
 
 
 def run(cr) -> dict:
@@ -86,7 +33,7 @@ def run(cr) -> dict:
     batch = cr.batch()
     trained_state = full_state(model, placed)
     source = cr.shared_dir("dcp")
-    save_dcp(model, source)
+    cr.stack.save_sharded(model, source)
     target = cr.load_layout
     metrics = {**training_metrics(result, placed), "saved_under": cr.layout.name, "loaded_under": target.name}
 
@@ -96,11 +43,11 @@ def run(cr) -> dict:
                                        f"cell has {cr.world_size} (pair layouts of one size, or single)")
         loaded_placed = cr.place(target)
         loaded = loaded_placed.model
-        load_dcp(loaded, source)
+        cr.stack.load_sharded(loaded, source)
         assert_bit_equal(trained_state, full_state(loaded, loaded_placed),
                          f"DCP saved under {cr.layout.name} -> loaded under {target.name}")
         direct = cr.place(target).model
-        set_full_state(direct, trained_state)
+        cr.stack.set_full_state(direct, trained_state)
         assert_same_logits(logits(direct, batch), logits(loaded, batch),
                            f"DCP -> {target.name} vs the trained weights set directly under {target.name}")
     if not cr.is_main:
@@ -110,14 +57,14 @@ def run(cr) -> dict:
     single_logits = logits(single, batch)
     if target.world_size == 1:
         loaded = cr.one_device_model()
-        load_dcp(loaded, source, collective=False)
+        cr.stack.load_sharded(loaded, source, collective=False)
         what = f"DCP saved under {cr.layout.name} -> one device"
         assert_bit_equal(trained_state, full_state(loaded), what)
         assert_same_logits(single_logits, logits(loaded, batch), what)
 
     export = cr.scratch_dir() / "hf"
-    export_hf(single, export, cr.check_options.get("export_max_shard_size", "5GB"))
-    reloaded = reload_hf(cr.arch, export, next(single.parameters()).device)
+    cr.stack.save_pretrained(single, export, cr.check_options.get("export_max_shard_size", "5GB"))
+    reloaded = cr.stack.load_pretrained(cr.arch, export, next(single.parameters()).device)
     assert_bit_equal(trained_state, full_state(reloaded), "HF export -> from_pretrained")
     assert_ties_kept(reloaded, "HF export -> from_pretrained")
     assert_same_logits(single_logits, logits(reloaded, batch), "HF export -> from_pretrained")

@@ -15,12 +15,12 @@ from __future__ import annotations
 import torch
 
 from harness.checks.common import full_state, model_device, require_one_device_load
-from harness.checks.dcp_roundtrip import export_hf, reload_hf
-from harness.checks.peft_roundtrip import load_adapter, one_device_adapter_model, save_adapter
-from harness.checks.train import trained, training_metrics
+from harness.checks.peft_roundtrip import one_device_adapter_model
+from harness.checks.train import trained
 from harness.data import text as realtext
 from harness.data.qa import answer_matches
 from harness.failures import CellFailure
+from harness.stacks.result import training_metrics
 
 
 @torch.no_grad()
@@ -50,15 +50,15 @@ def _reloaded(cr, placed):
         single = one_device_adapter_model(cr, placed)
         if single is None:
             return None
-        save_adapter(single, scratch / "adapter")
-        return load_adapter(cr, scratch / "adapter")
+        cr.stack.save_adapter(single, scratch / "adapter")
+        return cr.stack.load_adapter(cr.request(cr.one_device_layout), scratch / "adapter")
     require_one_device_load(cr)
     state = full_state(placed.model, placed) if cr.distributed else None
     if not cr.is_main:
         return None
     single = cr.one_device_model(state) if cr.distributed else placed.model
-    export_hf(single, scratch / "hf", "5GB")
-    return reload_hf(cr.arch, scratch / "hf", next(single.parameters()).device)
+    cr.stack.save_pretrained(single, scratch / "hf", "5GB")
+    return cr.stack.load_pretrained(cr.arch, scratch / "hf", next(single.parameters()).device)
 
 
 def run(cr) -> dict:

@@ -16,7 +16,7 @@ catches what two aggregate numbers hide: a missing all-reduce on a replicated we
 parameter's gradient off by 0.1% (AdamW normalises its scale away, so the loss barely moves).
 
 Both sides start from the same weights: the checkpoint's, and for LoRA the same values in
-every A (`parallel.same_adapter_start`, the matrix choice `parity_adapter_start`: values written
+every A (the stack's `align_for_parity`, the matrix choice `parity_adapter_start`: values written
 into the tensors peft built, never reshaped). Dropout is turned off on both sides (matrix choice
 `parity_dropout`): its masks depend on how each rank consumes the RNG.
 """
@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 import time
 
-from harness.checks.train import training_metrics
 from harness.failures import CellFailure
-from harness.stacks.native.placement import grad_or_zeros, same_adapter_start
+from harness.stacks.placed import grad_or_zeros
+from harness.stacks.result import run_to_end, training_metrics
 
 WORST_SHOWN = 5
 
@@ -101,31 +101,9 @@ def describe(over: list[tuple], layout: str, tolerance: dict, steps: int) -> str
     return "\n".join(lines)
 
 
-def disable_dropout(model) -> int:
-    """Set every dropout rate in the model to 0; return how many nonzero rates there were."""
-    import torch
-
-    count = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout) and module.p > 0:
-            module.p = 0.0
-            count += 1
-        for name, value in list(vars(module).items()):
-            if (("dropout" in name or "pdrop" in name) and isinstance(value, float)
-                    and not isinstance(value, bool) and value > 0):
-                setattr(module, name, 0.0)
-                count += 1
-    return count
-
-
-def _prepare(cr, placed) -> dict:
-    """Both sides alike: dropout as the matrix chooses, the same adapter start."""
-    notes = {"dropout_disabled": 0}
-    if cr.matrix.choice("parity_dropout", "off") == "off":
-        notes["dropout_disabled"] = disable_dropout(placed.model)
-    if cr.method.is_lora and cr.matrix.choice("parity_adapter_start", "same_values") == "same_values":
-        notes["adapter_start_skipped"] = same_adapter_start(placed, seed=0)
-    return notes
+def _prepare(cr, placed, layout) -> dict:
+    """Both sides alike, as the stack's choices say (dropout, the same adapter start)."""
+    return cr.stack.align_for_parity(placed, cr.request(layout))
 
 
 def _one_device_grads(placed) -> dict:
@@ -138,10 +116,10 @@ def run(cr) -> dict:
         raise CellFailure("error", f"parity compares a multi-rank layout with one device; "
                                    f"layout {cr.layout.name} has one rank")
     layout = cr.place()
-    prepared = _prepare(cr, layout)
+    prepared = _prepare(cr, layout, cr.layout)
     reference = cr.place(cr.one_device_layout) if cr.is_main else None
     if reference is not None:
-        _prepare(cr, reference)
+        _prepare(cr, reference, cr.one_device_layout)
     batches = cr.batches()
     layout_steps = cr.steps(layout, batches)
     reference_steps = cr.steps(reference, batches) if reference is not None else None
@@ -176,7 +154,7 @@ def run(cr) -> dict:
     if mismatch:
         raise CellFailure("check-failed", f"{mismatch} (parameters renamed while training?)", metrics)
     start = time.perf_counter()
-    reference_result = _finish(reference_steps)
+    reference_result = run_to_end(reference_steps)
     timing["reference_s"] += time.perf_counter() - start
     problems, curve_metrics = compare_curves(cr.layout.name, result, reference_result, cr.tolerance)
     bound = grad_tolerance(cr.tolerance)
@@ -200,8 +178,3 @@ def run(cr) -> dict:
         raise CellFailure("numerics", "parity with one device failed:\n" + "\n".join(problems), metrics)
     return metrics
 
-
-def _finish(steps):
-    from harness.stacks.native.loop import finish
-
-    return finish(steps)

@@ -23,22 +23,9 @@ from harness.checks.common import (
     logits,
     require_one_device_load,
 )
-from harness.checks.dcp_roundtrip import export_hf, reload_hf
-from harness.checks.train import trained, training_metrics
-from harness.ckpt.atomic import atomic_directory, verify
+from harness.checks.train import trained
 from harness.failures import CellFailure
-
-
-def save_adapter(peft_model, target) -> None:
-    with atomic_directory(target) as staging:
-        peft_model.save_pretrained(staging)
-
-
-def load_adapter(cr, source):
-    from peft import PeftModel
-
-    verify(source)
-    return PeftModel.from_pretrained(cr.load_base(), source)
+from harness.stacks.result import training_metrics
 
 
 def one_device_adapter_model(cr, placed):
@@ -79,8 +66,8 @@ def run(cr) -> dict:
         metrics["layout_vs_one_device_max_abs_diff"] = float((single_logits - layout_logits).abs().max())
     scratch = cr.scratch_dir()
 
-    save_adapter(single, scratch / "adapter")
-    reloaded = load_adapter(cr, scratch / "adapter")
+    cr.stack.save_adapter(single, scratch / "adapter")
+    reloaded = cr.stack.load_adapter(cr.request(cr.load_layout), scratch / "adapter")
     assert_same_logits(single_logits, logits(reloaded, batch), "adapter save -> load into a fresh base")
 
     merged = reloaded.merge_and_unload()
@@ -88,8 +75,8 @@ def run(cr) -> dict:
     # The merge's own tolerance where the check declares one (matrix: checks.peft_roundtrip.options).
     tolerance = {**cr.tolerance, **cr.check_options.get("merge_tolerance", {}).get(cr.tier.dtype, {})}
     bound = assert_close_logits(single_logits, merged_logits, tolerance, "merge_and_unload")
-    export_hf(merged, scratch / "merged", cr.check_options.get("export_max_shard_size", "5GB"))
-    plain = reload_hf(cr.arch, scratch / "merged", next(merged.parameters()).device)
+    cr.stack.save_pretrained(merged, scratch / "merged", cr.check_options.get("export_max_shard_size", "5GB"))
+    plain = cr.stack.load_pretrained(cr.arch, scratch / "merged", next(merged.parameters()).device)
     assert_same_logits(merged_logits, logits(plain, batch), "merged model -> from_pretrained")
     adapter_bytes = sum(p.stat().st_size for p in (scratch / "adapter").glob("*.safetensors"))
     return {**metrics, "adapter_bytes": adapter_bytes,

@@ -22,10 +22,10 @@ import time
 import torch
 
 from harness.ckpt.providers import provenance
-from harness.data import text as realtext
+from harness.data import text
 from harness.failures import CellFailure
-from harness.stacks.native.loop import TrainResult
-from harness.stacks.native.methods import Trainable
+from harness.stacks.placed import Trainable
+from harness.stacks.result import TrainResult, training_metrics
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -118,17 +118,35 @@ def heldout_fall_min(cr) -> float:
     return own if own is not None else cr.tier.heldout_fall_min
 
 
-def train(cr, placed) -> TrainResult:
-    """The cell's training: the tier's real text (held-out loss around it), or the fixed batch."""
-    return realtext.train(cr, placed) if realtext.uses_text(cr) else cr.train(placed)
+def fit_on_tier(cr, placed) -> TrainResult:
+    """The cell's training: the tier's real text with the held-out loss around it, or the fixed batch.
+
+    On real text the result's `extra` holds what the record shows: the held-out loss before and
+    after the steps, and how many questions and answer tokens it averaged over.
+    """
+    if not text.uses_text(cr):
+        return cr.fit(placed)
+    heldout = text.heldout_batch(cr)
+    before = cr.stack.eval_loss(placed, heldout, cr.per_sequence)
+    result = cr.fit(placed, batches=text.train_batches(cr))
+    result.extra.update(heldout_loss_before=before,
+                        heldout_loss_after=cr.stack.eval_loss(placed, heldout, cr.per_sequence),
+                        heldout_items=int(heldout["input_ids"].shape[0]),
+                        answer_tokens=int((heldout["labels"] != -100).sum()) if heldout["labels"].ndim > 1
+                        else None)
+    return result
 
 
 def run(cr) -> dict:
     """The `train` check for one cell; returns the measurements for its record."""
     if cr.tier.source == "real-shape":
-        from harness.stacks.native.realshape import run_train
-
-        return run_train(cr)
+        metrics, result = cr.stack.measure_real_shape(cr)
+        try:
+            assert_loss_falls(result) if cr.tier.loss_must_fall else assert_finite(result)
+        except CellFailure as failure:  # the measurements stand even when the loss misbehaves
+            failure.metrics.update(metrics)
+            raise
+        return metrics
     start = time.perf_counter()
     placed = cr.place()
     trainable = placed.trainable
@@ -137,7 +155,7 @@ def run(cr) -> dict:
     before = snapshot(model)
     if cr.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = train(cr, placed)
+    result = fit_on_tier(cr, placed)
     before, after = whole(placed, before), whole(placed, snapshot(model))
     assert_loss_falls(result, start_loss_max(cr), heldout_fall_min(cr))
     counts = assert_updates(trainable, before, after, cr.method.is_lora)
@@ -158,19 +176,6 @@ def run(cr) -> dict:
 def trained(cr):
     """The round trips' common start: the cell placed, trained, loss checked; (placed, result)."""
     placed = cr.place()
-    result = train(cr, placed)
+    result = fit_on_tier(cr, placed)
     assert_loss_falls(result, start_loss_max(cr), heldout_fall_min(cr))
     return placed, result
-
-
-def training_metrics(result: TrainResult, placed=None) -> dict:
-    """The record's training measurements (and how the model was placed, when given)."""
-    out = {**(placed.record if placed is not None else {}),
-        "losses": result.losses,
-        "grad_norms": result.grad_norms,
-        "step_times_s": result.step_times_s,
-        "tokens_per_s": result.tokens_per_s,
-    }
-    if "heldout_loss_before" in result.extra:
-        out.update(start_loss=result.losses[0], **result.extra)
-    return out

@@ -21,7 +21,6 @@ import functools
 import torch
 
 from harness.data.qa import fixed_prompts, load_qa, prompt_ids, qa_batch, split_items
-from harness.stacks.native.loop import TrainResult
 
 CLASSIFIER = "AutoModelForSequenceClassification"
 
@@ -72,56 +71,6 @@ def train_batches(cr) -> list[dict]:
 
 def heldout_batch(cr) -> dict:
     return text_batch(cr, "heldout", cr.tier.heldout_batch_size or cr.tier.batch_size)
-
-
-def _reshard(model) -> None:
-    """Give back FSDP2's gathered parameters after an evaluation forward.
-
-    FSDP2 keeps the root module's parameters gathered after its forward (the root does not
-    reshard after forward); after a no-grad forward that state outlives the evaluation, and the
-    training steps then never reduce gradients into the root's sharded weights (embeddings,
-    final norm, head), which silently stay as they were. The tiny tier never evaluates outside
-    training, so only this path needs it.
-    """
-    from torch.distributed.fsdp import FSDPModule
-
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.reshard()
-
-
-@torch.no_grad()
-def eval_loss(placed, batch: dict, per_sequence: bool = False) -> float:
-    """The loss on a global batch as trainers report it: the mean over all its label tokens."""
-    from harness.stacks.native.loop import label_tokens
-
-    model = placed.model
-    was_training = model.training
-    model.eval()
-    local = placed.dp.local_batch(batch)
-    device = next(model.parameters()).device
-    loss = model(**{k: v.to(device) for k, v in local.items()}).loss.detach()
-    loss = loss.full_tensor() if hasattr(loss, "full_tensor") else loss
-    model.train(was_training)
-    _reshard(model)
-    mine = label_tokens(local, per_sequence)
-    return placed.dp.total(float(loss) * mine) / max(placed.dp.total(mine), 1)
-
-
-def train(cr, placed) -> TrainResult:
-    """The tier's steps on its train batches, with the tier's learning rate for the method.
-
-    The result's `extra` holds what the real tier records: the held-out loss before and after.
-    """
-    heldout = heldout_batch(cr)
-    before = eval_loss(placed, heldout, cr.per_sequence)
-    result = cr.train(placed, batches=train_batches(cr))
-    result.extra.update(heldout_loss_before=before,
-                        heldout_loss_after=eval_loss(placed, heldout, cr.per_sequence),
-                        heldout_items=int(heldout["input_ids"].shape[0]),
-                        answer_tokens=int((heldout["labels"] != -100).sum()) if heldout["labels"].ndim > 1
-                        else None)
-    return result
 
 
 def fixed_prompt(cr, item_id: str):

@@ -21,6 +21,13 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 
+def cuda_device_count() -> int:
+    """The GPUs torch sees here (0 on a CPU build)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def lock_dir() -> Path:
     env = os.environ.get("COMPAT_HARNESS_GPU_LOCK_DIR")
     directory = Path(env) if env else Path(tempfile.gettempdir()) / f"compat-harness-gpus-{os.getuid()}"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-
-def cuda_device_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+from harness.run.devices import cuda_device_count
+from harness.run.rendezvous import RendezvousError, capacity, placement
 
 
 def missing_devices(device: str, world_size: int) -> str | None:
@@ -21,8 +18,6 @@ def missing_devices(device: str, world_size: int) -> str | None:
         return "no CUDA device on this machine: run on a GPU host, or select cpu cells (-m cpu)"
     if have < world_size:
         # A rendezvous over several hosts (COMPAT_HARNESS_RDZV) gives a pool more GPUs than this one.
-        from harness.run.rendezvous import RendezvousError, capacity, placement
-
         try:
             total = capacity("cuda")
             if total is not None and world_size <= total:

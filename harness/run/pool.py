@@ -1,7 +1,7 @@
 """A persistent pool of N ranks: imports and process-group init are paid once, not once per cell.
 
     pool = get_pool(world_size=2, device_type="cpu")
-    per_rank = pool.run("harness.stacks.native.placement:train_task", payload, timeout_s=120)
+    per_rank = pool.run("harness.stacks.native.stack:fixed_batch_fit_task", payload, timeout_s=120)
 
 `get_pool` keeps one pool per (world size, device type) in this process (so each pytest-xdist
 worker has its own). A pool starts N spawned worker processes; each initialises
@@ -42,239 +42,32 @@ down.
 from __future__ import annotations
 
 import atexit
-import contextlib
-import importlib
-import multiprocessing as mp
 import os
-import signal
-import sys
 import tempfile
 import time
-import traceback
-from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from harness.failures import CellFailure, classify
+from harness.run.devices import lease_gpus
+from harness.run.poolnode import POLL_S, RemoteRanks, shutdown_nodes
+from harness.run.ranks import (
+    LOG_TAIL_LINES,
+    PoolTaskError,
+    RankSpec,
+    exit_text,
+    read_tail,
+    receive,
+    request_stacks,
+    spawn_rank,
+    stop_ranks,
+)
+from harness.run.rendezvous import RendezvousError, from_env, placement
 
-LOG_TAIL_LINES = 40
 # A rank whose thread count passes this is restarted before the next task. transformers builds a
 # new device mesh (new process groups, each with its own gloo threads) at every distributed load,
 # and a persistent rank loads hundreds of models: without a limit the threads pile up until the
 # host refuses new ones ("can't start new thread"), which is no verdict on any cell.
 RECYCLE_THREADS = int(os.environ.get("COMPAT_HARNESS_RANK_THREADS", "400"))
-
-
-class PoolTaskError(CellFailure):
-    """A pool task failed: category, message, which rank, and that rank's traceback."""
-
-    def __init__(self, category: str, message: str, rank: int | None = None, rank_traceback: str = "",
-                 metrics: dict | None = None):
-        super().__init__(category, message, metrics)
-        self.rank = rank
-        self.rank_traceback = rank_traceback
-
-    def __str__(self) -> str:
-        return f"{self.message}\n{self.rank_traceback}" if self.rank_traceback else self.message
-
-
-@dataclass
-class RankContext:
-    """What a task function gets besides its payload."""
-
-    rank: int
-    world_size: int
-    device: object  # torch.device
-    backend: str
-    local_rank: int = 0  # the rank on this host (the GPU index on CUDA)
-    node_rank: int = 0
-    _meshes: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def device_type(self) -> str:
-        return self.device.type
-
-    def mesh(self, dims: dict[str, int]):
-        """A DeviceMesh with these named dims, built once per shape (its groups are reused)."""
-        key = tuple(dims.items())
-        if key not in self._meshes:
-            from torch.distributed.device_mesh import init_device_mesh
-
-            self._meshes[key] = init_device_mesh(
-                self.device_type, tuple(dims.values()), mesh_dim_names=tuple(dims)
-            )
-        return self._meshes[key]
-
-
-# --- the worker side ---------------------------------------------------------------------------
-
-def resolve_task(task: str):
-    module, _, name = task.partition(":")
-    if not module or not name:
-        raise ValueError(f"task must be 'module:function', got {task!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def _redirect_output(log_path: str):
-    import faulthandler
-
-    log = open(log_path, "w", buffering=1)  # noqa: SIM115 - lives as long as the process
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
-    faulthandler.enable(file=log, all_threads=True)
-    faulthandler.register(signal.SIGUSR1, file=log, all_threads=True)
-    return log
-
-
-@dataclass(frozen=True)
-class RankSpec:
-    """What a spawned rank needs to join its pool's process group."""
-
-    world_size: int
-    local_world_size: int
-    device_type: str
-    master_addr: str
-    master_port: int
-    store_prefix: str = ""  # non-empty: the group's keys live under it in a shared store
-    visible_devices: str | None = None
-    preload: tuple[str, ...] = ()
-    node_rank: int = 0
-
-
-def spawn_rank(rank: int, local_rank: int, spec: RankSpec, log_path: Path):
-    """Start one rank process; (process, the parent's end of its pipe)."""
-    context = mp.get_context("spawn")
-    parent_end, child_end = context.Pipe()
-    proc = context.Process(target=_worker_main, name=f"compat-pool-rank{rank}", daemon=True,
-                           args=(rank, local_rank, spec, child_end, str(log_path)))
-    proc.start()
-    child_end.close()
-    return proc, parent_end
-
-
-def read_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _worker_main(rank: int, local_rank: int, spec: RankSpec, conn, log_path: str) -> None:
-    """Runs in the spawned process: init torch.distributed once, then serve tasks until told to stop."""
-    _redirect_output(log_path)
-    os.environ.update({
-        "RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(spec.world_size),
-        "LOCAL_WORLD_SIZE": str(spec.local_world_size), "GROUP_RANK": str(spec.node_rank),
-        "MASTER_ADDR": spec.master_addr, "MASTER_PORT": str(spec.master_port), "OMP_NUM_THREADS": "1",
-    })
-    if spec.visible_devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = spec.visible_devices
-    if spec.device_type == "cpu":
-        # CPU ranks see no GPU: transformers' own distributed loading binds each rank to the
-        # host's accelerator (cuda:LOCAL_RANK) even under gloo, which on a 1-GPU host fails
-        # rank 1 with "invalid device ordinal", and would put a CPU cell's weights on a GPU.
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    start = time.perf_counter()
-    import torch
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    if spec.device_type == "cuda":
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    store = dist.TCPStore(spec.master_addr, spec.master_port, is_master=False)
-    if spec.store_prefix:
-        store = dist.PrefixStore(spec.store_prefix, store)
-    extra = {"device_id": device} if spec.device_type == "cuda" else {}
-    dist.init_process_group(backend, store=store, rank=rank, world_size=spec.world_size, **extra)
-    ctx = RankContext(rank=rank, world_size=spec.world_size, device=device, backend=backend,
-                      local_rank=local_rank, node_rank=spec.node_rank)
-    for module in spec.preload:
-        importlib.import_module(module)
-    conn.send(("ready", rank, time.perf_counter() - start))
-    while True:
-        message = conn.recv()
-        if message is None:
-            break
-        task_id, task, payload = message
-        print(f"--- task {task_id}: {task}", flush=True)
-        try:
-            value = resolve_task(task)(payload, ctx)
-            conn.send(("ok", task_id, thread_count(), value))
-        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-            category, message = classify(exc)  # a CellFailure keeps its own; else where it was raised
-            text = "".join(traceback.format_exception(exc))
-            print(text, flush=True)
-            # a failing check's measurements (CellFailure.metrics) still belong in the record
-            conn.send(("error", task_id, category, message, text, getattr(exc, "metrics", None) or {}))
-    dist.destroy_process_group()
-
-
-def thread_count() -> int:
-    """This process's threads, native ones included (gloo's live outside Python's threading)."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:  # no /proc (macOS): nothing to count, nothing to recycle
-        return 0
-
-
-def _health_check(payload: dict, ctx: RankContext) -> float:
-    import torch
-    import torch.distributed as dist
-
-    value = torch.ones(1, device=ctx.device) * (ctx.rank + 1)
-    dist.all_reduce(value)
-    return float(value)
-
-
-# --- the parent side ---------------------------------------------------------------------------
-
-def exit_text(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-# Node 0's pool and every other node's relay (harness/run/poolnode.py) hold their ranks the same way:
-# a list of processes and the parent's ends of their pipes. These are the steps both take.
-
-def receive(conn):
-    """A rank's next message, or None when it died (EOF on its pipe)."""
-    try:
-        return conn.recv() if conn.poll() else None
-    except (EOFError, OSError):
-        return None
-
-
-def request_stacks(procs) -> None:
-    """SIGUSR1 to each live rank: faulthandler writes every thread's stack into its log."""
-    for proc in procs:
-        if proc.pid and proc.is_alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGUSR1)
-
-
-def stop_ranks(procs, conns, polite_s: float = 0) -> None:
-    """Ask idle ranks to exit (for up to `polite_s`), kill whatever is left, close the pipes."""
-    if polite_s > 0:
-        for conn in conns:
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(None)
-        deadline = time.monotonic() + polite_s
-        for proc in procs:
-            proc.join(timeout=max(deadline - time.monotonic(), 0))
-    for proc in procs:
-        if proc.is_alive():
-            proc.kill()
-    for proc in procs:
-        proc.join(timeout=10)
-    for conn in conns:
-        conn.close()
 
 
 class RankPool:
@@ -332,8 +125,6 @@ class RankPool:
         self._threads = 0
         visible = None
         if self.device_type == "cuda":
-            from harness.run.devices import lease_gpus
-
             self._lease = lease_gpus(self.local_size)
             visible = self._lease.visible_devices
         if self.nodes == 1:
@@ -342,8 +133,6 @@ class RankPool:
             self._store = store  # the workers' rendezvous lives as long as the pool
             addr, port, prefix = "127.0.0.1", store.port, ""
         else:
-            from harness.run.poolnode import RemoteRanks
-
             self._remote = RemoteRanks.announce(self.rendezvous, self.world_size, self.nodes,
                                                 self.device_type, self.preload)
             addr, port = self.rendezvous.master_addr, self.rendezvous.master_port
@@ -403,8 +192,6 @@ class RankPool:
 
     def _collect(self, task_id: int | None, timeout_s: float, what: str) -> list:
         """Wait for every rank's reply to `task_id` (None: the start-up 'ready' message)."""
-        from harness.run.poolnode import POLL_S
-
         deadline = time.monotonic() + timeout_s
         values: dict[int, object] = {}
         errors: list[tuple[int, str, str, str]] = []  # (rank, category, message, traceback)
@@ -473,7 +260,7 @@ class RankPool:
             self._kill()
             return False
         try:
-            sums = self.run("harness.run.pool:_health_check", timeout_s=self.error_grace_s)
+            sums = self.run("harness.run.ranks:health_check", timeout_s=self.error_grace_s)
         except PoolTaskError:
             self._kill()
             return False
@@ -505,8 +292,6 @@ def get_pool(world_size: int, device_type: str = "cpu") -> RankPool:
     size closes the other pool first, so no process holds GPUs while it waits for more. Likewise
     at most one pool spans several nodes, since each node serves one pool at a time.
     """
-    from harness.run.rendezvous import RendezvousError, from_env, placement
-
     try:
         rdzv = from_env()
         nodes, _ = placement(world_size, device_type, rdzv)
@@ -528,6 +313,4 @@ def get_pool(world_size: int, device_type: str = "cpu") -> RankPool:
 def close_pools() -> None:
     while _POOLS:
         _POOLS.popitem()[1].close()
-    poolnode = sys.modules.get("harness.run.poolnode")  # imported only where a pool spanned hosts
-    if poolnode is not None:
-        poolnode.shutdown_nodes()  # the pool-worker processes of the other nodes exit
+    shutdown_nodes()  # the pool-worker processes of the other nodes exit (none if none spanned hosts)

@@ -3,7 +3,7 @@
 Node 0 (the pytest process, harness/run/pool.py) hosts a TCPStore at the rendezvous endpoint.
 Every other node runs one long-lived `compat-harness pool-worker`, which joins that store and
 waits. The store is the only channel between hosts; the ranks themselves are plain pool ranks
-(harness/run/pool.py: `_worker_main`) that talk to their own node's process over a pipe, exactly
+(harness/run/ranks.py: `_worker_main`) that talk to their own node's process over a pipe, exactly
 as on one host. So a node is a relay, and the pool's failure rules need nothing new:
 
     compat-harness/gen                  a counter: the newest generation (one per pool start)
@@ -35,7 +35,8 @@ from datetime import timedelta
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from harness.run.pool import (
+from harness.run.devices import lease_gpus
+from harness.run.ranks import (
     PoolTaskError,
     RankSpec,
     exit_text,
@@ -163,8 +164,6 @@ class NodeRanks:
         lease = None
         visible = None
         if self.spec["device_type"] == "cuda":
-            from harness.run.devices import lease_gpus
-
             lease = lease_gpus(self.per_node)
             visible = lease.visible_devices
         rank_spec = RankSpec(self.spec["world_size"], self.per_node, self.spec["device_type"],

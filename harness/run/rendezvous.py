@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from harness.run.devices import cuda_device_count
+
 RDZV_ENV = "COMPAT_HARNESS_RDZV"
 KEYS = ("nnodes", "nproc", "endpoint", "node_rank", "id", "backend")
 NODE_RANK_ENVS = ("SLURM_NODEID", "NODE_RANK", "GROUP_RANK")
@@ -89,8 +91,6 @@ def ranks_per_node(rdzv: Rendezvous, device_type: str) -> int | None:
     if rdzv.nproc is not None:
         return rdzv.nproc
     if device_type == "cuda":
-        from harness.run.hardware import cuda_device_count
-
         return cuda_device_count()
     return None
 

@@ -25,10 +25,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.cellrun import CellRun
+from harness.ckpt.models import checkpoint_for
 from harness.failures import HARNESS_ERROR, CellFailure, classify, format_traceback, trimmed
-from harness.run.pool import PoolTaskError
+from harness.run.pool import get_pool
+from harness.run.ranks import PoolTaskError
 from harness.spec.cells import Cell
-from harness.spec.matrix import Matrix, load_matrix
+from harness.spec.matrix import Matrix, load_matrix, matrix_files
 
 SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent", "not-offered")
 DEFAULT_CELL_TIMEOUT_S = 300.0
@@ -72,8 +75,6 @@ def run_check(matrix: Matrix, cell: Cell, device: str) -> dict:
     """Run the cell's check (harness/checks/<name>.py) on this device; return its metrics."""
     import torch
 
-    from harness.cellrun import CellRun
-
     if matrix.layouts[cell.layout].world_size > 1:
         return run_on_pool(matrix, cell, device)
     check = importlib.import_module(f"harness.checks.{cell.check}")
@@ -96,9 +97,6 @@ def matrix_dir(matrix: Matrix) -> str:
 
 def run_on_pool(matrix: Matrix, cell: Cell, device: str) -> dict:
     """Run the cell on every rank of this process's pool for its world size; rank 0's metrics."""
-    from harness.ckpt.models import checkpoint_for
-    from harness.run.pool import get_pool
-
     layout = matrix.layouts[cell.layout]
     # Resolved here, once: a missing checkpoint is a skip before any rank starts, and the ranks
     # do not race to write the same tiny checkpoint.
@@ -121,8 +119,6 @@ _MATRICES: dict[tuple, Matrix] = {}
 
 def _rank_matrix(directory: str) -> Matrix:
     """load_matrix once per process and matrix contents (the files' sizes and mtimes)."""
-    from harness.spec.matrix import matrix_files
-
     key = (directory, *((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in matrix_files(directory)))
     if key not in _MATRICES:
         _MATRICES[key] = load_matrix(directory)
@@ -132,8 +128,6 @@ def _rank_matrix(directory: str) -> Matrix:
 def rank_task(payload: dict, ctx) -> dict:
     """On every pool rank: run the cell's check module with this rank's CellRun; its metrics."""
     import torch
-
-    from harness.cellrun import CellRun
 
     matrix = _rank_matrix(payload["matrix_dir"])
     cell = Cell(**payload["cell"])

@@ -1,4 +1,4 @@
-"""The training loop every check shares: a few optimizer steps on given batches, measurements.
+"""The native stack's training loop: a few optimizer steps on global batches, and what they measured.
 
 It knows nothing about layouts. A layout hands it a model that is already sharded and a
 `DataParallel` that says which slice of each global batch this rank owns and how to weigh its
@@ -12,8 +12,8 @@ divides the summed gradients by that number. When every rank holds as many label
 the others (the tiny tier's fixed batch) this is the plain average of the ranks' means; on real
 text, where the answers differ in length, it is not.
 
-`iter_steps` yields after each backward, while the step's gradients are in place, so that
-`parity` can read them step by step; `train_steps` simply runs it to the end.
+`optimizer_steps` yields after each backward, while the step's gradients are in place, so that
+`parity` can read them step by step; `fit` simply runs it to the end.
 """
 
 from __future__ import annotations
@@ -21,77 +21,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
 
 import torch
 
-PER_SEQUENCE_AUTO_CLASSES = ("AutoModelForSequenceClassification",)
-
-
-@dataclass
-class TrainResult:
-    losses: list[float]
-    grad_norms: list[float]
-    step_times_s: list[float]
-    tokens_per_step: int
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def tokens_per_s(self) -> float:
-        # The first step pays for allocator warm-up and lazy init; leave it out when we can.
-        times = self.step_times_s[1:] or self.step_times_s
-        return self.tokens_per_step * len(times) / max(sum(times), 1e-9)
-
-
-@dataclass
-class DataParallel:
-    """This rank's place among the data-parallel ranks of a layout (one device: rank 0 of 1)."""
-
-    rank: int = 0
-    size: int = 1
-    group: object = None
-
-    def local_batch(self, batch: dict) -> dict:
-        """This data-parallel rank's contiguous slice of the global batch."""
-        from harness.failures import CellFailure
-
-        size = batch["input_ids"].shape[0]
-        if size % self.size:
-            raise CellFailure("error", f"global batch {size} does not split over {self.size} dp ranks")
-        per = size // self.size
-        return {k: v[self.rank * per:(self.rank + 1) * per] for k, v in batch.items()}
-
-    def total(self, value: float) -> float:
-        """The sum of `value` over the data-parallel ranks."""
-        if self.size == 1:
-            return value
-        import torch.distributed as dist
-
-        tensor = torch.tensor([float(value)], dtype=torch.float64)
-        dist.all_reduce(tensor, group=self.group)
-        return float(tensor)
-
-
-def label_tokens(batch: dict, per_sequence: bool) -> int:
-    """How many targets the model's loss averages over: shifted label tokens, or sequences."""
-    labels = batch["labels"]
-    if per_sequence or labels.ndim == 1:
-        return int(labels.shape[0])
-    return int((labels[..., 1:] != -100).sum())
-
-
-def fixed_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> dict:
-    """A deterministic batch of token ids; labels are the inputs (causal LM shifts inside)."""
-    generator = torch.Generator().manual_seed(seed)
-    # Stay clear of id 0 and the top of the vocab, where pad and special tokens usually sit.
-    high = max(vocab_size - 1, 3)
-    input_ids = torch.randint(1, high, (batch_size, seq_len), generator=generator)
-    return {"input_ids": input_ids, "labels": input_ids.clone()}
-
-
-def classification_labels(batch_size: int, num_labels: int) -> torch.Tensor:
-    """One class id per sequence, for sequence-classification heads."""
-    return torch.arange(batch_size) % num_labels
+from harness.data.batches import label_tokens
+from harness.stacks.placed import DataParallel
+from harness.stacks.result import TrainResult, run_to_end
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, groups: str = "by_tensor_kind") -> torch.optim.AdamW:
@@ -145,7 +80,7 @@ def _device(model) -> torch.device:
     return param.to_local().device if hasattr(param, "to_local") else param.device
 
 
-def iter_steps(
+def optimizer_steps(
     model: torch.nn.Module,
     batches: list[dict],
     optimizer: torch.optim.Optimizer,
@@ -184,18 +119,43 @@ def iter_steps(
                        tokens_per_step=int(batches[0]["input_ids"].numel()))
 
 
-def finish(steps: Generator[int, None, TrainResult]) -> TrainResult:
-    """Drive `iter_steps` to its end and return its TrainResult."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
-
-
-def train_steps(model, batches: dict | list[dict], optimizer, steps: int, dp: DataParallel | None = None,
+def fit(model, batches: dict | list[dict], optimizer, steps: int, dp: DataParallel | None = None,
                 grad_norm: Callable[[torch.nn.Module], float] = local_grad_norm,
                 per_sequence: bool = False) -> TrainResult:
     """`steps` optimizer steps and the global loss curve (see the module docstring)."""
     batches = batches if isinstance(batches, list) else [batches]
-    return finish(iter_steps(model, batches, optimizer, steps, dp, grad_norm, per_sequence))
+    return run_to_end(optimizer_steps(model, batches, optimizer, steps, dp, grad_norm, per_sequence))
+
+
+# --- a loss without training (the real tier's held-out questions) -------------------------------
+
+def _reshard(model) -> None:
+    """Give back FSDP2's gathered parameters after an evaluation forward.
+
+    FSDP2 keeps the root module's parameters gathered after its forward (the root does not
+    reshard after forward); after a no-grad forward that state outlives the evaluation, and the
+    training steps then never reduce gradients into the root's sharded weights (embeddings,
+    final norm, head), which silently stay as they were. The tiny tier never evaluates outside
+    training, so only this path needs it.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+@torch.no_grad()
+def eval_loss(placed, batch: dict, per_sequence: bool = False) -> float:
+    """The loss on a global batch as trainers report it: the mean over all its label tokens."""
+    model = placed.model
+    was_training = model.training
+    model.eval()
+    local = placed.dp.local_batch(batch)
+    device = next(model.parameters()).device
+    loss = model(**{k: v.to(device) for k, v in local.items()}).loss.detach()
+    loss = loss.full_tensor() if hasattr(loss, "full_tensor") else loss
+    model.train(was_training)
+    _reshard(model)
+    mine = label_tokens(local, per_sequence)
+    return placed.dp.total(float(loss) * mine) / max(placed.dp.total(mine), 1)

@@ -13,20 +13,11 @@ the file, the key and the modules that exist (harness/stacks/native/model_names.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from harness.failures import CellFailure
 from harness.spec.matrix import LORA_TARGET_KEYWORDS, Architecture, Method
 from harness.stacks.native.model_names import peft_matches, unmatched
-
-
-@dataclass
-class Trainable:
-    model: object
-    trainable: list[str]
-    frozen: list[str]
-    lora_modules: list[str] = field(default_factory=list)
-
+from harness.stacks.placed import Trainable
 
 NEEDS_NEWER = re.compile(r"upgrade to transformers\s*>=\s*[0-9]", re.IGNORECASE)
 

@@ -37,99 +37,26 @@ ranks that split it, packed layers (gate and up fused) block by block as the mod
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import zlib
 from dataclasses import dataclass
 
 import torch
 
+from harness.ckpt.tiny import auto_model_class, config_class
 from harness.failures import CellFailure
 from harness.spec.matrix import Api, Architecture, Layout, Method, release_in
-from harness.stacks.native.loop import DataParallel
-from harness.stacks.native.methods import Trainable, apply_method
+from harness.stacks.native.methods import apply_method
+from harness.stacks.native.model_names import check_tp_plan
+from harness.stacks.placed import (
+    DataParallel,
+    Placed,
+    Trainable,
+    base_model,
+    split_of,
+)
 
 LAYOUT_KINDS = ("single", "fsdp2", "tp", "fsdp2_tp", "ep")
-
-
-@dataclass
-class Placed:
-    """A model placed on this rank by one documented call, and how to feed and read it."""
-
-    model: torch.nn.Module
-    trainable: Trainable
-    kind: str
-    api: str = ""
-    call: str = ""
-    dp: DataParallel = dataclasses.field(default_factory=DataParallel)
-    # The ranks a plain (non-DTensor) shard is split over: the TP or EP group (None: the world).
-    shard_group: object = None
-    # Every parameter's one-device shape, where a release shards into plain local tensors.
-    global_shapes: dict[str, tuple] | None = None
-    notes: list[str] = dataclasses.field(default_factory=list)
-    # A MoE row: the record names the experts kernel that ran.
-    moe: bool = False
-
-    @property
-    def record(self) -> dict:
-        """What the cell's record says about the placement."""
-        out = {"layout_kind": self.kind, "dp_size": self.dp.size, "layout_notes": self.notes}
-        if self.api:
-            out.update(api=self.api, api_call=self.call)
-        if self.moe:
-            out["experts_implementation"] = experts_implementation(self.model)
-        return out
-
-    def global_grads(self) -> dict[str, torch.Tensor]:
-        """Every trainable parameter's gradient, whole (a collective: every rank must call it)."""
-        return {name: self.global_view(name, grad_or_zeros(param)).detach().float().cpu()
-                for name, param in self.model.named_parameters() if param.requires_grad}
-
-    def global_grad_norm(self, model=None) -> float:
-        """The norm of the whole gradient, however it is sharded (collectives, no gathering).
-
-        A DTensor's norm is torch's own (it reduces over the placements); a plain split of a
-        parameter adds its ranks' sums of squares over the group that splits it.
-        """
-        import torch.distributed as dist
-
-        total = 0.0
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            grad = grad_or_zeros(param).detach()
-            if hasattr(grad, "full_tensor"):
-                norm = torch.linalg.vector_norm(grad.float())
-                squares = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm) ** 2
-            else:
-                squares = float(grad.float().pow(2).sum())
-            want = (self.global_shapes or {}).get(name)
-            if want is not None and tuple(grad.shape) != tuple(want):
-                summed = torch.tensor([squares], dtype=torch.float64, device=_local(grad).device)
-                dist.all_reduce(summed, group=self.shard_group)
-                squares = float(summed)
-            total += squares
-        return math.sqrt(total)
-
-    def global_view(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` (a parameter or its gradient) as the one-device model holds it."""
-        if hasattr(tensor, "full_tensor"):
-            tensor = tensor.full_tensor()
-        want = (self.global_shapes or {}).get(name)
-        if want is None or tuple(tensor.shape) == tuple(want):
-            return tensor
-        return gather_plain_shard(tensor, tuple(want), self.shard_group, packed_style(self.model, name))
-
-
-def _local(tensor) -> torch.Tensor:
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
-def grad_or_zeros(param) -> torch.Tensor:
-    """A parameter's gradient, or zeros where it got none this step (every rank gathers alike)."""
-    if param.grad is not None:
-        return param.grad
-    return torch.zeros_like(param)
 
 
 # --- what kind of layout, which call applies it -------------------------------------------------
@@ -183,8 +110,6 @@ def load(arch: Architecture, path, dtype: str, experts: str | None = None, **kwa
     """from_pretrained through the row's auto class, as a user calls it (plus the cell's kernel)."""
     import warnings
 
-    from harness.ckpt.tiny import auto_model_class
-
     if experts is not None:
         _require_experts_interface(arch, path, experts)
         kwargs["experts_implementation"] = experts
@@ -200,32 +125,12 @@ def _require_experts_interface(arch: Architecture, path, experts: str) -> None:
     import transformers
     from transformers import AutoConfig
 
-    from harness.ckpt.tiny import auto_model_class
-
     config = AutoConfig.from_pretrained(path)
     cls = auto_model_class(arch)._model_mapping[type(config)]
     if not cls._can_set_experts_implementation():
         raise CellFailure("not-offered", f"{cls.__name__} does not route its experts through transformers' "
                                          f"experts interface in transformers {transformers.__version__}, so "
                                          f"experts_implementation={experts!r} is not offered for it")
-
-
-def experts_implementation(model) -> str | None:
-    """The MoE experts kernel the model runs: transformers' choice at load (not in config.json).
-
-    "own loop" where the model class does not route its experts through transformers' experts
-    interface, whatever the config says.
-    """
-    from torch.distributed.fsdp import FSDPModule
-
-    base = _base_model(model)
-    # fully_shard swaps the class for a subclass of FSDPModule: ask the model's own class.
-    own = next(cls for cls in type(base).__mro__ if not issubclass(cls, FSDPModule))
-    if not own._can_set_experts_implementation():
-        return "own loop"
-    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    return getattr(config, "_experts_implementation", None) or getattr(base.config, "_experts_implementation",
-                                                                        None)
 
 
 def tp_plan(arch: Architecture, path=None) -> dict | str:
@@ -235,12 +140,8 @@ def tp_plan(arch: Architecture, path=None) -> dict | str:
     matrix-error, with the names that exist (harness/stacks/native/model_names.py), before
     transformers sees it.
     """
-    from harness.ckpt.tiny import config_class
-
     if arch.tp_plan:
         if path is not None:
-            from harness.stacks.native.model_names import check_tp_plan
-
             check_tp_plan(arch, path)
         return dict(arch.tp_plan)
     if not getattr(config_class(arch), "base_model_tp_plan", None):
@@ -277,8 +178,6 @@ def check_tp_divides_heads(path, tp: int) -> None:
 
 
 def _require_ep_plan(arch: Architecture) -> None:
-    from harness.ckpt.tiny import config_class
-
     if not arch.moe:
         raise CellFailure("layout-unsupported", "expert parallel needs a MoE model")
     if not getattr(config_class(arch), "base_model_ep_plan", None):
@@ -290,18 +189,14 @@ def _require_ep_plan(arch: Architecture) -> None:
 
 # --- FSDP2 --------------------------------------------------------------------------------------
 
-def _base_model(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def decoder_layers(model) -> list[torch.nn.Module]:
     """The modules FSDP2 wraps one by one: instances of the model's `_no_split_modules` classes."""
-    names = set(getattr(_base_model(model), "_no_split_modules", None) or ())
+    names = set(getattr(base_model(model), "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in names]
     if not layers:
         raise CellFailure(
             "layout-unsupported",
-            f"{type(_base_model(model)).__name__}: no module of its _no_split_modules {sorted(names)} "
+            f"{type(base_model(model)).__name__}: no module of its _no_split_modules {sorted(names)} "
             "found, so there is no decoder layer to shard",
         )
     return layers
@@ -547,8 +442,6 @@ def one_device_shapes(req: Request) -> dict[str, tuple]:
     """Every parameter's shape on one device: the same model and method built on the meta device."""
     from transformers import AutoConfig
 
-    from harness.ckpt.tiny import auto_model_class
-
     config = AutoConfig.from_pretrained(req.path)
     with torch.device("meta"):
         model = auto_model_class(req.arch).from_config(config, dtype=getattr(torch, req.dtype))
@@ -556,48 +449,6 @@ def one_device_shapes(req: Request) -> dict[str, tuple]:
     # every name a state dict has: a tied output embedding too (its shard is gathered like its twin)
     named = trainable.model.named_parameters(remove_duplicate=False)
     return {name: tuple(param.shape) for name, param in named}
-
-
-def packed_style(model, name: str) -> bool:
-    """Whether the model's TP plan packs two blocks into this parameter (gate and up fused)."""
-    try:
-        from transformers.integrations.tensor_parallel import _get_parameter_tp_plan
-    except ImportError:
-        return False
-    plan = getattr(_base_model(model), "tp_plan", None) or {}
-    key = name.removeprefix("base_model.model.")
-    style = _get_parameter_tp_plan(key, plan) if plan else None
-    return bool(style) and "packed" in str(style)
-
-
-def gather_plain_shard(local: torch.Tensor, want: tuple, group, packed: bool) -> torch.Tensor:
-    """Reassemble a plain local shard into the one-device tensor (a collective over `group`)."""
-    import torch.distributed as dist
-
-    ranks = dist.get_world_size(group)
-    dims = [d for d, (have, full) in enumerate(zip(local.shape, want, strict=True)) if have != full]
-    if len(local.shape) != len(want) or len(dims) != 1 or local.shape[dims[0]] * ranks != want[dims[0]]:
-        raise CellFailure("check-failed", f"a parameter of local shape {tuple(local.shape)} is not a split "
-                                          f"of "
-                                          f"the one-device shape {want} over {ranks} ranks")
-    dim = dims[0]
-    parts = [torch.empty_like(local) for _ in range(ranks)]
-    dist.all_gather(parts, local.detach().contiguous(), group=group)
-    if packed:
-        blocks = [part.chunk(2, dim) for part in parts]
-        return torch.cat([b[0] for b in blocks] + [b[1] for b in blocks], dim=dim)
-    return torch.cat(parts, dim=dim)
-
-
-def split_of(full: torch.Tensor, local_shape: tuple, group) -> torch.Tensor:
-    """This rank's contiguous piece of `full` along the one dim where `local_shape` is smaller."""
-    import torch.distributed as dist
-
-    dims = [d for d, (have, whole) in enumerate(zip(local_shape, full.shape, strict=True)) if have != whole]
-    if not dims:
-        return full
-    dim = dims[0]
-    return full.narrow(dim, dist.get_rank(group) * local_shape[dim], local_shape[dim])
 
 
 # --- parity only: the same LoRA start on both sides (matrix choice `parity_adapter_start`) -----
@@ -644,26 +495,3 @@ def same_adapter_start(placed: Placed, seed: int) -> list[str]:
             continue
         local.copy_(value.to(local.dtype))
     return skipped
-
-
-# --- the pool task of the benchmark: one tiny training run under a layout ----------------------
-
-def train_task(payload: dict, ctx=None) -> dict:
-    """Place by the layout's first offered call and train a few steps on the fixed global batch.
-
-    payload: arch, method, layout, apis (the matrix's), path, dtype, steps, batch_size, seq_len,
-    optionally device. Used by benchmarks/pool_vs_torchrun.py; every rank returns the global curve.
-    """
-    from harness.stacks.native.loop import fixed_batch, make_optimizer, train_steps
-
-    layout = payload["layout"]
-    req = Request(payload["arch"], payload["method"], layout, payload["path"], payload["dtype"], ctx,
-                  device=payload.get("device", "cpu"))
-    placed = place(req, choose_api(payload["apis"], layout))
-    from transformers import AutoConfig
-
-    vocab = AutoConfig.from_pretrained(payload["path"]).get_text_config().vocab_size
-    batch = fixed_batch(vocab, payload["batch_size"], payload["seq_len"])
-    optimizer = make_optimizer(placed.model, req.method.lr)
-    result = train_steps(placed.model, batch, optimizer, payload["steps"], placed.dp)
-    return {"losses": result.losses, "step_times_s": result.step_times_s, **placed.record}

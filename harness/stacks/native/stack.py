@@ -1,0 +1,132 @@
+"""The native stack as the seam sees it (harness/stacks/base.py): plain torch + transformers + peft.
+
+Each operation is one call into this package: placement.py applies the layout by its documented
+call, loop.py trains, saving.py writes and reads checkpoints. What the script chooses where a
+user's might differ is read from the matrix's `choices` (defaults below), never decided here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig
+
+from harness.ckpt.models import load_model
+from harness.data.batches import fixed_batch
+from harness.spec.matrix import Architecture
+from harness.stacks.base import PlaceRequest, Schedule
+from harness.stacks.native import loop, placement, realshape, saving
+from harness.stacks.placed import Placed
+from harness.stacks.result import TrainResult
+
+
+def disable_dropout(model) -> int:
+    """Set every dropout rate in the model to 0; return how many nonzero rates there were."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            module.p = 0.0
+            count += 1
+        for name, value in list(vars(module).items()):
+            if (("dropout" in name or "pdrop" in name) and isinstance(value, float)
+                    and not isinstance(value, bool) and value > 0):
+                setattr(module, name, 0.0)
+                count += 1
+    return count
+
+
+class NativeStack:
+    """torch's FSDP2 and DCP, transformers' from_pretrained (TP, EP at load), peft's LoRA."""
+
+    name = "native"
+    choice_defaults: Mapping[str, str] = {
+        "optimizer_groups": "by_tensor_kind",
+        "replicas_outside_fsdp": "average_gradients",
+        "parity_dropout": "off",
+        "parity_adapter_start": "same_values",
+    }
+
+    def _choice(self, choices: Mapping[str, str], name: str) -> str:
+        return choices.get(name, self.choice_defaults[name])
+
+    def place(self, request: PlaceRequest) -> Placed:
+        req = placement.Request(request.arch, request.method, request.layout, request.checkpoint,
+                                request.dtype, request.ctx, device=request.device, experts=request.experts,
+                                replicas=self._choice(request.choices, "replicas_outside_fsdp"))
+        return placement.place(req, request.api)
+
+    def steps(self, placed: Placed, schedule: Schedule) -> Generator[int, None, TrainResult]:
+        groups = self._choice(schedule.choices, "optimizer_groups")
+        norm = placed.global_grad_norm if placed.kind != "single" else loop.local_grad_norm
+        return loop.optimizer_steps(placed.model, schedule.batches,
+                                    loop.make_optimizer(placed.model, schedule.lr, groups), schedule.steps,
+                                    placed.dp, norm, schedule.per_sequence)
+
+    def fit(self, placed: Placed, schedule: Schedule) -> TrainResult:
+        return loop.run_to_end(self.steps(placed, schedule))
+
+    def eval_loss(self, placed: Placed, batch: dict, per_sequence: bool = False) -> float:
+        return loop.eval_loss(placed, batch, per_sequence)
+
+    def load_base(self, request: PlaceRequest):
+        """The checkpoint as from_pretrained gives it, no method applied, on one device."""
+        torch.manual_seed(0)
+        return load_model(request.arch, request.checkpoint, request.dtype, request.device)
+
+    def save_sharded(self, model, target: Path) -> None:
+        saving.save_dcp(model, target)
+
+    def load_sharded(self, model, source: Path, collective: bool = True) -> None:
+        saving.load_dcp(model, source, collective)
+
+    def set_full_state(self, model, state: dict) -> None:
+        saving.set_full_state(model, state)
+
+    def save_pretrained(self, model, target: Path, max_shard_size: str) -> None:
+        saving.export_hf(model, target, max_shard_size)
+
+    def load_pretrained(self, arch: Architecture, source: Path, device):
+        return saving.reload_hf(arch, source, device)
+
+    def save_adapter(self, model, target: Path) -> None:
+        saving.save_adapter(model, target)
+
+    def load_adapter(self, request: PlaceRequest, source: Path):
+        return saving.load_adapter(self.load_base(request), source)
+
+    def align_for_parity(self, placed: Placed, request: PlaceRequest) -> dict:
+        """Both sides of a parity comparison alike, as the matrix's choices say: dropout, adapter start."""
+        notes = {"dropout_disabled": 0}
+        if self._choice(request.choices, "parity_dropout") == "off":
+            notes["dropout_disabled"] = disable_dropout(placed.model)
+        if request.method.is_lora and self._choice(request.choices, "parity_adapter_start") == "same_values":
+            notes["adapter_start_skipped"] = placement.same_adapter_start(placed, seed=0)
+        return notes
+
+    def measure_real_shape(self, cr) -> tuple[dict, TrainResult]:
+        return realshape.measure(cr)
+
+    def describe(self, choices: Mapping[str, str]) -> dict[str, str]:
+        """The value of every choice this stack's script makes, declared or default."""
+        return {name: self._choice(choices, name) for name in self.choice_defaults}
+
+
+# --- the pool task of the benchmark: one tiny training run under a layout ----------------------
+
+def fixed_batch_fit_task(payload: dict, ctx=None) -> dict:
+    """Place by the layout's first offered call and train a few steps on the fixed global batch.
+
+    payload: arch, method, layout, apis (the matrix's), path, dtype, steps, batch_size, seq_len,
+    optionally device. Used by benchmarks/pool_vs_torchrun.py; every rank returns the global curve.
+    """
+    layout = payload["layout"]
+    req = placement.Request(payload["arch"], payload["method"], layout, payload["path"], payload["dtype"],
+                            ctx, device=payload.get("device", "cpu"))
+    placed = placement.place(req, placement.choose_api(payload["apis"], layout))
+    vocab = AutoConfig.from_pretrained(payload["path"]).get_text_config().vocab_size
+    batch = fixed_batch(vocab, payload["batch_size"], payload["seq_len"])
+    optimizer = loop.make_optimizer(placed.model, req.method.lr)
+    result = loop.fit(placed.model, batch, optimizer, payload["steps"], placed.dp)
+    return {"losses": result.losses, "step_times_s": result.step_times_s, **placed.record}
