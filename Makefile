@@ -31,8 +31,10 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# ruff, and the import layers of pyproject.toml's [tool.importlinter] (import-linter).
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Headless Chromium for the dashboard test (Debian's package; needs root, as CI has).
 browser:

@@ -23,7 +23,7 @@ def test_an_exception_raised_in_harness_code_is_a_harness_error():
 
     category, message = classify(_raised(lambda: label_tokens({"labels": None}, per_sequence=False)))
     assert category == HARNESS_ERROR
-    assert "harness/stacks/native/loop.py" in message and "not a verdict" in message
+    assert "harness/data/batches.py" in message and "not a verdict" in message
 
 
 def test_an_exception_raised_in_a_library_is_the_stacks():
