@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from harness.cellrun import CellRun
 from harness.failures import CellFailure
 
 
@@ -13,7 +14,7 @@ def model_device(model) -> torch.device:
     return param.to_local().device if hasattr(param, "to_local") else param.device
 
 
-def require_one_device_load(cr) -> None:
+def require_one_device_load(cr: CellRun) -> None:
     """A check that reloads with plain peft or from_pretrained loads on one device, as users do:
     its `load_layouts` must map the cell's layout to a one-rank layout."""
     if cr.load_layout.world_size != 1:

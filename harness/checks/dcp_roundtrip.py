@@ -15,6 +15,7 @@ order, so across layouts only the parity check's tolerance applies.
 
 from __future__ import annotations
 
+from harness.cellrun import CellRun
 from harness.checks.common import (
     assert_bit_equal,
     assert_same_logits,
@@ -27,7 +28,7 @@ from harness.failures import CellFailure
 from harness.stacks.result import training_metrics
 
 
-def run(cr) -> dict:
+def run(cr: CellRun) -> dict:
     placed, result = trained(cr)
     model = placed.model
     batch = cr.batch()

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import torch
 
+from harness.cellrun import CellRun
 from harness.checks.common import full_state, model_device, require_one_device_load
 from harness.checks.peft_roundtrip import one_device_adapter_model
 from harness.checks.train import trained
 from harness.data import text as realtext
 from harness.data.qa import answer_matches
 from harness.failures import CellFailure
+from harness.stacks.placed import Placed
 from harness.stacks.result import training_metrics
 
 
@@ -39,11 +41,11 @@ def greedy(model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
     return out[0, prompt.shape[1]:].tolist()
 
 
-def _answer(cr, tokens: list[int]) -> str:
+def _answer(cr: CellRun, tokens: list[int]) -> str:
     return realtext.tokenizer(cr).decode(tokens, skip_special_tokens=True)
 
 
-def _reloaded(cr, placed):
+def _reloaded(cr: CellRun, placed: Placed):
     """The trained model saved and loaded back on one device; None on ranks other than 0."""
     scratch = cr.scratch_dir()
     if cr.method.is_lora:
@@ -61,7 +63,7 @@ def _reloaded(cr, placed):
     return cr.stack.load_pretrained(cr.arch, scratch / "hf", next(single.parameters()).device)
 
 
-def run(cr) -> dict:
+def run(cr: CellRun) -> dict:
     new_tokens = cr.check_options.get("new_tokens", 8)
     text = realtext.uses_text(cr)
     if text:

@@ -26,8 +26,10 @@ from __future__ import annotations
 import math
 import time
 
+from harness.cellrun import CellRun
 from harness.failures import CellFailure
-from harness.stacks.placed import grad_or_zeros
+from harness.spec.matrix import Layout
+from harness.stacks.placed import Placed, grad_or_zeros
 from harness.stacks.result import run_to_end, training_metrics
 
 WORST_SHOWN = 5
@@ -101,7 +103,7 @@ def describe(over: list[tuple], layout: str, tolerance: dict, steps: int) -> str
     return "\n".join(lines)
 
 
-def _prepare(cr, placed, layout) -> dict:
+def _prepare(cr: CellRun, placed: Placed, layout: Layout) -> dict:
     """Both sides alike, as the stack's choices say (dropout, the same adapter start)."""
     return cr.stack.align_for_parity(placed, cr.request(layout))
 
@@ -111,7 +113,7 @@ def _one_device_grads(placed) -> dict:
             for name, param in placed.model.named_parameters() if param.requires_grad}
 
 
-def run(cr) -> dict:
+def run(cr: CellRun) -> dict:
     if not cr.distributed:
         raise CellFailure("error", f"parity compares a multi-rank layout with one device; "
                                    f"layout {cr.layout.name} has one rank")

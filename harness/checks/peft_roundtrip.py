@@ -16,6 +16,7 @@ Pass means:
 
 from __future__ import annotations
 
+from harness.cellrun import CellRun
 from harness.checks.common import (
     assert_close_logits,
     assert_same_logits,
@@ -25,10 +26,11 @@ from harness.checks.common import (
 )
 from harness.checks.train import trained
 from harness.failures import CellFailure
+from harness.stacks.placed import Placed
 from harness.stacks.result import training_metrics
 
 
-def one_device_adapter_model(cr, placed):
+def one_device_adapter_model(cr: CellRun, placed: Placed):
     """The trained adapter on an unsharded model (the trained model itself on one device).
 
     Collective under a layout: every rank must call it; only rank 0 gets a model back.
@@ -49,7 +51,7 @@ def one_device_adapter_model(cr, placed):
     return single
 
 
-def run(cr) -> dict:
+def run(cr: CellRun) -> dict:
     placed, result = trained(cr)
     model = placed.model
     batch = cr.batch()

@@ -21,10 +21,11 @@ import time
 
 import torch
 
+from harness.cellrun import CellRun
 from harness.ckpt.providers import provenance
 from harness.data import text
 from harness.failures import CellFailure
-from harness.stacks.placed import Trainable
+from harness.stacks.placed import Placed, Trainable
 from harness.stacks.result import TrainResult, training_metrics
 
 
@@ -107,18 +108,18 @@ def assert_updates(trainable: Trainable, before: dict, after: dict, is_lora: boo
     return {"weights_changed": len(trainable.trainable), "weights_frozen": len(trainable.frozen)}
 
 
-def start_loss_max(cr) -> float | None:
+def start_loss_max(cr: CellRun) -> float | None:
     """The bound on the first loss on real text: the row's own if it declares one, else the tier's."""
     return cr.arch.real_start_loss_max or cr.tier.start_loss_max
 
 
-def heldout_fall_min(cr) -> float:
+def heldout_fall_min(cr: CellRun) -> float:
     """The held-out fall real text must show: the row's own if it declares one, else the tier's."""
     own = cr.arch.real_heldout_fall_min
     return own if own is not None else cr.tier.heldout_fall_min
 
 
-def fit_on_tier(cr, placed) -> TrainResult:
+def fit_on_tier(cr: CellRun, placed: Placed) -> TrainResult:
     """The cell's training: the tier's real text with the held-out loss around it, or the fixed batch.
 
     On real text the result's `extra` holds what the record shows: the held-out loss before and
@@ -137,7 +138,7 @@ def fit_on_tier(cr, placed) -> TrainResult:
     return result
 
 
-def run(cr) -> dict:
+def run(cr: CellRun) -> dict:
     """The `train` check for one cell; returns the measurements for its record."""
     if cr.tier.source == "real-shape":
         metrics, result = cr.stack.measure_real_shape(cr)
@@ -173,7 +174,7 @@ def run(cr) -> dict:
     }
 
 
-def trained(cr):
+def trained(cr: CellRun):
     """The round trips' common start: the cell placed, trained, loss checked; (placed, result)."""
     placed = cr.place()
     result = fit_on_tier(cr, placed)
