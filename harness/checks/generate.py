@@ -18,7 +18,7 @@ from harness.cellrun import CellRun
 from harness.checks.common import full_state, model_device, require_one_device_load
 from harness.checks.peft_roundtrip import one_device_adapter_model
 from harness.checks.train import trained
-from harness.data import text as realtext
+from harness.data import text
 from harness.data.qa import answer_matches
 from harness.failures import CellFailure
 from harness.stacks.placed import Placed
@@ -42,7 +42,7 @@ def greedy(model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
 
 
 def _answer(cr: CellRun, tokens: list[int]) -> str:
-    return realtext.tokenizer(cr).decode(tokens, skip_special_tokens=True)
+    return text.tokenizer(cr).decode(tokens, skip_special_tokens=True)
 
 
 def _reloaded(cr: CellRun, placed: Placed):
@@ -65,13 +65,13 @@ def _reloaded(cr: CellRun, placed: Placed):
 
 def run(cr: CellRun) -> dict:
     new_tokens = cr.check_options.get("new_tokens", 8)
-    text = realtext.uses_text(cr)
-    if text:
-        item, prompt = realtext.fixed_prompt(cr, cr.check_options["prompt"])
+    real_text = text.uses_text(cr)
+    if real_text:
+        item, prompt = text.fixed_prompt(cr, cr.check_options["prompt"])
         untrained = _answer(cr, greedy(cr.load_base(), prompt, new_tokens))
     placed, result = trained(cr)
     model = placed.model
-    if not text:
+    if not real_text:
         prompt = cr.batch()["input_ids"][:1, :8]
     before = greedy(model, prompt, new_tokens)
     reloaded = _reloaded(cr, placed)
@@ -81,7 +81,7 @@ def run(cr: CellRun) -> dict:
     if before != after:
         raise CellFailure("check-failed", f"greedy tokens changed across save (under {cr.layout.name}) and "
                                           f"reload (one device): {before} -> {after}")
-    if not text:
+    if not real_text:
         return {**training_metrics(result, placed), "generated": before, "saved_under": cr.layout.name}
     answers = {"answer_untrained": untrained, "answer_before_save": _answer(cr, before),
                "answer_after_reload": _answer(cr, after)}

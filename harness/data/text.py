@@ -1,4 +1,4 @@
-"""The real tier's data path: batches of real text for a cell's model, and training on them.
+"""The real tier's data: batches of real text for a cell's model (and the generate check's prompt).
 
 The tiny tier trains on one fixed batch of random ids; a pretrained model must instead be shown
 text it can read, and judged on questions it has not trained on. This module turns the tier's
@@ -7,11 +7,11 @@ trains on: a causal LM gets prompt + answer with the loss on the answer (through
 template where it has one); a sequence classifier gets (question, context) pairs labelled 1 when
 the context is the question's own and 0 when it belongs to another item of the split.
 
-Training goes through the same loop as every tier (harness/stacks/native/loop.py, through `CellRun.train`).
-Under a multi-rank layout each rank trains on its data-parallel slice of every global batch and
-the loss is the mean over all label tokens of the global batch (answers differ in length, so
-the ranks' means are weighted by their tokens), the held-out loss too; the same code therefore
-runs under single, fsdp2 and tp.
+These are global batches: the stack trains each rank on its data-parallel slice (CellRun.fit),
+and the train check measures the held-out loss around the steps (harness/checks/train.py:
+fit_on_tier). The loss is the mean over all label tokens of the global batch (answers differ in
+length, so the ranks' means are weighted by their tokens), the held-out loss too; the same code
+therefore runs under single, fsdp2 and tp.
 """
 
 from __future__ import annotations
