@@ -149,15 +149,20 @@ SELECTION_OPTIONS = {"arch": "architecture", "method": "method", "layout": "layo
 def add_cells(subparsers) -> None:
     p = subparsers.add_parser(
         "cells", help="list the cell ids of a selection, and the pruned combinations with their reasons",
-        description="The same selection options as pytest (repeatable, comma lists). A pytest item "
-                    "is a cell id plus its device: ID[cpu], ID[cuda].")
+        description="Lists the cell ids of a selection, then every pruned combination inside it (one "
+                    "that cannot run, such as EP on a dense model) with its reason; --no-pruned leaves "
+                    "those out, --json gives each cell's axes. The same selection options as pytest "
+                    "(repeatable, comma lists). A pytest item is a cell id plus its device: ID[cpu], "
+                    "ID[cuda].")
     for option, axis in SELECTION_OPTIONS.items():
         p.add_argument(f"--{option}", action="append", default=[], metavar="NAME[,NAME]",
                        help=f"only these {axis} values")
     p.add_argument("--matrix-dir", "--matrix", dest="matrix_dir", default=str(DEFAULT_MATRIX_DIR),
                    help="matrix directory (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--no-pruned", action="store_true", help="leave out the pruned combinations")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON (each cell's id and axes; each pruned one's reason) instead of text")
+    p.add_argument("--no-pruned", action="store_true",
+                   help="leave out the pruned combinations and their reasons (listed by default)")
     p.set_defaults(func=run_cells, matrix_option="matrix_dir")
 
 

@@ -133,6 +133,50 @@ def test_cells_command_lists_the_selection_and_the_pruned_with_reasons(capsys):
                                     "tier": ["tiny"]}
 
 
+def test_cells_help_says_the_pruned_are_listed_with_reasons_and_no_pruned_drops_them(capsys):
+    """Error messages send users to `compat-harness cells` for what can and cannot run: its help says
+    so, and --no-pruned (the one way to drop the pruned) is the only difference it makes."""
+    import pytest
+
+    from harness import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["cells", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "every pruned combination inside it" in text and "with its reason" in text
+    assert "--no-pruned leave out the pruned combinations and their reasons (listed by default)" in text
+
+    argv = ["cells", "--arch", "MixtralForCausalLM,LlamaForCausalLM", "--tier", "tiny", "--check", "train"]
+    assert cli.main(argv) == 0
+    full = capsys.readouterr().out.splitlines()
+    assert cli.main([*argv, "--no-pruned"]) == 0
+    bare = capsys.readouterr().out.splitlines()
+    pruned_at = full.index(next(line for line in full if line.startswith("PRUNED ")))
+    assert full[:pruned_at - 1] == bare  # the same cells; then a blank line and the pruned table
+    assert not any(line.startswith("PRUNED ") for line in bare)
+    assert full[-1].endswith("pruned combination(s)") and len(full) > len(bare) + 2
+
+
+def test_every_command_that_a_message_recommends_exists(capsys):
+    """A hint such as "run `compat-harness render --check`" must name a subcommand and options
+    that exist, in the code's messages and in the templates of the docs."""
+    import re
+
+    from harness import cli
+    from harness.report.records import REPO_ROOT
+
+    sources = [*(REPO_ROOT / "harness").rglob("*.py"), *(REPO_ROOT / "harness").rglob("*.j2")]
+    hints = {tuple(m.group(1).split()) for path in sources
+             for m in re.finditer(r"`compat-harness ([a-z][^`]*)`", path.read_text())}
+    assert ("cells",) in hints and ("render", "--check") in hints
+    subcommands = cli.build_parser()._subparsers._group_actions[0].choices
+    for command, *options in hints:
+        assert command in subcommands, command
+        known = subcommands[command]._option_string_actions
+        assert all(o in known for o in options if o.startswith("-")), (command, options)
+
+
 def test_cells_command_matches_what_pytest_collects(capsys):
     """The same selection through `compat-harness cells` and through pytest: the same cells."""
     import subprocess

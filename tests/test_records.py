@@ -22,11 +22,21 @@ def _writer(path: str, worker: int, count: int) -> None:
 def test_record_has_every_documented_key():
     record = make_record(CELL, "fail", category="numerics", message="m", env=environment("cpu"), run_id="r")
     assert set(record) == {"schema", "cell_id", "architecture", "method", "layout", "tier", "check",
-                           "status", "category", "message", "traceback", "metrics", "env",
-                           "git_sha", "run_id", "timestamp"}
-    assert record["cell_id"] == CELL.id
+                           "shape", "variant", "status", "category", "message", "traceback", "metrics",
+                           "env", "git_sha", "run_id", "timestamp"}
+    assert record["cell_id"] == CELL.id and record["schema"] == 2
+    assert (record["shape"], record["variant"]) == ("", "")
     assert {"python", "torch", "transformers", "peft", "device_name", "device_count"} <= set(record["env"])
     assert record["env"]["torch"] and record["env"]["transformers"]
+
+
+def test_record_carries_every_field_of_its_cell():
+    """Readers group by the fields and never take the id apart, so a shaped variant writes both."""
+    cell = Cell("LlamaForCausalLM", "sft", "fsdp2", "real-shape", "train", "Llama-3.1-8B", "fully_shard")
+    record = make_record(cell, "pass", env=environment("cpu"), run_id="r")
+    assert record["cell_id"] == "LlamaForCausalLM-sft-fsdp2-real-shape-train@Llama-3.1-8B+fully_shard"
+    assert {k: record[k] for k in ("architecture", "method", "layout", "tier", "check", "shape",
+                                   "variant")} == vars(cell)
 
 
 def test_concurrent_writers_never_interleave(tmp_path):

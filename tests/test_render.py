@@ -19,7 +19,7 @@ from harness.report.results import load_results
 from harness.spec.cells import expand
 from harness.spec.matrix import load_matrix
 from tests.conftest import write_rows
-from tests.test_results import cpu_env, gpu_env, record, write
+from tests.test_results import cpu_env, gpu_env, older, record, write
 
 ROWS = """
 [architectures.LlamaForCausalLM]
@@ -50,6 +50,14 @@ world_size = 2
 mesh = { ep = 2 }
 constraints = ["moe_only"]
 apis = ["distributed_config_ep"]
+"""
+# A real config for the Llama row, so that the test matrix has real-shape cells (id '...@Llama-1B').
+REAL_SHAPE = """
+[real_shapes."Llama-1B"]
+architecture = "LlamaForCausalLM"
+checkpoint = "meta-llama/Llama-3.2-1B"
+expected_params = 1_235_814_400
+config = { hidden_size = 2048 }
 """
 SCRIPT = '<script>document.title="pwned"</script>'
 DAY = "2026-01-01T00:00:00+00:00"
@@ -379,3 +387,29 @@ def test_overview_lists_the_script_choices_the_calls_and_the_known_limits_with_t
     assert "[peft#3614](https://github.com/huggingface/peft/pull/3614)" in overview
     assert "transformers ==5.24.*" in overview and "image_outputs" in overview
     assert "**gpu-image** (a gate of `make test`): transformers 5.17.0, peft 0.21.0" in overview
+
+
+def test_records_of_the_older_format_render_the_same_docs(matrix_dir, tmp_path):
+    """Schema 1 records (no shape, no variant fields) and schema 2 records give the same bytes: the
+    reader fills in the older format's fields, and render uses fields, never parts of an id. The
+    records cover what render groups by those fields: variants, a regression, real-shape rows."""
+    write_rows(matrix_dir, ROWS)
+    with (matrix_dir / "axes.toml").open("a") as handle:
+        handle.write(EP_LAYOUT)
+    write_rows(matrix_dir, REAL_SHAPE, "real_shapes.toml")
+    matrix = load_matrix(matrix_dir)
+    shaped = arch_cells(matrix, "LlamaForCausalLM", tier="real-shape")
+    assert shaped and {c.shape for c in shaped} == {"Llama-1B"}
+    rows = planted_records(matrix) + release_records(matrix, "Qwen3ForCausalLM", "fsdp2", [
+        ("5.23.0", "pass", 1, cpu_env()), ("5.24.0", "fail", 2, cpu_env())])
+    rows += [record(c, "pass", run_id="shape-run", env=gpu_env(), timestamp=DAY,
+                    metrics={"params_total": 1_235_814_400, "peak_reserved_bytes": 9 * 2**30,
+                             "tokens_per_s": 5000.0, "mfu": 0.25}) for c in shaped]
+    assert any(r["variant"] for r in rows) and any(r["shape"] for r in rows)
+    new = render_docs(matrix, load_results([write(tmp_path / "new" / "run.jsonl", rows)]))
+    old = render_docs(matrix, load_results([write(tmp_path / "old" / "run.jsonl", [older(r) for r in rows])]))
+    assert old == new
+    llm = new["llm.md"]
+    assert all(f"| `meta-llama/Llama-3.2-1B` | {method} | H100 |" in llm for method in ("sft", "lora"))
+    assert "`Qwen3ForCausalLM` fails from **5.24**" in llm and "[evidence][3.fsdp2]" in llm
+    assert "tiny-train+" in new["index.html"]

@@ -121,3 +121,37 @@ def test_short_device_names():
     assert short_device("NVIDIA H100 80GB HBM3") == "H100"
     assert short_device("NVIDIA A100-SXM4-80GB") == "A100-SXM4-80GB"
     assert short_device("AMD Instinct MI300X") == "MI300X"
+
+
+def older(made: dict) -> dict:
+    """A record as schema 1 wrote it (the committed records of 2026-11/12): no shape, no variant."""
+    return {**{k: v for k, v in made.items() if k not in ("shape", "variant")}, "schema": 1}
+
+
+def older_record(cell: Cell, status: str = "pass", **kwargs) -> dict:
+    return older(record(cell, status, **kwargs))
+
+
+SHAPED = Cell("LlamaForCausalLM", "sft", "fsdp2", "real-shape", "train", "Llama-3.1-8B", "fully_shard")
+VARIANT = Cell("Qwen3MoeForCausalLM", "lora", "ep", "tiny", "train", variant="experts_grouped_mm")
+
+
+def test_an_older_record_gets_its_shape_and_variant_at_read_time(tmp_path):
+    """Schema 1 did not write shape and variant; reading fills them in, so that the frame has the
+    same fields whichever format wrote a record, and nothing after it takes an id apart."""
+    cells = (LLAMA_TINY, SHAPED, VARIANT, Cell("LlamaForCausalLM", "lora", "tp", "real-shape", "parity",
+                                               "Llama-3.2-1B"))
+    old = load_results([write(tmp_path / "old.jsonl", [older_record(c) for c in cells])])
+    new = load_results([write(tmp_path / "new.jsonl", [record(c, "pass") for c in cells])])
+    fields = ["cell_id", "architecture", "method", "layout", "tier", "check", "shape", "variant"]
+    assert old[fields].to_dict("records") == new[fields].to_dict("records")
+    assert old[fields].to_dict("records") == [{"cell_id": c.id, **vars(c)} for c in cells]
+    assert "shape" not in old["record"][0]  # the record itself is kept as it was written
+
+
+def test_an_older_record_whose_id_does_not_follow_its_fields_is_skipped_loudly(tmp_path):
+    bad = {**older_record(LLAMA_TINY), "layout": "fsdp2"}  # the id says single
+    path = write(tmp_path / "r.jsonl", [bad, older_record(LLAMA_SFT)])
+    with pytest.warns(CorruptRecordWarning, match=r"r.jsonl:1: .*LlamaForCausalLM-lora-fsdp2-tiny-train"):
+        frame = load_results([path])
+    assert frame["cell_id"].tolist() == [LLAMA_SFT.id]

@@ -5,12 +5,17 @@ device, with which library versions, from which commit, and what came out. Appen
 exclusive lock and write the whole line at once, so pytest-xdist workers never interleave or
 lose lines.
 
-Schema (version 1), every key always present:
-    schema, cell_id, architecture, method, layout, tier, check, status, category, message,
-    traceback, metrics, env, git_sha, run_id, timestamp
+Schema (version 2), every key always present:
+    schema, cell_id, architecture, method, layout, tier, check, shape, variant, status,
+    category, message, traceback, metrics, env, git_sha, run_id, timestamp
 status is one of pass, fail, skip, xfail, n/a. category is null on pass. env holds python,
 torch, transformers, peft, device_type, device_name, device_count, world_size, backend,
-platform.
+platform. The cell's fields (architecture ... variant) are all written, "" for an unset shape
+or variant, so that a reader never has to take cell_id apart: the id is for people and for
+matching, the fields are for grouping.
+
+Version 1 (the committed records of 2026-11 and 2026-12) lacks shape and variant;
+`harness.report.results` derives them when it reads such a record, in that one place.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("pass", "fail", "skip", "xfail", "n/a")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RESULTS = REPO_ROOT / "reports" / "records" / "local.jsonl"
@@ -117,6 +122,8 @@ def make_record(
         "layout": cell.layout,
         "tier": cell.tier,
         "check": cell.check,
+        "shape": cell.shape,
+        "variant": cell.variant,
         "status": status,
         "category": category,
         "message": message,

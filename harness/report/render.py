@@ -399,15 +399,15 @@ def real_shape_rows(matrix: Matrix, views: list[ArchView]) -> list[dict]:
     rows = []
     for view in views:
         for e in view.evidence:
-            if "@" not in e.cell_id or e.status not in RAN:
+            if not e.shape or e.status not in RAN:
                 continue
-            m, shape = e.metrics, e.cell_id.rsplit("@", 1)[1]
+            m, shape = e.metrics, e.shape
             passed = e.status == "pass"
             peak = m.get("peak_reserved_bytes") or m.get("peak_memory_bytes")
             planned = m.get("planned_bytes")
             rows.append({
                 "cell_id": e.cell_id, "checkpoint": shapes.get(shape, shape),
-                "method": e.cell_id.split("-")[1], "where": e.where_short,
+                "method": e.method, "where": e.where_short,
                 "release": e.release.label(),
                 "status": e.status + (f" ({e.category})" if e.category else ""),
                 "params": number(m.get("params_total")), "peak": human_bytes(peak) if peak else "—",
@@ -453,7 +453,7 @@ def regression_items(views: list[ArchView]) -> list[dict]:
         failing = [e for g in groups for c in g.cells for e in c.current
                    if c.regression and e.status in FAILED]
         example = min(failing, key=lambda e: (e.release.key, e.cell_id, where_order(e.where)))
-        layout = example.cell_id.split("-")[2]
+        layout = example.layout
         items.append({
             "view": view, "first": first.first_failing.label(), "last": first.last_passing.label(),
             "layouts": ", ".join(f"`{lay}` ({', '.join(ms)})" for lay, ms in layouts.items()),

@@ -8,12 +8,17 @@ A verdict only means something together with where it was obtained, so every row
 its environment: the device class (a CPU run, possibly over gloo, versus a GPU run), the
 device name and the torch and transformers versions. "Latest" is always taken per cell *and*
 per environment, so a newer CPU pass never hides an older GPU failure.
+
+Every row carries its cell's fields (architecture, method, layout, tier, check, shape, variant),
+so no reader after this one takes a cell id apart. Records of the older format (schema 1) lack
+shape and variant; `shape_and_variant` reads them from the end of the id, here and only here.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import re
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,6 +31,11 @@ from harness.report.records import REPO_ROOT, STATUSES
 DEFAULT_RECORDS_GLOB = str(REPO_ROOT / "reports" / "records" / "*.jsonl")
 REQUIRED_KEYS = ("cell_id", "architecture", "method", "layout", "tier", "check", "status",
                  "run_id", "timestamp", "env")
+# The cell's fields; schema 1 wrote the first five, schema 2 all seven (harness.report.records).
+CELL_FIELDS = ("architecture", "method", "layout", "tier", "check", "shape", "variant")
+# What a cell id holds after its first five fields: "@shape" and "+variant", each optional. A shape
+# name holds neither '@' nor '+', a variant name no '+' (harness.spec.matrix AXIS_NAME).
+ID_TAIL = re.compile(r"(?:@(?P<shape>[^@+]+))?(?:\+(?P<variant>[^@+]+))?")
 ENV_KEYS = ("python", "torch", "transformers", "peft", "device_type", "device_name",
             "device_count", "world_size", "backend", "platform")
 # The environment that a verdict belongs to (see the module docstring).
@@ -35,7 +45,7 @@ WHERE = ("where",)
 RAN = ("pass", "fail", "xfail")
 FAILED = ("fail", "xfail")
 COLUMNS = (
-    "cell_id", "architecture", "method", "layout", "tier", "check", "status", "category",
+    "cell_id", *CELL_FIELDS, "status", "category",
     "message", "traceback", "metrics", "run_id", "timestamp", "git_sha", "schema",
     *(f"env_{k}" for k in ENV_KEYS), "device_class", "device_name", "transformers", "torch",
     "where", "where_short", "source", "seq", "record",
@@ -78,7 +88,31 @@ def problem(record) -> str | None:
         return f"status {record['status']!r} is not one of {', '.join(STATUSES)}"
     if not isinstance(record["env"], dict):
         return "env is not an object"
+    if shape_and_variant(record) is None:
+        base = "-".join(str(record[k]) for k in CELL_FIELDS[:5])
+        return (f"cell_id {record['cell_id']!r} is not {base} with an optional @shape and +variant, "
+                "so the shape and variant that this older record does not carry are unknown")
     return None
+
+
+def shape_and_variant(record: dict) -> dict[str, str] | None:
+    """The shape and variant of a record: its own fields, or, for a record of the older format
+    (schema 1) that did not write them, read from the end of its cell id; None when such an id
+    does not follow the record's other fields.
+
+    This is the one place that takes a cell id apart, and only to read that older format: every
+    other reader (views, render) uses the record's fields, and schema 2 records carry them all.
+    The five fields schema 1 did write are a known prefix of the id, so the rest is read without
+    guessing where a name that holds '-' ends ('real-shape', 'Llama-3.1-8B').
+    """
+    if "shape" in record and "variant" in record:
+        return {"shape": record["shape"] or "", "variant": record["variant"] or ""}
+    base = "-".join(str(record[k]) for k in CELL_FIELDS[:5])
+    cell_id = str(record["cell_id"])
+    tail = ID_TAIL.fullmatch(cell_id[len(base):]) if cell_id.startswith(base) else None
+    if tail is None:
+        return None
+    return {"shape": tail["shape"] or "", "variant": tail["variant"] or ""}
 
 
 def read_file(path: Path | str) -> Iterator[SourcedRecord]:
@@ -117,6 +151,9 @@ def short_device(name: str) -> str:
 def flatten(sourced: SourcedRecord, seq: int) -> dict:
     rec, env = sourced.record, sourced.record["env"]
     row = {key: rec.get(key) for key in COLUMNS if key in rec}
+    # problem() turns such a record away when it is read from a file; a history database filled
+    # before that check existed may still hold one, and it is shown as a plain cell, not a crash.
+    row.update(shape_and_variant(rec) or {"shape": "", "variant": ""})
     row["metrics"] = rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {}
     for key in ENV_KEYS:
         row[f"env_{key}"] = env.get(key)

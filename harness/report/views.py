@@ -25,7 +25,7 @@ from harness.report import releases
 from harness.report.machine_paths import strip_machine_paths
 from harness.report.releases import FAIL, PASS, Outcome, Regression, Release
 from harness.report.results import latest
-from harness.spec.cells import Cell, expand
+from harness.spec.cells import Cell, PrunedCell, expand
 from harness.spec.constraints import violated_constraint
 from harness.spec.matrix import Architecture, Matrix
 
@@ -39,9 +39,19 @@ def where_order(where: str) -> tuple:
 
 @dataclass(frozen=True)
 class Evidence:
-    """One record as the docs show it (machine paths stripped from its message)."""
+    """One record as the docs show it (machine paths stripped from its message).
+
+    It carries the cell's fields from the record, so that the docs group and label it by them
+    and never take `cell_id` apart (the id is shown, and matched, whole).
+    """
 
     cell_id: str
+    method: str
+    layout: str
+    tier: str
+    check: str
+    shape: str
+    variant: str
     where: str
     where_short: str
     status: str
@@ -77,8 +87,13 @@ class CellView:
 
     @property
     def suffix(self) -> str:
-        """The cell id without architecture, method and layout: 'tiny-train'."""
-        return self.cell.id.split("-", 3)[3]
+        """What tells the cells of one (architecture, method, layout) group apart, spelled as the
+        end of their ids: 'tiny-train', 'real-shape-train@Llama-3.1-8B', 'tiny-train+fully_shard'.
+        """
+        text = f"{self.cell.tier}-{self.cell.check}"
+        if self.cell.shape:
+            text += f"@{self.cell.shape}"
+        return f"{text}+{self.cell.variant}" if self.cell.variant else text
 
 
 @dataclass
@@ -135,7 +150,7 @@ class ArchView:
     required: list[CellView]
     per_release: dict[Release, Outcome | None]  # over the required cells
     regression: Regression | None  # of a required cell
-    pruned: dict[str, str]
+    pruned: list[PrunedCell]  # the row's combinations that cannot run, with their reasons
     family_links: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -166,8 +181,9 @@ def evidence_by_cell(records: pd.DataFrame) -> dict[str, list[Evidence]]:
     by_cell: dict[str, list[Evidence]] = {}
     for row in shown.to_dict("records"):
         by_cell.setdefault(row["cell_id"], []).append(Evidence(
-            cell_id=row["cell_id"], where=row["where"], where_short=row["where_short"],
-            status=row["status"], category=row["category"],
+            cell_id=row["cell_id"], method=row["method"], layout=row["layout"], tier=row["tier"],
+            check=row["check"], shape=row["shape"], variant=row["variant"], where=row["where"],
+            where_short=row["where_short"], status=row["status"], category=row["category"],
             message=strip_machine_paths(row["message"]), run_id=str(row["run_id"]),
             timestamp=str(row["timestamp"]),
             release=Release(str(row["transformers"]), row["env_peft"] and str(row["env_peft"])),
@@ -223,14 +239,14 @@ def per_release_outcomes(cells: list[CellView]) -> dict[Release, Outcome | None]
     return {r: releases.combine(o) for r, o in found.items()}
 
 
-def na_reason(matrix: Matrix, name: str, method: str, layout: str, pruned: dict[str, str]) -> str:
+def na_reason(matrix: Matrix, name: str, method: str, layout: str, pruned: list[PrunedCell]) -> str:
     """Why no cell of (method, layout) can run: the layout's constraint where one rules the row
-    out ('EP needs a MoE model'), else the reasons of the pruned cells."""
+    out ('EP needs a MoE model'), else the reasons of the row's pruned cells of that group."""
     arch = matrix.architectures[name]
     constraint = violated_constraint(matrix, arch, matrix.layouts[layout])
     if constraint:
         return constraint
-    reasons = {r for i, r in pruned.items() if i.startswith(f"{name}-{method}-{layout}-")}
+    reasons = {p.reason for p in pruned if p.cell.method == method and p.cell.layout == layout}
     return "; ".join(sorted(reasons)) or "no cells"
 
 
@@ -241,14 +257,14 @@ def arch_views(matrix: Matrix, records: pd.DataFrame) -> list[ArchView]:
     by_arch: dict[str, list[Cell]] = {}
     for cell in cells:
         by_arch.setdefault(cell.architecture, []).append(cell)
-    pruned_by_arch: dict[str, dict[str, str]] = {}
+    pruned_by_arch: dict[str, list[PrunedCell]] = {}
     for p in pruned:
-        pruned_by_arch.setdefault(p.cell.architecture, {})[p.id] = p.reason
+        pruned_by_arch.setdefault(p.cell.architecture, []).append(p)
     tiny_tiers = {t for t, tier in matrix.tiers.items() if tier.source == "tiny"}
     views = []
     for number, name in enumerate(sorted(matrix.architectures), start=1):
         own = [cell_view(c, evidence.get(c.id, [])) for c in by_arch.get(name, [])]
-        own_pruned = pruned_by_arch.get(name, {})
+        own_pruned = pruned_by_arch.get(name, [])
         groups = []
         for method in matrix.methods:
             for layout in matrix.layouts:
