@@ -239,12 +239,13 @@ def test_tiny_keys_that_the_modeling_code_reads_are_accepted(matrix_dir):
 def test_registries_name_what_the_code_implements():
     import re
 
+    from harness import failures
     from harness.run import runner
     from harness.spec import matrix
     from harness.stacks.native.placement import PLACEMENTS
 
     assert set(matrix.API_MESH_DIMS) == set(PLACEMENTS)
-    assert set(matrix.SKIP_CATEGORIES) == set(runner.SKIP_CATEGORIES)
+    assert set(failures.SKIP_CATEGORIES) == set(runner.SKIP_CATEGORIES)
     assert set(matrix.CHECK_OPTIONS) == set(matrix.CHECKS)
     assert all((Path(matrix.__file__).parent / "checks" / f"{name}.py").is_file() for name in matrix.CHECKS)
     sources = "\n".join(p.read_text() for p in Path(matrix.__file__).parent.rglob("*.py"))

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.failures import DECLARABLE_CATEGORIES
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MATRIX_DIR = REPO_ROOT / "matrix"
 
@@ -73,34 +75,6 @@ TINY_DEFAULT_GROUPS = ("base", "moe")
 PROVIDER_KINDS = ("gguf", "gguf-parts", "directory")
 # What peft's target_modules accepts besides module names and a regular expression.
 LORA_TARGET_KEYWORDS = ("all-linear",)
-FAILURE_CATEGORIES = (
-    "needs-newer-transformers",
-    "remote-code",
-    # the installed release does not offer the cell's declared variant (a loading API, an experts
-    # kernel) for this model: a skip, with the releases that do
-    "not-offered",
-    "peft-unsupported",
-    "oom",
-    "numerics",
-    "check-failed",
-    "checkpoint-absent",
-    "no-tp-plan",
-    "layout-unsupported",
-    "crash",
-    "timeout",
-    "error",
-    # our own code raised (harness/failures.py): never a verdict, never a known limit
-    "harness-error",
-    # the matrix names something the model does not have (a tp_plan key, a LoRA target, a frozen
-    # module that match nothing): found only once the model is built, fixed in the matrix
-    "matrix-error",
-)
-# Categories that make a cell skip (harness/run/runner.py): a known limit can never apply to them.
-SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent", "not-offered")
-# Categories a row may declare as expected in known_limits: a harness bug and a matrix mistake are
-# fixed, not declared, and a skip needs no declaration.
-DECLARABLE_CATEGORIES = tuple(c for c in FAILURE_CATEGORIES
-                              if c not in ("harness-error", "matrix-error", *SKIP_CATEGORIES))
 # How many allowed values a message lists before it says how many there are.
 SHOWN_ALLOWED = 30
 
