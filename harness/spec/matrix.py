@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.failures import DECLARABLE_CATEGORIES
+from harness.spec.providers import PROVIDER_KINDS, PROVIDERS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MATRIX_DIR = REPO_ROOT / "matrix"
@@ -71,8 +72,6 @@ CHOICES = {
 }
 # The generic tiny config's groups (tiny_defaults.<group>): base for every row, moe for MoE rows.
 TINY_DEFAULT_GROUPS = ("base", "moe")
-# How a package ships a checkpoint (harness/ckpt/providers.py).
-PROVIDER_KINDS = ("gguf", "gguf-parts", "directory")
 # What peft's target_modules accepts besides module names and a regular expression.
 LORA_TARGET_KEYWORDS = ("all-linear",)
 # How many allowed values a message lists before it says how many there are.
@@ -562,7 +561,7 @@ CHECK_SCHEMA = {
 TOLERANCE_SCHEMA = {"rtol": (_NUM, True), "atol": (_NUM, True),
                     # parity's per-parameter gradient bound (default: rtol and atol)
                     "grad_rtol": (_NUM, False), "grad_atol": (_NUM, False)}
-# The package-provided checkpoints (harness/ckpt/providers.py reads the same table).
+# The package-provided checkpoints (harness/spec/providers.py reads the same table).
 PROVIDER_SCHEMA = {
     "repo_id": (_STR, True),
     "kind": (_STR, True),
@@ -823,9 +822,7 @@ def _architecture(file: str, name: str, body: dict, matrix_names: dict[str, tupl
     if "real_start_loss_max" in body:
         _positive(file, f"{path}.real_start_loss_max", body["real_start_loss_max"])
     if "real_provider" in body:
-        # The real tier reads the providers of harness/ckpt/providers.py (the repository's table).
-        from harness.ckpt.providers import PROVIDERS
-
+        # The repository's table (harness/spec/providers.py), which the real tier materialises from.
         _must_be_one_of(file, f"{path}.real_provider", body["real_provider"], sorted(PROVIDERS))
         provided = PROVIDERS[body["real_provider"]].repo_id
         if body.get("real_checkpoint") != provided:
