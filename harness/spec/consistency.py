@@ -17,6 +17,7 @@ two of them together say something that cannot run or can never apply.
 from __future__ import annotations
 
 from harness.spec.matrix import MULTI_RANK_CHECKS, ONE_DEVICE_RELOAD_CHECKS, Matrix, MatrixError
+from harness.spec.qa import DatasetError, load_qa
 
 
 def check_consistency(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
@@ -88,10 +89,8 @@ def _sizes_divide(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
 
 
 def _qa_data(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
-    """A tier's QA set must read as one (harness/data/qa.py), and the generate check's `prompt`
+    """A tier's QA set must read as one (harness/spec/qa.py), and the generate check's `prompt`
     must be one of its fixed items on every QA tier it runs on."""
-    from harness.data.qa import DatasetError, load_qa
-
     prompt = matrix.checks["generate"].options.get("prompt") if "generate" in matrix.checks else None
     for name, tier in matrix.tiers.items():
         if tier.data != "qa":

@@ -30,7 +30,7 @@ AUTO_CLASSES = (
 MODALITIES = ("text", "text+vision")
 DTYPES = ("float32", "bfloat16", "float16")
 TIER_SOURCES = ("tiny", "checkpoint", "real-shape")
-# Where a tier's training text comes from: random token ids, or the QA set (harness/data/qa.py).
+# Where a tier's training text comes from: random token ids, or the QA set (harness/spec/qa.py).
 TIER_DATA = ("random", "qa")
 DEVICE_TYPES = ("cpu", "cuda")
 CLAIM_METHODS = ("sft", "lora")
@@ -309,7 +309,7 @@ class Tier:
     batch_size: int
     seq_len: int
     data: str = "random"
-    # A local JSONL/parquet file of the QA shape (harness/data/qa.py); None: the shipped set.
+    # A local JSONL/parquet file of the QA shape (harness/spec/qa.py); None: the shipped set.
     dataset: str | None = None
     # Learning rate per method on this tier (pretrained weights want smaller steps than tiny).
     lr: dict = field(default_factory=dict)
