@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.spec.matrix import MatrixError, load_matrix
+from harness.spec.load import load_matrix
+from harness.spec.matrix import MatrixError
 from tests.conftest import LLAMA_ROW, write_rows
 
 
@@ -241,12 +242,12 @@ def test_registries_name_what_the_code_implements():
 
     from harness import failures
     from harness.run import runner
-    from harness.spec import matrix
+    from harness.spec import matrix, parse
     from harness.stacks.native.placement import PLACEMENTS
 
     assert set(matrix.API_MESH_DIMS) == set(PLACEMENTS)
     assert set(failures.SKIP_CATEGORIES) == set(runner.SKIP_CATEGORIES)
-    assert set(matrix.CHECK_OPTIONS) == set(matrix.CHECKS)
+    assert set(parse.CHECK_OPTIONS) == set(matrix.CHECKS)
     assert all((Path(matrix.__file__).parent / "checks" / f"{name}.py").is_file() for name in matrix.CHECKS)
     sources = "\n".join(p.read_text() for p in Path(matrix.__file__).parent.rglob("*.py"))
     read = set(re.findall(r'\.choice\(\s*"(\w+)"', sources))
@@ -264,7 +265,7 @@ def test_a_warm_release_cache_loads_without_importing_torch_or_transformers(monk
 
     monkeypatch.setattr(release_facts, "_MEMO", {})
     load_matrix()  # fills this test session's cache (COMPAT_HARNESS_CACHE), not only the memo
-    code = ("import sys; from harness.spec.matrix import load_matrix; load_matrix(); "
+    code = ("import sys; from harness.spec.load import load_matrix; load_matrix(); "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

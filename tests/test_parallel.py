@@ -21,7 +21,8 @@ import torch
 from harness.failures import CellFailure
 from harness.run.pool import PoolTaskError, get_pool
 from harness.spec.cells import Cell
-from harness.spec.matrix import Api, Layout, load_matrix
+from harness.spec.load import load_matrix
+from harness.spec.matrix import Api, Layout
 from harness.stacks.native.placement import choose_api
 
 DEVICE = os.environ.get("COMPAT_HARNESS_TEST_DEVICE", "cpu")

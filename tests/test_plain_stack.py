@@ -15,7 +15,7 @@ from harness.ckpt.tiny import tiny_checkpoint
 from harness.run.pool import PoolTaskError, get_pool
 from harness.run.runner import run_cell
 from harness.spec.cells import Cell
-from harness.spec.matrix import load_matrix
+from harness.spec.load import load_matrix
 
 
 def _exception(message: str) -> str:

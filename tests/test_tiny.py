@@ -7,7 +7,7 @@ import os
 
 from harness.cache import cache_root
 from harness.ckpt.tiny import build_tiny_config, tiny_checkpoint
-from harness.spec.matrix import load_matrix
+from harness.spec.load import load_matrix
 
 
 def _build(cache: str, queue) -> None:

@@ -28,7 +28,8 @@ from pathlib import Path
 from harness.failures import HARNESS_ERROR, CellFailure, classify, format_traceback, trimmed
 from harness.run.pool import PoolTaskError
 from harness.spec.cells import Cell
-from harness.spec.matrix import Matrix, load_matrix
+from harness.spec.load import load_matrix
+from harness.spec.matrix import Matrix
 
 SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent", "not-offered")
 DEFAULT_CELL_TIMEOUT_S = 300.0
@@ -121,7 +122,7 @@ _MATRICES: dict[tuple, Matrix] = {}
 
 def _rank_matrix(directory: str) -> Matrix:
     """load_matrix once per process and matrix contents (the files' sizes and mtimes)."""
-    from harness.spec.matrix import matrix_files
+    from harness.spec.load import matrix_files
 
     key = (directory, *((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in matrix_files(directory)))
     if key not in _MATRICES:

@@ -1,4 +1,4 @@
-"""Checks that span the matrix's tables: each value is valid on its own (harness/spec/matrix.py), but
+"""Checks that span the matrix's tables: each value is valid on its own (harness/spec/parse.py), but
 two of them together say something that cannot run or can never apply.
 
 - every tier's dtype has its `[tolerances.<dtype>]` (parity and peft_roundtrip compare within it);
@@ -16,6 +16,8 @@ two of them together say something that cannot run or can never apply.
 
 from __future__ import annotations
 
+from harness.spec.cells import expand
+from harness.spec.constraints import CONSTRAINT_CHECKS, violated_constraint
 from harness.spec.matrix import MULTI_RANK_CHECKS, ONE_DEVICE_RELOAD_CHECKS, Matrix, MatrixError
 from harness.spec.qa import DatasetError, load_qa
 
@@ -73,8 +75,6 @@ def _check_layouts(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
 def _sizes_divide(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
     """A layout without a size constraint (tp_divides_heads, ep_divides_experts) must not need it:
     every row it does not prune otherwise has sizes that split over its mesh."""
-    from harness.spec.constraints import CONSTRAINT_CHECKS, violated_constraint
-
     for name, layout in matrix.layouts.items():
         absent = [c for c in ("tp_divides_heads", "ep_divides_experts") if c not in layout.constraints]
         for arch in matrix.architectures.values():
@@ -122,8 +122,6 @@ def _tiny_sizes(matrix: Matrix) -> None:
 
 
 def _limits_cover_cells(matrix: Matrix) -> None:
-    from harness.spec.cells import expand
-
     cells, pruned = expand(matrix)
     by_arch: dict[str, list] = {}
     for cell in cells:
