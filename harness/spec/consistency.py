@@ -17,7 +17,7 @@ two of them together say something that cannot run or can never apply.
 from __future__ import annotations
 
 from harness.spec.cells import expand
-from harness.spec.constraints import CONSTRAINT_CHECKS, violated_constraint
+from harness.spec.constraints import CONSTRAINT_CHECKS, SIZE_CONSTRAINTS, violated_constraint
 from harness.spec.matrix import MULTI_RANK_CHECKS, ONE_DEVICE_RELOAD_CHECKS, Matrix, MatrixError
 from harness.spec.qa import DatasetError, load_qa
 
@@ -76,7 +76,7 @@ def _sizes_divide(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
     """A layout without a size constraint (tp_divides_heads, ep_divides_experts) must not need it:
     every row it does not prune otherwise has sizes that split over its mesh."""
     for name, layout in matrix.layouts.items():
-        absent = [c for c in ("tp_divides_heads", "ep_divides_experts") if c not in layout.constraints]
+        absent = [c for c in SIZE_CONSTRAINTS if c not in layout.constraints]
         for arch in matrix.architectures.values():
             if violated_constraint(matrix, arch, layout):
                 continue

@@ -35,13 +35,6 @@ CHECKS = ("train", "parity", "dcp_roundtrip", "peft_roundtrip", "generate")
 # that reload what they saved on one device, as users do (their load layouts have one rank).
 MULTI_RANK_CHECKS = ("parity",)
 ONE_DEVICE_RELOAD_CHECKS = ("peft_roundtrip", "generate")
-# Constraint names a layout may declare; each is implemented in harness/spec/constraints.py.
-CONSTRAINTS = ("moe_only", "tp_divides_heads", "ep_divides_experts", "ep_excludes_tp")
-# The constraints a mesh dim needs: without moe_only every dense row would be generated under
-# expert parallel and fail at run time instead of being pruned. (A layout that leaves out a size
-# constraint, tp_divides_heads or ep_divides_experts, is checked against the rows' sizes instead:
-# harness/spec/consistency.py.)
-CONSTRAINTS_FOR_DIM = {"ep": ("moe_only",)}
 # The documented calls harness/stacks/native/placement.py implements (PLACEMENTS), with the mesh dims each one
 # shards over: a layout may list a call only if its mesh (dims of size > 1) is exactly these.
 API_MESH_DIMS = {

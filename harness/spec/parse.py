@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.failures import DECLARABLE_CATEGORIES
+from harness.spec.constraints import CONSTRAINT_CHECKS, CONSTRAINTS_FOR_DIM
 from harness.spec.matrix import (
     API_MESH_DIMS,
     AUTO_CLASSES,
     CHECKS,
     CHOICES,
     CLAIM_METHODS,
-    CONSTRAINTS,
-    CONSTRAINTS_FOR_DIM,
     DEVICE_TYPES,
     DTYPES,
     LORA_TARGET_KEYWORDS,
@@ -511,7 +510,7 @@ def _layout(file: str, name: str, body: dict, apis: dict) -> Layout:
         _at_least(file, f"{path}.batch_size", body["batch_size"], 1)
     constraints = body.get("constraints", [])
     for i, constraint in enumerate(constraints):
-        _must_be_one_of(file, f"{path}.constraints[{i}]", constraint, CONSTRAINTS)
+        _must_be_one_of(file, f"{path}.constraints[{i}]", constraint, tuple(CONSTRAINT_CHECKS))
     _words(file, f"{path}.constraints", constraints)
     sharded = tuple(dim for dim in MESH_DIMS if body["mesh"].get(dim, 1) > 1)
     for dim in sharded:
