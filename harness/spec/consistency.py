@@ -18,8 +18,16 @@ from __future__ import annotations
 
 from harness.spec.cells import expand
 from harness.spec.constraints import CONSTRAINT_CHECKS, SIZE_CONSTRAINTS, violated_constraint
-from harness.spec.matrix import MULTI_RANK_CHECKS, ONE_DEVICE_RELOAD_CHECKS, Matrix, MatrixError
+from harness.spec.matrix import Matrix, MatrixError
 from harness.spec.qa import DatasetError, load_qa
+
+# Checks that compare a multi-rank layout with one device (they cannot run on one rank), and checks
+# that reload what they saved on one device, as users do (their load layouts have one rank). Data
+# about what harness/checks/<name>.py does, kept here with the one rule that reads it: the matrix
+# stage cannot import a check module to ask it (a check imports torch), and at run time the check
+# itself refuses a wrong layout (harness/checks/common.py, require_one_device_load).
+MULTI_RANK_CHECKS = ("parity",)
+ONE_DEVICE_RELOAD_CHECKS = ("peft_roundtrip", "generate")
 
 
 def check_consistency(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:

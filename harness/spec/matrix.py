@@ -29,12 +29,6 @@ TIER_DATA = ("random", "qa")
 DEVICE_TYPES = ("cpu", "cuda")
 CLAIM_METHODS = ("sft", "lora")
 MESH_DIMS = ("dp_shard", "tp", "ep")
-# Check names; each is implemented by the module harness/checks/<name>.py.
-CHECKS = ("train", "parity", "dcp_roundtrip", "peft_roundtrip", "generate")
-# Checks that compare a multi-rank layout with one device (they cannot run on one rank), and checks
-# that reload what they saved on one device, as users do (their load layouts have one rank).
-MULTI_RANK_CHECKS = ("parity",)
-ONE_DEVICE_RELOAD_CHECKS = ("peft_roundtrip", "generate")
 # The documented calls harness/stacks/native/placement.py implements (PLACEMENTS), with the mesh dims each one
 # shards over: a layout may list a call only if its mesh (dims of size > 1) is exactly these.
 API_MESH_DIMS = {

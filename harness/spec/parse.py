@@ -21,7 +21,6 @@ from harness.spec.constraints import CONSTRAINT_CHECKS, CONSTRAINTS_FOR_DIM
 from harness.spec.matrix import (
     API_MESH_DIMS,
     AUTO_CLASSES,
-    CHECKS,
     CHOICES,
     CLAIM_METHODS,
     DEVICE_TYPES,
@@ -208,10 +207,15 @@ PROVIDER_SCHEMA = {
     "sha256_list": (_STR, False),
     "notes": (_STR, False),
 }
-# Each check's `options`: the keys its module reads (harness/checks/<name>.py).
+# The checks: each is a module harness/checks/<name>.py with a top-level `run(cr)`, the function
+# the runner calls (harness/run/runner.py), and the modules are the one list of them. They are
+# found by reading the files, never by importing them: a check imports torch, and the matrix stage
+# imports nothing of the later stages. A helper module (common.py) has no `run`.
+CHECKS_DIR = Path(__file__).resolve().parent.parent / "checks"
+_CHECK_ENTRY = re.compile(r"^def run\(", re.MULTILINE)
+CHECKS = tuple(sorted(p.stem for p in CHECKS_DIR.glob("*.py") if _CHECK_ENTRY.search(p.read_text())))
+# The `options` of the checks that take any: the keys their modules read. Any other check takes none.
 CHECK_OPTIONS: dict[str, dict[str, tuple[Any, bool]]] = {
-    "train": {},
-    "parity": {},
     "dcp_roundtrip": {"export_max_shard_size": (_STR, False)},
     "peft_roundtrip": {"export_max_shard_size": (_STR, False), "merge_tolerance": (_TABLE, False)},
     "generate": {"new_tokens": (_INT, False), "prompt": (_STR, False)},
@@ -711,7 +715,7 @@ def _check(file: str, name: str, body: dict, names: dict[str, tuple]) -> Check:
 
 
 def _check_options(file: str, path: str, check: str, options: dict) -> None:
-    check_table(file, path, options, CHECK_OPTIONS[check])
+    check_table(file, path, options, CHECK_OPTIONS.get(check, {}))
     if "export_max_shard_size" in options:
         _shaped(file, f"{path}.export_max_shard_size", options["export_max_shard_size"], FILE_SIZE,
                 "a file size such as \"200KB\" or \"5GB\"")
