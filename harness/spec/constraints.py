@@ -14,6 +14,10 @@ from collections.abc import Callable
 
 from harness.spec.matrix import Architecture, Layout, Matrix
 
+# Config attributes that name the expert count of a MoE model (the same names tiny_defaults.moe
+# shrinks): ep_divides_experts reads them here, and the real-shape stack
+# (harness/stacks/native/realshape.py) reads them to find fused expert weights, a 3-D parameter
+# whose first dimension is that count.
 EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 
 

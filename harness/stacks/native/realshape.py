@@ -27,12 +27,10 @@ import torch
 
 from harness.ckpt.tiny import auto_model_class, config_class
 from harness.failures import CellFailure, is_oom
+from harness.spec.constraints import EXPERT_COUNT_KEYS
 from harness.spec.matrix import Architecture, Gpu, Matrix, RealShape
 
 GIB = 1 << 30
-# Config attributes that name the expert count of a MoE model (the same names tiny_defaults.moe
-# shrinks). A 3-D parameter whose first dimension is that count holds fused expert weights.
-EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 # AdamW keeps two moments per trainable parameter, in the parameter's dtype.
 ADAM_STATES = 2
 
