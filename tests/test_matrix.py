@@ -248,7 +248,7 @@ def test_registries_name_what_the_code_implements():
 
     assert set(matrix.API_MESH_DIMS) == set(PLACEMENTS)
     assert set(failures.SKIP_CATEGORIES) == set(runner.SKIP_CATEGORIES)
-    assert set(parse.CHECK_OPTIONS) <= set(parse.CHECKS)
+    assert set(matrix.CHECK_OPTIONS) <= set(parse.CHECKS)
     # The checks are the modules of harness/checks/ that the runner can run; helpers are not checks.
     assert {"train", "parity"} <= set(parse.CHECKS) and "common" not in parse.CHECKS
     assert all(callable(importlib.import_module(f"harness.checks.{name}").run) for name in parse.CHECKS)
@@ -272,3 +272,24 @@ def test_a_warm_release_cache_loads_without_importing_torch_or_transformers(monk
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_each_table_key_is_declared_once_with_its_type_and_meaning():
+    """The schemas are the dataclasses' `toml_key` fields: every key has a doc, a required key has
+    no default, and the fields the loader fills in (a row's name, its file) are not keys."""
+    import dataclasses
+
+    from harness.spec import matrix, parse
+
+    for name in dir(parse):
+        if not name.endswith("_SCHEMA"):
+            continue
+        for key, spec in getattr(parse, name).items():
+            assert spec.doc, (name, key)
+    for schema, cls, filled_in in ((parse.ARCH_SCHEMA, matrix.Architecture, {"name", "source_file"}),
+                                   (parse.TIER_SCHEMA, matrix.Tier, {"name"})):
+        by_name = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(by_name) - set(schema) == filled_in
+        for key, spec in schema.items():
+            assert spec.required == (by_name[key].default is dataclasses.MISSING
+                                     and by_name[key].default_factory is dataclasses.MISSING), key

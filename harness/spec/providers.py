@@ -12,6 +12,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.spec.matrix import DEFAULT_MATRIX_DIR, LIST_STR, STR, toml_key
+
 # How a package ships a checkpoint (harness/ckpt/providers.py builds each kind).
 PROVIDER_KINDS = ("gguf", "gguf-parts", "directory")
 
@@ -26,20 +28,21 @@ class ProviderSpec:
     """
 
     name: str  # the provider's name in the matrix (`real_provider`), = the main package
-    repo_id: str  # the hub-style id it is filed under in the HF cache
-    kind: str
-    module: str  # import name of the main package (located, never imported)
-    path: str  # GGUF file name, or the directory inside `module`
-    packages: tuple[str, ...]  # distributions whose versions key the snapshot
-    expected_class: str  # what `from_pretrained` of the materialised snapshot should build
-    auto_class: str = "AutoModelForCausalLM"
-    quantisation: str = ""  # as the GGUF file names it; "" for plain weights
-    parts: tuple[tuple[str, str], ...] = ()  # (module, file inside it) per chunk, in order
-    sha256_list: str = ""  # a SHA256SUMS file inside `module` naming `path`
-    notes: str = ""
+    repo_id: str = toml_key(STR, "The hub-style id it is filed under in the HF cache.")
+    kind: str = toml_key(STR, "How the package ships it (PROVIDER_KINDS).")
+    module: str = toml_key(STR, "Import name of the main package (located, never imported).")
+    path: str = toml_key(STR, "The GGUF file name, or the directory inside `module`.")
+    packages: tuple[str, ...] = toml_key(LIST_STR, "The distributions whose versions key the snapshot.")
+    expected_class: str = toml_key(STR, "What `from_pretrained` of the materialised snapshot should build.")
+    auto_class: str = toml_key(STR, "The auto class that loads it.", default="AutoModelForCausalLM")
+    quantisation: str = toml_key(STR, "As the GGUF file names it; \"\" for plain weights.", default="")
+    parts: tuple[tuple[str, str], ...] = toml_key(
+        list, "(module, file inside it) per chunk, in order.", default=())
+    sha256_list: str = toml_key(STR, "A SHA256SUMS file inside `module` naming `path`.", default="")
+    notes: str = toml_key(STR, "Free text for the docs.", default="")
 
 
-PROVIDERS_FILE = Path(__file__).resolve().parents[2] / "matrix" / "providers.toml"
+PROVIDERS_FILE = DEFAULT_MATRIX_DIR / "providers.toml"
 
 
 def load_providers(path: Path = PROVIDERS_FILE) -> dict[str, ProviderSpec]:
