@@ -24,7 +24,7 @@ def heldout_curve(arch: str, method: str) -> list[float]:
     from harness.cellrun import CellRun
     from harness.data import text as realtext
     from harness.spec.cells import Cell
-    from harness.spec.matrix import load_matrix
+    from harness.spec.load import load_matrix
 
     matrix = load_matrix()
     cr = CellRun(matrix, Cell(arch, method, "single", "real", "train"), "cpu")

@@ -38,7 +38,8 @@ def timed_task(payload: dict, ctx) -> dict:
 
 def cells(world_size: int, steps: int, device: str) -> list[tuple[str, dict]]:
     from harness.ckpt.tiny import tiny_checkpoint
-    from harness.spec.matrix import Layout, load_matrix
+    from harness.spec.load import load_matrix
+    from harness.spec.matrix import Layout
 
     matrix = load_matrix()
     layout = Layout("fsdp2", "FSDP2", world_size, {"dp_shard": world_size}, apis=("fully_shard",))

@@ -119,7 +119,7 @@ def run_render(args) -> int:
     from harness.report.history import load_frame
     from harness.report.render import render_docs, stale_files, write_docs
     from harness.report.results import load_results
-    from harness.spec.matrix import load_matrix
+    from harness.spec.load import load_matrix
 
     patterns = args.records if args.records is not None else default_committed_records()
     records = load_results(patterns)
@@ -168,7 +168,7 @@ def add_cells(subparsers) -> None:
 
 def run_cells(args) -> int:
     from harness.spec.cells import AXES, expand, select, select_pruned, split_values, validate_selection
-    from harness.spec.matrix import load_matrix
+    from harness.spec.load import load_matrix
 
     matrix = load_matrix(args.matrix_dir)
     selection = {axis: split_values(getattr(args, option)) for option, axis in SELECTION_OPTIONS.items()}
@@ -248,7 +248,7 @@ def matrix_dir_of(args) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.spec.matrix import load_matrix
+    from harness.spec.load import load_matrix
 
     args = build_parser().parse_args(argv)
     try:

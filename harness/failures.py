@@ -21,6 +21,37 @@ MESSAGE_LIMIT = 2000
 HARNESS_PACKAGE = Path(__file__).resolve().parent
 HARNESS_ERROR = "harness-error"
 
+# Every category a cell's record may carry. They are declared here, with the code that decides
+# them, and read by the matrix stage (known_limits may name the declarable ones) and the docs.
+FAILURE_CATEGORIES = (
+    "needs-newer-transformers",
+    "remote-code",
+    # the installed release does not offer the cell's declared variant (a loading API, an experts
+    # kernel) for this model: a skip, with the releases that do
+    "not-offered",
+    "peft-unsupported",
+    "oom",
+    "numerics",
+    "check-failed",
+    "checkpoint-absent",
+    "no-tp-plan",
+    "layout-unsupported",
+    "crash",
+    "timeout",
+    "error",
+    # our own code raised (classify below): never a verdict, never a known limit
+    HARNESS_ERROR,
+    # the matrix names something the model does not have (a tp_plan key, a LoRA target, a frozen
+    # module that match nothing): found only once the model is built, fixed in the matrix
+    "matrix-error",
+)
+# Categories that make a cell skip (harness/run/runner.py): a known limit can never apply to them.
+SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent", "not-offered")
+# Categories a row may declare as expected in known_limits: a harness bug and a matrix mistake are
+# fixed, not declared, and a skip needs no declaration.
+DECLARABLE_CATEGORIES = tuple(c for c in FAILURE_CATEGORIES
+                              if c not in (HARNESS_ERROR, "matrix-error", *SKIP_CATEGORIES))
+
 
 class CellFailure(Exception):
     """A failure whose category is already known at the point it is raised."""

@@ -27,7 +27,8 @@ import pytest
 from harness.failures import HARNESS_ERROR
 from harness.report.records import DEFAULT_RESULTS, new_run_id
 from harness.spec.cells import Cell, SelectionError, expand, select, split_values, validate_selection
-from harness.spec.matrix import DEFAULT_MATRIX_DIR, Matrix, MatrixError, load_matrix
+from harness.spec.load import load_matrix
+from harness.spec.matrix import DEFAULT_MATRIX_DIR, Matrix, MatrixError
 
 SELECTION_OPTIONS = {"arch": "architecture", "method": "method", "layout": "layout",
                      "tier": "tier", "check": "check", "variant": "variant"}

@@ -16,7 +16,7 @@ status=0
 record() {  # pytest's exit code: 0, or 5 (nothing collected), is fine; anything else fails the gate
   [ "$1" -eq 0 ] || [ "$1" -eq 5 ] || status=1
 }
-sets=$("$BIN/python" -c "from harness.spec.matrix import load_matrix
+sets=$("$BIN/python" -c "from harness.spec.load import load_matrix
 for s in load_matrix().release_sets.values():
     if s.gate: print(s.name, s.transformers, s.peft)") || exit 2
 while read -r name transformers peft; do

@@ -15,7 +15,7 @@ def _cell_run(payload: dict, ctx):
     from harness.cellrun import CellRun
     from harness.ckpt.tiny import tiny_checkpoint
     from harness.spec.cells import Cell
-    from harness.spec.matrix import load_matrix
+    from harness.spec.load import load_matrix
 
     matrix = load_matrix()
     if "lr" in payload:  # a run at another learning rate (e.g. LoRA's common 1e-4)

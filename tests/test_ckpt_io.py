@@ -15,7 +15,7 @@ from harness.ckpt.atomic import CheckpointCorrupt, atomic_directory, verify
 from harness.ckpt.models import load_model
 from harness.ckpt.tiny import tiny_checkpoint
 from harness.failures import CellFailure
-from harness.spec.matrix import load_matrix
+from harness.spec.load import load_matrix
 from harness.stacks.native.saving import export_hf, load_dcp, reload_hf, save_dcp
 
 
@@ -72,7 +72,7 @@ KILLED_WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from harness.ckpt.atomic import atomic_directory
-    from harness.spec.matrix import load_matrix
+    from harness.spec.load import load_matrix
     from harness.ckpt.models import load_model
     from harness.ckpt.tiny import tiny_checkpoint
     matrix = load_matrix()

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from harness.report.records import REPO_ROOT
-from harness.spec.matrix import load_matrix
+from harness.spec.load import load_matrix
 from tests.test_render import llm_table
 
 REPORTS = REPO_ROOT / "reports"

@@ -18,7 +18,7 @@ import pytest
 from harness.report.records import REPO_ROOT
 from harness.report.render import render_docs
 from harness.report.results import load_results
-from harness.spec.matrix import load_matrix
+from harness.spec.load import load_matrix
 from tests.conftest import write_rows
 from tests.test_render import EP_LAYOUT, ROWS, planted_records
 from tests.test_results import write

@@ -52,7 +52,8 @@ def test_a_harness_error_fails_the_run_with_exit_3_even_where_failures_are_findi
 
 @pytest.mark.parametrize("category", ["harness-error"])
 def test_a_harness_error_cannot_be_declared_a_known_limit(matrix_dir, category):
-    from harness.spec.matrix import MatrixError, load_matrix
+    from harness.spec.load import load_matrix
+    from harness.spec.matrix import MatrixError
 
     write_rows(matrix_dir, LLAMA_ROW + f'known_limits = [{{ category = "{category}", reason = "r" }}]\n')
     with pytest.raises(MatrixError, match="known_limits"):

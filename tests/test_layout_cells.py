@@ -94,7 +94,7 @@ def test_a_rank_that_raises_is_a_fail_with_its_traceback_and_the_pool_stays(pyte
 
 
 def test_cell_timeout_default_tier_and_override(monkeypatch):
-    from harness.spec.matrix import load_matrix
+    from harness.spec.load import load_matrix
 
     tiers = load_matrix().tiers
     monkeypatch.delenv("COMPAT_HARNESS_CELL_TIMEOUT", raising=False)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.spec.matrix import MatrixError, load_matrix
+from harness.spec.load import load_matrix
+from harness.spec.matrix import MatrixError
 from tests.conftest import LLAMA_ROW, write_rows
 
 
@@ -136,7 +137,8 @@ def test_layout_errors(matrix_dir, layout, key, fragment):
         ('[checks.parity]\nsummary = "x"\ntiers = ["huge"]', "checks.parity.tiers[0]", "allowed: tiny, real"),
         ('[checks.parity]\nsummary = "x"\ntiers = ["tiny"]\nlayouts = ["fsdp9"]', "checks.parity.layouts[0]",
          "allowed: single"),
-        ('[checks.lint]\nsummary = "x"\ntiers = ["tiny"]', "checks.lint", "allowed: train, parity"),
+        ('[checks.lint]\nsummary = "x"\ntiers = ["tiny"]', "checks.lint",
+         "allowed: dcp_roundtrip, generate, parity, peft_roundtrip, train"),  # harness/checks/*.py
         ('[checks.parity]\nsummary = "x"\ntiers = ["tiny"]\nload_layouts = { single = "fsdp7" }',
          "checks.parity.load_layouts.single", "allowed: single"),
         ("[tolerances.float64]\nrtol = 1.0\natol = 1.0", "tolerances.float64", "allowed: float32"),
@@ -237,21 +239,27 @@ def test_tiny_keys_that_the_modeling_code_reads_are_accepted(matrix_dir):
 
 
 def test_registries_name_what_the_code_implements():
-    import re
+    import importlib
 
-    from harness.run import runner
-    from harness.spec import matrix
-    from harness.stacks.native.placement import PLACEMENTS
+    from harness.spec import matrix, parse
+    from harness.stacks.native import placement
+    from harness.stacks.native.stack import NativeStack
 
-    assert set(matrix.API_MESH_DIMS) == set(PLACEMENTS)
-    assert set(matrix.SKIP_CATEGORIES) == set(runner.SKIP_CATEGORIES)
-    assert set(matrix.CHECK_OPTIONS) == set(matrix.CHECKS)
-    assert all((Path(matrix.__file__).parent / "checks" / f"{name}.py").is_file() for name in matrix.CHECKS)
-    sources = "\n".join(p.read_text() for p in Path(matrix.__file__).parent.rglob("*.py"))
-    read = set(re.findall(r'\.choice\(\s*"(\w+)"', sources))
-    assert read == set(matrix.CHOICES)
-    for name, values in matrix.CHOICES.items():  # each value the code implements is spelled in it
-        assert all(f'"{value}"' in sources.replace(f'"{name}"', "") for value in values), name
+    assert set(matrix.API_MESH_DIMS) == set(placement.PLACEMENTS)
+    assert set(matrix.CHECK_OPTIONS) <= set(parse.CHECKS)
+    # The checks are the modules of harness/checks/ that the runner can run; helpers are not checks.
+    assert {"train", "parity"} <= set(parse.CHECKS) and "common" not in parse.CHECKS
+    assert all(callable(importlib.import_module(f"harness.checks.{name}").run) for name in parse.CHECKS)
+    # The script choices are the native stack's: each one it reads is declared, its default is a
+    # declared value, and its code branches on a declared value (the other is the branch not taken).
+    assert set(NativeStack.choice_defaults) == set(matrix.CHOICES)
+    sources = "\n".join(p.read_text() for p in Path(placement.__file__).parent.rglob("*.py"))
+    code = sources
+    for name in matrix.CHOICES:
+        code = code.replace(f'"{name}": "{NativeStack.choice_defaults[name]}"', "")
+    for name, values in matrix.CHOICES.items():
+        assert NativeStack.choice_defaults[name] in values, name
+        assert any(f'== "{value}"' in code for value in values), name
 
 
 def test_a_warm_release_cache_loads_without_importing_torch_or_transformers(monkeypatch):
@@ -263,7 +271,28 @@ def test_a_warm_release_cache_loads_without_importing_torch_or_transformers(monk
 
     monkeypatch.setattr(release_facts, "_MEMO", {})
     load_matrix()  # fills this test session's cache (COMPAT_HARNESS_CACHE), not only the memo
-    code = ("import sys; from harness.spec.matrix import load_matrix; load_matrix(); "
+    code = ("import sys; from harness.spec.load import load_matrix; load_matrix(); "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_each_table_key_is_declared_once_with_its_type_and_meaning():
+    """The schemas are the dataclasses' `toml_key` fields: every key has a doc, a required key has
+    no default, and the fields the loader fills in (a row's name, its file) are not keys."""
+    import dataclasses
+
+    from harness.spec import matrix, parse
+
+    for name in dir(parse):
+        if not name.endswith("_SCHEMA"):
+            continue
+        for key, spec in getattr(parse, name).items():
+            assert spec.doc, (name, key)
+    for schema, cls, filled_in in ((parse.ARCH_SCHEMA, matrix.Architecture, {"name", "source_file"}),
+                                   (parse.TIER_SCHEMA, matrix.Tier, {"name"})):
+        by_name = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(by_name) - set(schema) == filled_in
+        for key, spec in schema.items():
+            assert spec.required == (by_name[key].default is dataclasses.MISSING
+                                     and by_name[key].default_factory is dataclasses.MISSING), key

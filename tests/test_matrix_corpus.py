@@ -20,7 +20,8 @@ import pytest
 
 from harness import cli
 from harness.report.records import REPO_ROOT
-from harness.spec.matrix import DEFAULT_MATRIX_DIR, MatrixError, load_matrix
+from harness.spec.load import load_matrix
+from harness.spec.matrix import DEFAULT_MATRIX_DIR, MatrixError
 
 CORPUS_FILE = Path(__file__).parent / "matrix_corpus.toml"
 CORPUS = tomllib.loads(CORPUS_FILE.read_text())["case"]

@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from harness.spec.cells import expand
-from harness.spec.matrix import DEFAULT_MATRIX_DIR, TOP_LEVEL, MatrixError, load_matrix
+from harness.spec.load import load_matrix
+from harness.spec.matrix import DEFAULT_MATRIX_DIR, MatrixError
+from harness.spec.parse import TOP_LEVEL
 
 FILES = {p.name: tomllib.loads(p.read_text()) for p in sorted(DEFAULT_MATRIX_DIR.glob("*.toml"))}
 # Key paths (with * for any entry name) whose valid changes legitimately change the cells: the

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from harness.spec.matrix import REPO_ROOT, load_matrix
+from harness.spec.load import load_matrix
+from harness.spec.matrix import REPO_ROOT
 from tests.conftest import LLAMA_ROW, write_rows
 
 

@@ -22,7 +22,8 @@ from harness.failures import CellFailure
 from harness.run.pool import get_pool
 from harness.run.ranks import PoolTaskError
 from harness.spec.cells import Cell
-from harness.spec.matrix import Api, Layout, load_matrix
+from harness.spec.load import load_matrix
+from harness.spec.matrix import Api, Layout
 from harness.stacks.native.placement import choose_api
 
 DEVICE = os.environ.get("COMPAT_HARNESS_TEST_DEVICE", "cpu")

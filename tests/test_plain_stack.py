@@ -16,7 +16,7 @@ from harness.run.pool import get_pool
 from harness.run.ranks import PoolTaskError
 from harness.run.runner import run_cell
 from harness.spec.cells import Cell
-from harness.spec.matrix import load_matrix
+from harness.spec.load import load_matrix
 
 
 def _exception(message: str) -> str:

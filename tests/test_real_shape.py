@@ -13,7 +13,8 @@ from harness.checks import train as train_check
 from harness.failures import CellFailure, classify
 from harness.spec.cells import Cell, expand
 from harness.spec.claims import FAILS, HOLDS, UNVERIFIED, evaluate
-from harness.spec.matrix import Claim, RealShape, load_matrix
+from harness.spec.load import load_matrix
+from harness.spec.matrix import Claim, RealShape
 from harness.stacks.native.realshape import (
     asked_bytes,
     find_gpu,

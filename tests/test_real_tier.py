@@ -10,7 +10,7 @@ import pytest
 
 from harness.ckpt.tiny import tiny_checkpoint
 from harness.data.qa import SHIPPED
-from harness.spec.matrix import load_matrix
+from harness.spec.load import load_matrix
 from tests.conftest import LLAMA_ROW, write_rows
 from tests.test_plugin_e2e import run_matrix
 

@@ -17,7 +17,7 @@ from harness.report.machine_paths import has_machine_path
 from harness.report.render import render_docs, stale_files, write_docs
 from harness.report.results import load_results
 from harness.spec.cells import expand
-from harness.spec.matrix import load_matrix
+from harness.spec.load import load_matrix
 from tests.conftest import write_rows
 from tests.test_results import cpu_env, gpu_env, older, record, write
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 
-from harness.ckpt.tiny import build_tiny_config, cache_root, tiny_checkpoint
-from harness.spec.matrix import load_matrix
+from harness.cache import cache_root
+from harness.ckpt.tiny import build_tiny_config, tiny_checkpoint
+from harness.spec.load import load_matrix
 
 
 def _build(cache: str, queue) -> None:

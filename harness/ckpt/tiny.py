@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from filelock import FileLock
 
+from harness.cache import cache_root
 from harness.ckpt.atomic import atomic_directory
 from harness.failures import CellFailure
 from harness.spec.matrix import Architecture, Matrix
 
 SEED = 0
-
-
-def cache_root() -> Path:
-    """Where tiny checkpoints live; COMPAT_HARNESS_CACHE moves it (CI, read-only homes)."""
-    env = os.environ.get("COMPAT_HARNESS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "compat-harness"
 
 
 def config_class(arch: Architecture):

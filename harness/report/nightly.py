@@ -47,7 +47,8 @@ def durations_from_records(records: list[str | Path], matrix_dir: str | Path | N
                            rootdir: Path = REPO_ROOT) -> dict[str, float]:
     """pytest-split durations (node id -> seconds) from the newest record of each cell+device."""
     from harness.report.results import read_records
-    from harness.spec.matrix import DEFAULT_MATRIX_DIR, load_matrix
+    from harness.spec.load import load_matrix
+    from harness.spec.matrix import DEFAULT_MATRIX_DIR
 
     matrix = load_matrix(matrix_dir or DEFAULT_MATRIX_DIR)
     newest: dict[str, tuple[str, float]] = {}
@@ -193,7 +194,8 @@ def merge(shard_files: list[str | Path], merged: str | Path, db: str | Path,
     from harness.report.history import ingest, load_frame
     from harness.report.render import render_docs, write_docs
     from harness.report.results import load_results
-    from harness.spec.matrix import DEFAULT_MATRIX_DIR, load_matrix
+    from harness.spec.load import load_matrix
+    from harness.spec.matrix import DEFAULT_MATRIX_DIR
 
     files = [Path(f) for f in shard_files if Path(f).is_file()]
     if not files:

@@ -29,6 +29,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from harness.failures import FAILURE_CATEGORIES
 from harness.report import releases
 from harness.report.history import record_key
 from harness.report.llm_table import (
@@ -46,7 +47,7 @@ from harness.report.records import REPO_ROOT
 from harness.report.releases import FAILED, RAN
 from harness.report.views import ArchView, Evidence, Group, arch_views, where_order
 from harness.spec.cells import expand
-from harness.spec.matrix import AUTO_CLASSES, FAILURE_CATEGORIES, Matrix
+from harness.spec.matrix import AUTO_CLASSES, Matrix
 
 DEFAULT_OUT = REPO_ROOT / "reports"
 TEMPLATES = Path(__file__).resolve().parent / "templates"

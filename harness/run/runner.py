@@ -27,13 +27,13 @@ from pathlib import Path
 
 from harness.cellrun import CellRun
 from harness.ckpt.models import checkpoint_for
-from harness.failures import HARNESS_ERROR, CellFailure, classify, format_traceback, trimmed
+from harness.failures import HARNESS_ERROR, SKIP_CATEGORIES, CellFailure, classify, format_traceback, trimmed
 from harness.run.pool import get_pool
 from harness.run.ranks import PoolTaskError
 from harness.spec.cells import Cell
-from harness.spec.matrix import Matrix, load_matrix, matrix_files
+from harness.spec.load import load_matrix, matrix_files
+from harness.spec.matrix import Matrix
 
-SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent", "not-offered")
 DEFAULT_CELL_TIMEOUT_S = 300.0
 RANK_TASK = "harness.run.runner:rank_task"
 

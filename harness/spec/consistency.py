@@ -1,4 +1,4 @@
-"""Checks that span the matrix's tables: each value is valid on its own (harness/spec/matrix.py), but
+"""Checks that span the matrix's tables: each value is valid on its own (harness/spec/parse.py), but
 two of them together say something that cannot run or can never apply.
 
 - every tier's dtype has its `[tolerances.<dtype>]` (parity and peft_roundtrip compare within it);
@@ -16,7 +16,18 @@ two of them together say something that cannot run or can never apply.
 
 from __future__ import annotations
 
-from harness.spec.matrix import MULTI_RANK_CHECKS, ONE_DEVICE_RELOAD_CHECKS, Matrix, MatrixError
+from harness.spec.cells import expand
+from harness.spec.constraints import CONSTRAINT_CHECKS, SIZE_CONSTRAINTS, violated_constraint
+from harness.spec.matrix import Matrix, MatrixError
+from harness.spec.qa import DatasetError, load_qa
+
+# Checks that compare a multi-rank layout with one device (they cannot run on one rank), and checks
+# that reload what they saved on one device, as users do (their load layouts have one rank). Data
+# about what harness/checks/<name>.py does, kept here with the one rule that reads it: the matrix
+# stage cannot import a check module to ask it (a check imports torch), and at run time the check
+# itself refuses a wrong layout (harness/checks/common.py, require_one_device_load).
+MULTI_RANK_CHECKS = ("parity",)
+ONE_DEVICE_RELOAD_CHECKS = ("peft_roundtrip", "generate")
 
 
 def check_consistency(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
@@ -72,10 +83,8 @@ def _check_layouts(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
 def _sizes_divide(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
     """A layout without a size constraint (tp_divides_heads, ep_divides_experts) must not need it:
     every row it does not prune otherwise has sizes that split over its mesh."""
-    from harness.spec.constraints import CONSTRAINT_CHECKS, violated_constraint
-
     for name, layout in matrix.layouts.items():
-        absent = [c for c in ("tp_divides_heads", "ep_divides_experts") if c not in layout.constraints]
+        absent = [c for c in SIZE_CONSTRAINTS if c not in layout.constraints]
         for arch in matrix.architectures.values():
             if violated_constraint(matrix, arch, layout):
                 continue
@@ -88,10 +97,8 @@ def _sizes_divide(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
 
 
 def _qa_data(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
-    """A tier's QA set must read as one (harness/data/qa.py), and the generate check's `prompt`
+    """A tier's QA set must read as one (harness/spec/qa.py), and the generate check's `prompt`
     must be one of its fixed items on every QA tier it runs on."""
-    from harness.data.qa import DatasetError, load_qa
-
     prompt = matrix.checks["generate"].options.get("prompt") if "generate" in matrix.checks else None
     for name, tier in matrix.tiers.items():
         if tier.data != "qa":
@@ -123,8 +130,6 @@ def _tiny_sizes(matrix: Matrix) -> None:
 
 
 def _limits_cover_cells(matrix: Matrix) -> None:
-    from harness.spec.cells import expand
-
     cells, pruned = expand(matrix)
     by_arch: dict[str, list] = {}
     for cell in cells:

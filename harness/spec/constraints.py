@@ -3,6 +3,9 @@
 A layout lists the constraints it needs in matrix/axes.toml; each name maps to one function
 here that returns why the (architecture, layout) pair cannot run, or None. The sizes compared
 are the tiny config's: the row's `tiny` overrides on top of the generic tiny_defaults.
+
+CONSTRAINT_CHECKS is the one declaration of the constraint names: the layout validator
+(harness/spec/parse.py) allows exactly its keys, so a name can only be declared with its code.
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ from collections.abc import Callable
 
 from harness.spec.matrix import Architecture, Layout, Matrix
 
+# Config attributes that name the expert count of a MoE model (the same names tiny_defaults.moe
+# shrinks): ep_divides_experts reads them here, and the real-shape stack
+# (harness/stacks/native/realshape.py) reads them to find fused expert weights, a 3-D parameter
+# whose first dimension is that count.
 EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 
 
@@ -63,6 +70,13 @@ CONSTRAINT_CHECKS: dict[str, Callable[[Matrix, Architecture, Layout], str | None
     "ep_divides_experts": _ep_divides_experts,
     "ep_excludes_tp": _ep_excludes_tp,
 }
+
+# The constraints that compare a row's sizes with the mesh. A layout that leaves one out is checked
+# against the rows' sizes instead (harness/spec/consistency.py).
+SIZE_CONSTRAINTS = ("tp_divides_heads", "ep_divides_experts")
+# The constraints a mesh dim needs: without moe_only every dense row would be generated under
+# expert parallel and fail at run time instead of being pruned.
+CONSTRAINTS_FOR_DIM = {"ep": ("moe_only",)}
 
 
 def violated_constraint(matrix: Matrix, arch: Architecture, layout: Layout) -> str | None:

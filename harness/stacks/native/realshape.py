@@ -29,15 +29,13 @@ from harness.ckpt.tiny import auto_model_class, config_class
 from harness.data.batches import fixed_batch
 from harness.failures import CellFailure, is_oom
 from harness.spec.claims import claims_for, evaluate
+from harness.spec.constraints import EXPERT_COUNT_KEYS
 from harness.spec.matrix import Architecture, Gpu, Matrix, RealShape
 from harness.stacks.native.methods import apply_method
 from harness.stacks.placed import Placed
 from harness.stacks.result import TrainResult, training_metrics
 
 GIB = 1 << 30
-# Config attributes that name the expert count of a MoE model (the same names tiny_defaults.moe
-# shrinks). A 3-D parameter whose first dimension is that count holds fused expert weights.
-EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 # AdamW keeps two moments per trainable parameter, in the parameter's dtype.
 ADAM_STATES = 2
 
