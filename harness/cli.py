@@ -6,7 +6,7 @@ library modules (history, diff, render); this file only parses arguments and pri
 
 A subcommand that reads the matrix says which option names its directory
 (`set_defaults(matrix_option=...)`): `main` loads it first, through the one loader
-(harness.spec.matrix.load_matrix), so a mistake in it is the same single line as in pytest,
+(harness.spec.load.load_matrix), so a mistake in it is the same single line as in pytest,
 `ERROR: FILE: KEY = VALUE: PROBLEM`, on stderr with exit code 2 (argparse's usage code), before
 the subcommand does anything.
 """
