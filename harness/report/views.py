@@ -87,13 +87,8 @@ class CellView:
 
     @property
     def suffix(self) -> str:
-        """What tells the cells of one (architecture, method, layout) group apart, spelled as the
-        end of their ids: 'tiny-train', 'real-shape-train@Llama-3.1-8B', 'tiny-train+fully_shard'.
-        """
-        text = f"{self.cell.tier}-{self.cell.check}"
-        if self.cell.shape:
-            text += f"@{self.cell.shape}"
-        return f"{text}+{self.cell.variant}" if self.cell.variant else text
+        """What tells the cells of one (architecture, method, layout) group apart (Cell.tail)."""
+        return self.cell.tail
 
 
 @dataclass

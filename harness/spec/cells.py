@@ -33,10 +33,16 @@ class Cell:
 
     @property
     def id(self) -> str:
-        base = "-".join((self.architecture, self.method, self.layout, self.tier, self.check))
+        return f"{self.architecture}-{self.method}-{self.layout}-{self.tail}"
+
+    @property
+    def tail(self) -> str:
+        """The id after (architecture, method, layout): what tells apart the cells of one such
+        group, e.g. 'tiny-train', 'real-shape-train@Llama-3.1-8B', 'tiny-train+fully_shard'."""
+        text = f"{self.tier}-{self.check}"
         if self.shape:
-            base = f"{base}@{self.shape}"
-        return f"{base}+{self.variant}" if self.variant else base
+            text += f"@{self.shape}"
+        return f"{text}+{self.variant}" if self.variant else text
 
     def axis(self, name: str) -> str:
         if name == "variant":

@@ -179,15 +179,19 @@ def installed_version(package: str) -> str | None:
         return None
 
 
-def release_in(package: str, *specs: str) -> bool:
-    """Whether the installed `package` satisfies any of the specifiers (none given: any release)."""
+def version_in(version: str, specs: tuple[str, ...]) -> bool:
+    """Whether `version` satisfies any of the specifiers (none given: any release)."""
     from packaging.specifiers import SpecifierSet
 
+    return not specs or any(SpecifierSet(spec).contains(version, prereleases=True) for spec in specs)
+
+
+def release_in(package: str, *specs: str) -> bool:
+    """Whether the installed `package` satisfies any of the specifiers (none given: any release)."""
     if not specs:
         return True
     installed = installed_version(package)
-    return installed is not None and any(SpecifierSet(spec).contains(installed, prereleases=True)
-                                         for spec in specs)
+    return installed is not None and version_in(installed, specs)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 
-from harness.spec.matrix import Architecture, Matrix, MatrixError
+from harness.spec.matrix import Architecture, Matrix, MatrixError, version_in
 from harness.spec.release_facts import ConfigFacts, ModelTypeFacts, ReleaseFacts, release_facts
 
 
@@ -46,18 +46,12 @@ def check_release(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
             _config_keys(shape.source_file, f'real_shapes."{name}".config', shape.config, found.config,
                          facts.transformers)
     for name, kernel in matrix.experts.items():
-        offered = _release_in(facts.transformers, kernel.transformers)
+        offered = version_in(facts.transformers, kernel.transformers)
         if offered and kernel.value not in facts.experts_kernels:
             raise MatrixError(files["experts"][name], f"experts.{name}.value", kernel.value,
                               f"is not an experts implementation of transformers {facts.transformers} "
                               "(or limit the kernel to the releases that have it with `transformers`)",
                               sorted(facts.experts_kernels))
-
-
-def _release_in(version: str, specs: tuple[str, ...]) -> bool:
-    from packaging.specifiers import SpecifierSet
-
-    return not specs or any(SpecifierSet(s).contains(version, prereleases=True) for s in specs)
 
 
 def _model_type(arch: Architecture, facts: ReleaseFacts) -> ModelTypeFacts | None:

@@ -15,7 +15,8 @@ The operations:
   pretrained (one directory `from_pretrained` reads) and adapter;
 - build a model at a real checkpoint's size with random weights and measure its training
   (memory, tokens/s, MFU): the real-shape tier;
-- describe the choices its script makes where a user's might differ (matrix `choices`), and
+- describe the choices its script makes where a user's might differ: `choice_defaults` names the
+  matrix `choices` it reads and the value it takes where the matrix declares none; and
   make the two sides of a parity comparison start alike as those choices say.
 """
 
@@ -99,4 +100,3 @@ class Stack(Protocol):
 
     def measure_real_shape(self, cr) -> tuple[dict, TrainResult]: ...
 
-    def describe(self, choices: Mapping[str, str]) -> dict[str, str]: ...

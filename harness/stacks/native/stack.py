@@ -108,9 +108,6 @@ class NativeStack:
     def measure_real_shape(self, cr) -> tuple[dict, TrainResult]:
         return realshape.measure(cr)
 
-    def describe(self, choices: Mapping[str, str]) -> dict[str, str]:
-        """The value of every choice this stack's script makes, declared or default."""
-        return {name: self._choice(choices, name) for name in self.choice_defaults}
 
 
 # --- the pool task of the benchmark: one tiny training run under a layout ----------------------
