@@ -48,7 +48,7 @@ class CellRun:
     @cached_property
     def stack(self) -> Stack:
         """The stack under test that runs this cell (harness/stacks/registry.py)."""
-        return stack_for("native")
+        return stack_for(self.cell.stack)
 
     @property
     def choices(self) -> dict[str, str]:

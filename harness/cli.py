@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from harness.report.results import DEFAULT_RECORDS_GLOB, CorruptRecordWarning
-from harness.spec.cells import SelectionError
+from harness.spec.cells import SELECTION_OPTIONS, SelectionError
 from harness.spec.matrix import DEFAULT_MATRIX_DIR, MatrixError
 
 # The exit code of a usage mistake, argparse's own: a wrong argument or a wrong matrix.
@@ -142,10 +142,6 @@ def run_render(args) -> int:
 
 # --- cells ----------------------------------------------------------------------------------
 
-SELECTION_OPTIONS = {"arch": "architecture", "method": "method", "layout": "layout", "tier": "tier",
-                     "check": "check", "variant": "variant"}
-
-
 def add_cells(subparsers) -> None:
     p = subparsers.add_parser(
         "cells", help="list the cell ids of a selection, and the pruned combinations with their reasons",
@@ -167,12 +163,21 @@ def add_cells(subparsers) -> None:
 
 
 def run_cells(args) -> int:
-    from harness.spec.cells import AXES, expand, select, select_pruned, split_values, validate_selection
+    from harness.spec.cells import (
+        AXES,
+        expand,
+        select,
+        select_pruned,
+        split_values,
+        validate_selection,
+        with_stacks,
+    )
     from harness.spec.load import load_matrix
 
     matrix = load_matrix(args.matrix_dir)
     selection = {axis: split_values(getattr(args, option)) for option, axis in SELECTION_OPTIONS.items()}
     validate_selection(matrix, selection)
+    selection = with_stacks(matrix, selection)
     cells, pruned = expand(matrix)
     cells = select(cells, selection)
     pruned = [] if args.no_pruned else select_pruned(pruned, selection)

@@ -29,6 +29,9 @@ FAILURE_CATEGORIES = (
     # the installed release does not offer the cell's declared variant (a loading API, an experts
     # kernel) for this model: a skip, with the releases that do
     "not-offered",
+    # the cell's stack (matrix `stacks`) needs packages this environment lacks: a skip, with the
+    # command that installs them
+    "stack-absent",
     "peft-unsupported",
     "oom",
     "numerics",
@@ -36,6 +39,9 @@ FAILURE_CATEGORIES = (
     "checkpoint-absent",
     "no-tp-plan",
     "layout-unsupported",
+    # the stack said it applied the cell's layout, but the model that trained is not laid out so
+    # (e.g. FSDP2 asked, DistributedDataParallel ran): the message says what ran instead
+    "layout-not-applied",
     "crash",
     "timeout",
     "error",
@@ -46,7 +52,8 @@ FAILURE_CATEGORIES = (
     "matrix-error",
 )
 # Categories that make a cell skip (harness/run/runner.py): a known limit can never apply to them.
-SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent", "not-offered")
+SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent", "not-offered",
+                   "stack-absent")
 # Categories a row may declare as expected in known_limits: a harness bug and a matrix mistake are
 # fixed, not declared, and a skip needs no declaration.
 DECLARABLE_CATEGORIES = tuple(c for c in FAILURE_CATEGORIES

@@ -26,12 +26,19 @@ import pytest
 
 from harness.failures import HARNESS_ERROR
 from harness.report.records import DEFAULT_RESULTS, new_run_id
-from harness.spec.cells import Cell, SelectionError, expand, select, split_values, validate_selection
+from harness.spec.cells import (
+    SELECTION_OPTIONS,
+    Cell,
+    SelectionError,
+    expand,
+    select,
+    split_values,
+    validate_selection,
+    with_stacks,
+)
 from harness.spec.load import load_matrix
 from harness.spec.matrix import DEFAULT_MATRIX_DIR, Matrix, MatrixError
 
-SELECTION_OPTIONS = {"arch": "architecture", "method": "method", "layout": "layout",
-                     "tier": "tier", "check": "check", "variant": "variant"}
 MARKERS = {
     "gpu": "a matrix cell that runs on CUDA",
     "cpu": "a matrix cell that runs on the CPU",
@@ -149,7 +156,7 @@ class MatrixFile(pytest.File):
         own = [c for c in config.stash[CELLS_KEY] if c.architecture in rows]
         device_option = config.getoption("device")
         devices = DEVICES if device_option == "auto" else (device_option,)
-        for cell in select(own, _selection(config)):
+        for cell in select(own, with_stacks(matrix, _selection(config))):
             for device in devices:
                 yield CellItem.from_parent(self, name=f"{cell.id}[{device}]", cell=cell,
                                            device=device)

@@ -129,8 +129,9 @@ def test_cells_command_lists_the_selection_and_the_pruned_with_reasons(capsys):
     assert {c["layout"] for c in listing["cells"]} == {"single"}
     reasons = {p["id"]: p["reason"] for p in listing["pruned"]}
     assert reasons["LlamaForCausalLM-lora-ep-tiny-train"] == "layout ep (expert parallel) needs a MoE model"
+    # no --stack: the reference stack only, and the listing says so
     assert listing["selection"] == {"architecture": ["LlamaForCausalLM"], "layout": ["single", "ep"],
-                                    "tier": ["tiny"]}
+                                    "tier": ["tiny"], "stack": ["native"]}
 
 
 def test_cells_help_says_the_pruned_are_listed_with_reasons_and_no_pruned_drops_them(capsys):

@@ -124,8 +124,9 @@ def test_short_device_names():
 
 
 def older(made: dict) -> dict:
-    """A record as schema 1 wrote it (the committed records of 2026-11/12): no shape, no variant."""
-    return {**{k: v for k, v in made.items() if k not in ("shape", "variant")}, "schema": 1}
+    """A record as schema 1 wrote it (the committed records of 2026-11/12): no shape, no variant, no
+    stack (every such record ran on the reference stack)."""
+    return {**{k: v for k, v in made.items() if k not in ("shape", "variant", "stack")}, "schema": 1}
 
 
 def older_record(cell: Cell, status: str = "pass", **kwargs) -> dict:
@@ -143,7 +144,7 @@ def test_an_older_record_gets_its_shape_and_variant_at_read_time(tmp_path):
                                                "Llama-3.2-1B"))
     old = load_results([write(tmp_path / "old.jsonl", [older_record(c) for c in cells])])
     new = load_results([write(tmp_path / "new.jsonl", [record(c, "pass") for c in cells])])
-    fields = ["cell_id", "architecture", "method", "layout", "tier", "check", "shape", "variant"]
+    fields = ["cell_id", "architecture", "method", "layout", "tier", "check", "shape", "variant", "stack"]
     assert old[fields].to_dict("records") == new[fields].to_dict("records")
     assert old[fields].to_dict("records") == [{"cell_id": c.id, **vars(c)} for c in cells]
     assert "shape" not in old["record"][0]  # the record itself is kept as it was written

@@ -5,8 +5,8 @@ device, with which library versions, from which commit, and what came out. Appen
 exclusive lock and write the whole line at once, so pytest-xdist workers never interleave or
 lose lines.
 
-Schema (version 2), every key always present:
-    schema, cell_id, architecture, method, layout, tier, check, shape, variant, status,
+Schema (version 3), every key always present:
+    schema, cell_id, architecture, method, layout, tier, check, shape, variant, stack, status,
     category, message, traceback, metrics, env, git_sha, run_id, timestamp
 status is one of pass, fail, skip, xfail, n/a. category is null on pass. env holds python,
 torch, transformers, peft, device_type, device_name, device_count, world_size, backend,
@@ -14,8 +14,9 @@ platform. The cell's fields (architecture ... variant) are all written, "" for a
 or variant, so that a reader never has to take cell_id apart: the id is for people and for
 matching, the fields are for grouping.
 
-Version 1 (the committed records of 2026-11 and 2026-12) lacks shape and variant;
-`harness.report.results` derives them when it reads such a record, in that one place.
+Version 1 (the committed records of 2026-11 and 2026-12) lacks shape and variant, and versions 1
+and 2 lack stack (they all ran on the reference stack, `native`); `harness.report.results`
+derives them when it reads such a record, in that one place.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("pass", "fail", "skip", "xfail", "n/a")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RESULTS = REPO_ROOT / "reports" / "records" / "local.jsonl"
@@ -124,6 +125,7 @@ def make_record(
         "check": cell.check,
         "shape": cell.shape,
         "variant": cell.variant,
+        "stack": cell.stack,
         "status": status,
         "category": category,
         "message": message,

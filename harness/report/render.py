@@ -89,6 +89,13 @@ CATEGORY_TEXT = {
     "no-tp-plan": (
         "The model declares no tensor-parallel plan, so TP cannot shard it.",
         "Add a `tp_plan` to the matrix row, or use FSDP2."),
+    "stack-absent": (
+        "The stack under test needs packages that were not installed where the cell ran.",
+        "Install the stack's extra (e.g. `pip install 'compat-harness[trl]'`) and re-run."),
+    "layout-not-applied": (
+        "The stack said it applied the layout, but the model that trained was laid out otherwise "
+        "(e.g. FSDP2 asked, DistributedDataParallel ran).",
+        "Configure the stack as its docs say for this layout; the message says what ran instead."),
     "layout-unsupported": (
         "The parallel layout cannot be applied to this model.",
         "Use another layout, and open an issue with the message."),

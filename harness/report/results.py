@@ -27,12 +27,14 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report.records import REPO_ROOT, STATUSES
+from harness.spec.matrix import REFERENCE_STACK
 
 DEFAULT_RECORDS_GLOB = str(REPO_ROOT / "reports" / "records" / "*.jsonl")
 REQUIRED_KEYS = ("cell_id", "architecture", "method", "layout", "tier", "check", "status",
                  "run_id", "timestamp", "env")
-# The cell's fields; schema 1 wrote the first five, schema 2 all seven (harness.report.records).
-CELL_FIELDS = ("architecture", "method", "layout", "tier", "check", "shape", "variant")
+# The cell's fields; schema 1 wrote the first five, schema 2 seven, schema 3 all eight
+# (harness.report.records).
+CELL_FIELDS = ("architecture", "method", "layout", "tier", "check", "shape", "variant", "stack")
 # What a cell id holds after its first five fields: "@shape" and "+variant", each optional. A shape
 # name holds neither '@' nor '+', a variant name no '+' (harness.spec.matrix AXIS_NAME).
 ID_TAIL = re.compile(r"(?:@(?P<shape>[^@+]+))?(?:\+(?P<variant>[^@+]+))?")
@@ -154,6 +156,8 @@ def flatten(sourced: SourcedRecord, seq: int) -> dict:
     # problem() turns such a record away when it is read from a file; a history database filled
     # before that check existed may still hold one, and it is shown as a plain cell, not a crash.
     row.update(shape_and_variant(rec) or {"shape": "", "variant": ""})
+    # Records before schema 3 all ran on the reference stack.
+    row["stack"] = rec.get("stack") or REFERENCE_STACK
     row["metrics"] = rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {}
     for key in ENV_KEYS:
         row[f"env_{key}"] = env.get(key)

@@ -27,7 +27,7 @@ from harness.report.releases import FAIL, PASS, Outcome, Regression, Release
 from harness.report.results import latest
 from harness.spec.cells import Cell, PrunedCell, expand
 from harness.spec.constraints import violated_constraint
-from harness.spec.matrix import Architecture, Matrix
+from harness.spec.matrix import REFERENCE_STACK, Architecture, Matrix
 
 # A verdict, per release and per group, is about a (cell, place, release): newest record of each.
 BY = ("where", "transformers", "env_peft")
@@ -245,10 +245,12 @@ def na_reason(matrix: Matrix, name: str, method: str, layout: str, pruned: list[
     return "; ".join(sorted(reasons)) or "no cells"
 
 
-def arch_views(matrix: Matrix, records: pd.DataFrame) -> list[ArchView]:
-    """One view per architecture row, in the matrix's (sorted) order."""
+def arch_views(matrix: Matrix, records: pd.DataFrame, stack: str = REFERENCE_STACK) -> list[ArchView]:
+    """One view per architecture row, in the matrix's (sorted) order, of one stack's cells."""
     evidence = evidence_by_cell(records)
     cells, pruned = expand(matrix)
+    cells = [c for c in cells if c.stack == stack]
+    pruned = [p for p in pruned if p.cell.stack == stack]
     by_arch: dict[str, list[Cell]] = {}
     for cell in cells:
         by_arch.setdefault(cell.architecture, []).append(cell)

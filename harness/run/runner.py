@@ -33,6 +33,7 @@ from harness.run.ranks import PoolTaskError
 from harness.spec.cells import Cell
 from harness.spec.load import load_matrix, matrix_files
 from harness.spec.matrix import Matrix
+from harness.stacks.registry import missing_packages
 
 DEFAULT_CELL_TIMEOUT_S = 300.0
 RANK_TASK = "harness.run.runner:rank_task"
@@ -71,10 +72,22 @@ def _peak_memory(device: str) -> dict:
             "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
 
 
+def require_stack(matrix: Matrix, cell: Cell, device: str) -> None:
+    """A skip (`stack-absent`) when the cell's stack needs packages this environment lacks."""
+    spec = matrix.stacks[cell.stack]
+    missing = missing_packages(spec)
+    if missing:
+        raise CellFailure("stack-absent", f"stack {spec.name} needs {', '.join(missing)}, not installed "
+                                          f"here: {spec.install}")
+    if device not in spec.devices:
+        raise CellFailure("layout-unsupported", f"stack {spec.name} runs on {', '.join(spec.devices)} only")
+
+
 def run_check(matrix: Matrix, cell: Cell, device: str) -> dict:
     """Run the cell's check (harness/checks/<name>.py) on this device; return its metrics."""
     import torch
 
+    require_stack(matrix, cell, device)
     if matrix.layouts[cell.layout].world_size > 1:
         return run_on_pool(matrix, cell, device)
     check = importlib.import_module(f"harness.checks.{cell.check}")

@@ -12,9 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from harness.spec.constraints import violated_constraint
-from harness.spec.matrix import Matrix
+from harness.spec.matrix import REFERENCE_STACK, Matrix
 
-AXES = ("architecture", "method", "layout", "tier", "check", "variant")
+AXES = ("architecture", "method", "layout", "tier", "check", "variant", "stack")
+# The command-line options that select cells (pytest's and `compat-harness cells`'), by axis.
+SELECTION_OPTIONS = {"arch": "architecture", "method": "method", "layout": "layout", "tier": "tier",
+                     "check": "check", "variant": "variant", "stack": "stack"}
 
 
 @dataclass(frozen=True, order=True)
@@ -30,10 +33,14 @@ class Cell:
     # A declared variant of the cell (matrix `apis` or `experts`): a second documented call that
     # applies the layout, or an MoE experts kernel. "" is the plain cell.
     variant: str = ""
+    # The stack under test that runs it (matrix `stacks`): the reference stack's ids carry no
+    # stack, any other's start with "<stack>:" (e.g. "trl:LlamaForCausalLM-lora-single-tiny-train").
+    stack: str = REFERENCE_STACK
 
     @property
     def id(self) -> str:
-        return f"{self.architecture}-{self.method}-{self.layout}-{self.tail}"
+        plain = f"{self.architecture}-{self.method}-{self.layout}-{self.tail}"
+        return plain if self.stack == REFERENCE_STACK else f"{self.stack}:{plain}"
 
     @property
     def tail(self) -> str:
@@ -60,8 +67,21 @@ class PrunedCell:
         return self.cell.id
 
 
+def stack_prune_reason(matrix: Matrix, cell: Cell) -> str | None:
+    """Why the cell's stack does not run it (the stack's own layouts, methods, checks, tiers), or None."""
+    stack = matrix.stacks[cell.stack]
+    for axis, allowed in (("layout", stack.layouts), ("method", stack.methods), ("check", stack.checks),
+                          ("tier", stack.tiers)):
+        if allowed and getattr(cell, axis) not in allowed:
+            return f"stack {cell.stack} runs {axis}s {', '.join(allowed)} only"
+    return None
+
+
 def prune_reason(matrix: Matrix, cell: Cell) -> str | None:
     """Why this combination cannot run, or None when it is a real cell."""
+    reason = stack_prune_reason(matrix, cell) if cell.stack != REFERENCE_STACK else None
+    if reason:
+        return reason
     check = matrix.checks[cell.check]
     tier = matrix.tiers[cell.tier]
     if tier.layouts and cell.layout not in tier.layouts:
@@ -102,6 +122,15 @@ def variants_for(matrix: Matrix, arch: str, layout: str, tier: str, check: str) 
 
 
 def all_combinations(matrix: Matrix) -> Iterable[Cell]:
+    """Every stack's combinations, the reference stack's first (its cells keep their order)."""
+    stacks = sorted(matrix.stacks, key=lambda name: (name != REFERENCE_STACK, name))
+    for stack in stacks:
+        yield from _combinations(matrix, stack)
+
+
+def _combinations(matrix: Matrix, stack: str) -> Iterable[Cell]:
+    """One stack's combinations. Variants (a layout's later documented calls, experts kernels) are
+    the reference stack's: another stack applies a layout through its own configuration."""
     for arch in sorted(matrix.architectures):
         for method in matrix.methods:
             for layout in matrix.layouts:
@@ -110,7 +139,9 @@ def all_combinations(matrix: Matrix) -> Iterable[Cell]:
                     # to build, so nothing to prune either (the docs list the configs it has).
                     for shape in shapes_for(matrix, arch, tier):
                         for check in matrix.checks:
-                            yield Cell(arch, method, layout, tier, check, shape)
+                            yield Cell(arch, method, layout, tier, check, shape, stack=stack)
+                            if stack != REFERENCE_STACK:
+                                continue
                             for variant in variants_for(matrix, arch, layout, tier, check):
                                 yield Cell(arch, method, layout, tier, check, shape, variant)
 
@@ -125,6 +156,10 @@ def expand(matrix: Matrix) -> tuple[list[Cell], list[PrunedCell]]:
         else:
             pruned.append(PrunedCell(cell, reason))
     return cells, pruned
+
+
+# `--stack all` selects every declared stack.
+ALL_STACKS = "all"
 
 
 class SelectionError(ValueError):
@@ -147,6 +182,7 @@ def validate_selection(matrix: Matrix, selection: dict[str, list[str]]) -> None:
         "tier": list(matrix.tiers),
         "check": list(matrix.checks),
         "variant": ["default", *matrix.apis, *matrix.experts],
+        "stack": [*matrix.stacks, ALL_STACKS],
     }
     for axis, wanted in selection.items():
         for value in wanted:
@@ -159,6 +195,14 @@ def validate_selection(matrix: Matrix, selection: dict[str, list[str]]) -> None:
                     f"unknown {axis} {value!r}{hint} ({len(known[axis])} known; "
                     f"`compat-harness cells` lists the cells and their axes)"
                 )
+
+
+def with_stacks(matrix: Matrix, selection: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The selection with its stacks spelled out: none given is the reference stack only (the
+    main job and the gates run it), `all` is every declared stack."""
+    wanted = selection.get("stack") or [REFERENCE_STACK]
+    stacks = list(matrix.stacks) if ALL_STACKS in wanted else wanted
+    return {**selection, "stack": stacks}
 
 
 def select(cells: Iterable[Cell], selection: dict[str, list[str]]) -> list[Cell]:

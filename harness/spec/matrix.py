@@ -57,6 +57,10 @@ CHOICES = {
     "parity_adapter_start": ("same_values", "library_init"),
     "parity_dropout": ("off", "on"),
 }
+# The stacks the harness implements (harness/stacks/<name>/, STACKS in harness/stacks/registry.py):
+# `native` is the reference every cell id without a stack prefix names.
+STACK_NAMES = ("native", "trl")
+REFERENCE_STACK = "native"
 # The generic tiny config's groups (tiny_defaults.<group>): base for every row, moe for MoE rows.
 TINY_DEFAULT_GROUPS = ("base", "moe")
 # What peft's target_modules accepts besides module names and a regular expression.
@@ -356,6 +360,33 @@ class ExpertsKernel:
 
 
 @dataclass(frozen=True)
+class StackSpec:
+    """A stack users run to fine-tune (harness/stacks/<name>/): what it needs and which cells it runs.
+
+    A cell runs on exactly one stack; the reference stack's cells keep their plain ids, every other
+    stack's ids start with "<stack>:". A stack whose packages are not importable skips its cells
+    as `stack-absent`, quoting `install`.
+    """
+
+    name: str
+    summary: str = toml_key(STR, "One line for the docs.")
+    packages: tuple[str, ...] = toml_key(
+        LIST_STR, "The import names it needs beyond the harness's own dependencies.", default=())
+    install: str = toml_key(STR, "The command that installs those packages (a skip quotes it).", default="")
+    docs: str = toml_key(STR, "Where the stack documents itself (an https:// URL).", default="")
+    layouts: tuple[str, ...] = toml_key(LIST_STR, "The layouts it runs (empty: all).", default=())
+    methods: tuple[str, ...] = toml_key(LIST_STR, "The methods it runs (empty: all).", default=())
+    checks: tuple[str, ...] = toml_key(LIST_STR, "The checks it runs (empty: all).", default=())
+    tiers: tuple[str, ...] = toml_key(LIST_STR, "The tiers it runs on (empty: all).", default=())
+    devices: tuple[str, ...] = toml_key(
+        LIST_STR, "The device types it runs on (DEVICE_TYPES).", default=DEVICE_TYPES)
+
+    @property
+    def reference(self) -> bool:
+        return self.name == REFERENCE_STACK
+
+
+@dataclass(frozen=True)
 class ReleaseSet:
     """Library releases users run together. A gate set must give what the matrix declares."""
 
@@ -541,3 +572,6 @@ class Matrix:
     experts: dict[str, ExpertsKernel] = field(default_factory=dict)
     release_sets: dict[str, ReleaseSet] = field(default_factory=dict)
     choices: dict[str, Choice] = field(default_factory=dict)
+    # The stacks cells run on (a matrix without a `stacks` table has the reference stack only).
+    stacks: dict[str, StackSpec] = field(default_factory=lambda: {REFERENCE_STACK: StackSpec(
+        REFERENCE_STACK, "plain torch + transformers + peft")})

@@ -33,7 +33,9 @@ from harness.spec.matrix import (
     MESH_DIMS,
     MODALITIES,
     NUM,
+    REFERENCE_STACK,
     REPO_ROOT,
+    STACK_NAMES,
     TIER_DATA,
     TIER_SOURCES,
     TINY_DEFAULT_GROUPS,
@@ -53,6 +55,7 @@ from harness.spec.matrix import (
     Method,
     RealShape,
     ReleaseSet,
+    StackSpec,
     Tier,
     schema_of,
 )
@@ -68,6 +71,7 @@ API_SCHEMA = schema_of(Api)
 EXPERTS_SCHEMA = schema_of(ExpertsKernel)
 RELEASE_SET_SCHEMA = schema_of(ReleaseSet)
 CHOICE_SCHEMA = schema_of(Choice)
+STACK_SCHEMA = schema_of(StackSpec)
 TIER_SCHEMA = schema_of(Tier)
 REAL_SHAPE_SCHEMA = schema_of(RealShape)
 CLAIM_SCHEMA = schema_of(Claim)
@@ -85,7 +89,8 @@ _CHECK_ENTRY = re.compile(r"^def run\(", re.MULTILINE)
 CHECKS = tuple(sorted(p.stem for p in CHECKS_DIR.glob("*.py") if _CHECK_ENTRY.search(p.read_text())))
 # The tables a matrix file may hold, in the order messages list them.
 TOP_LEVEL = ("architectures", "methods", "layouts", "tiers", "checks", "tiny_defaults", "tolerances",
-             "real_shapes", "claims", "gpus", "providers", "apis", "experts", "release_sets", "choices")
+             "real_shapes", "claims", "gpus", "providers", "apis", "experts", "release_sets", "choices",
+             "stacks")
 
 # The shapes of names and ids. Axis names end up in cell ids (joined by "-", a shape after "@", a
 # variant after "+") and in comma lists on the command line, so none of those characters fit.
@@ -456,6 +461,27 @@ def _choice(file: str, name: str, body: dict) -> Choice:
                   why=body["why"])
 
 
+def _stack(file: str, name: str, body: dict, names: dict[str, tuple]) -> StackSpec:
+    path = f"stacks.{name}"
+    _must_be_one_of(file, path, name, STACK_NAMES)
+    check_table(file, path, body, STACK_SCHEMA)
+    for axis, key in (("layout", "layouts"), ("method", "methods"), ("check", "checks"), ("tier", "tiers")):
+        for i, value in enumerate(body.get(key, [])):
+            _must_be_one_of(file, f"{path}.{key}[{i}]", value, names[axis])
+        _words(file, f"{path}.{key}", body.get(key, []))
+    for i, device in enumerate(body.get("devices", [])):
+        _must_be_one_of(file, f"{path}.devices[{i}]", device, DEVICE_TYPES)
+    for i, package in enumerate(body.get("packages", [])):
+        _shaped(file, f"{path}.packages[{i}]", package, CLASS_NAME, "an import name")
+    if body.get("docs"):
+        _url(file, f"{path}.docs", body["docs"])
+    if body.get("packages") and not body.get("install"):
+        raise MatrixError(file, f"{path}.install", None,
+                          "a stack that needs packages must say how to install them "
+                          "(e.g. pip install 'compat-harness[trl]')")
+    return StackSpec(name=name, **{k: tuple(v) if isinstance(v, list) else v for k, v in body.items()})
+
+
 def _method(file: str, name: str, body: dict) -> Method:
     path = f"methods.{name}"
     _axis_name(file, path, name)
@@ -670,6 +696,11 @@ def parse_matrix(files: list[Path]) -> tuple[Matrix, dict[str, dict[str, str]]]:
     gpus = {n: _gpu(f, n, b) for n, (f, b) in sections["gpus"].items()}
     release_sets = {n: _release_set(f, n, b) for n, (f, b) in sections["release_sets"].items()}
     choices = {n: _choice(f, n, b) for n, (f, b) in sections["choices"].items()}
+    stacks = {n: _stack(f, n, b, names) for n, (f, b) in sections["stacks"].items()}
+    if stacks and REFERENCE_STACK not in stacks:
+        raise MatrixError(next(iter(sections["stacks"].values()))[0], f"stacks.{REFERENCE_STACK}", None,
+                          "the reference stack must be declared when any stack is (every other stack's "
+                          "cells are judged beside it)")
     matrix = Matrix(
         architectures=architectures,
         methods=methods,
@@ -686,6 +717,7 @@ def parse_matrix(files: list[Path]) -> tuple[Matrix, dict[str, dict[str, str]]]:
         experts=experts,
         release_sets=release_sets,
         choices=choices,
+        **({"stacks": stacks} if stacks else {}),
     )
     files_of = {section: {name: file for name, (file, _) in entries.items()}
                 for section, entries in sections.items()}

@@ -76,11 +76,13 @@ class Placed:
     notes: list[str] = dataclasses.field(default_factory=list)
     # A MoE row: the record names the experts kernel that ran.
     moe: bool = False
+    # What harness/stacks/proof.py saw of the layout on this rank (prove_layout's record).
+    proof: dict = dataclasses.field(default_factory=dict)
 
     @property
     def record(self) -> dict:
         """What the cell's record says about the placement."""
-        out = {"layout_kind": self.kind, "dp_size": self.dp.size, "layout_notes": self.notes}
+        out = {"layout_kind": self.kind, "dp_size": self.dp.size, "layout_notes": self.notes, **self.proof}
         if self.api:
             out.update(api=self.api, api_call=self.call)
         if self.moe:
