@@ -18,6 +18,7 @@ from harness.report.render import render_docs, stale_files, write_docs
 from harness.report.results import load_results
 from harness.spec.cells import expand
 from harness.spec.load import load_matrix
+from harness.spec.matrix import REFERENCE_STACK
 from tests.conftest import write_rows
 from tests.test_results import cpu_env, gpu_env, older, record, write
 
@@ -72,6 +73,8 @@ def matrix(matrix_dir):
 
 
 def arch_cells(matrix, arch, **axes):
+    """A row's runnable cells on the reference stack (or on the stack given as `stack=`)."""
+    axes.setdefault("stack", REFERENCE_STACK)
     return [c for c in expand(matrix)[0] if c.architecture == arch
             and all(getattr(c, k) == v for k, v in axes.items())]
 

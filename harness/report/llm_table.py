@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from harness.report import releases
 from harness.report.views import ArchView, Group
+from harness.spec.matrix import REFERENCE_STACK
 
 VERDICT_LAYOUT = "fsdp2"
 
@@ -37,9 +38,21 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
 
 
-def layout_heading(layout: str, arch: str) -> str:
-    """The heading of a layout's section on a family page (the target of the row's links)."""
-    return f"`{layout}`: {arch}"
+def layout_heading(layout: str, arch: str, stack: str = REFERENCE_STACK) -> str:
+    """The heading of a layout's section on a family page (the target of the row's links); another
+    stack's sections name it: '`fsdp2` on trl: LlamaForCausalLM'."""
+    return f"`{layout}`: {arch}" if stack == REFERENCE_STACK else f"`{layout}` on {stack}: {arch}"
+
+
+def row_heading(view: ArchView) -> str:
+    """The heading a row's marks link to when a mark is several layouts': the reference stack's
+    architecture section, or for another stack the stacks table of that architecture."""
+    return f"`{view.name}`" if view.stack == REFERENCE_STACK else stacks_heading(view.name)
+
+
+def stacks_heading(arch: str) -> str:
+    """The heading of an architecture's table of every stack's marks on its family page."""
+    return f"Stacks: `{arch}`"
 
 
 def family_page(view: ArchView) -> str:
@@ -107,7 +120,7 @@ def llm_row(view: ArchView, layouts: list[str], methods: list[str]) -> LlmRow:
     def link(layout: str | None) -> str:
         """The label of a layout's section on the family page, or of the row's section there."""
         label = f"{view.number}.{layout}" if layout else str(view.number)
-        heading = layout_heading(layout, view.name) if layout else f"`{view.name}`"
+        heading = layout_heading(layout, view.name, view.stack) if layout else row_heading(view)
         links[label] = Link(label, f"{family_page(view)}#{github_anchor(heading)}")
         return label
 

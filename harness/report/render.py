@@ -10,7 +10,11 @@ The docs may only claim what a record shows, and must say on which releases and 
   llm.md marks link here;
 - `overview.md`: auto classes and the failure categories the records show;
 - `index.html`: the dashboard, one cell per (architecture, method, layout) with its cells'
-  results, filterable by architecture, layout and status without a server.
+  results, filterable by architecture, layout and status without a server;
+- `stacks/<stack>.md`: llm.md's table for each stack other than the reference one (`native`,
+  which llm.md shows), from that stack's records only, with what the stack is and how to
+  install it. The family pages put every stack's marks side by side, and index.html adds a row
+  per architecture that another stack has records for.
 
 What the records mean (newest per cell, place and release; current = newest release; required
 cells; regressions) is decided in `harness/report/views.py` and `harness/report/releases.py`; this module only
@@ -35,23 +39,25 @@ from harness.report.history import record_key
 from harness.report.llm_table import (
     HEADER,
     Link,
+    by_mark,
     family_page,
     github_anchor,
     layout_heading,
     llm_row,
     markdown_row,
     slug,
+    stacks_heading,
 )
 from harness.report.machine_paths import strip_machine_paths
 from harness.report.records import REPO_ROOT
 from harness.report.releases import FAILED, RAN
 from harness.report.views import ArchView, Evidence, Group, arch_views, where_order
 from harness.spec.cells import expand
-from harness.spec.matrix import AUTO_CLASSES, Matrix
+from harness.spec.matrix import AUTO_CLASSES, REFERENCE_STACK, Matrix, StackSpec
 
 DEFAULT_OUT = REPO_ROOT / "reports"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-GENERATED_DIRS = ("models",)
+GENERATED_DIRS = ("models", "stacks")
 HISTORY_LIMIT = 20
 
 TASKS = {
@@ -256,7 +262,7 @@ def layout_section(view: ArchView, layout: str, methods: list[str], world_size: 
         for c in g.cells:
             for release, found in c.per_release.items():
                 outcomes.setdefault(release, []).append(found)
-    heading = layout_heading(layout, view.name)
+    heading = layout_heading(layout, view.name, view.stack)
     return LayoutSection(
         layout, heading, github_anchor(heading), world_size, groups,
         releases.spans_text(releases.spans({r: releases.combine(o) for r, o in outcomes.items()})),
@@ -379,7 +385,15 @@ def grid(matrix: Matrix, views: list[ArchView], run_short: dict[str, str],
                           key=lambda h: (h["timestamp"], h["run_id"], h["where"], h["status"]))
             tds.append({"group": group, "cells": cells, "history": runs[-HISTORY_LIMIT:]})
         rows.append({"view": view, "cells": tds})
-    return {"columns": columns, "rows": rows}
+    return {"columns": columns, "rows": rows, "reference": REFERENCE_STACK}
+
+
+def grid_views(by_stack: dict[str, list[ArchView]]) -> list[ArchView]:
+    """The dashboard's rows: every architecture on the reference stack, each followed by its row
+    on every other stack that has records for it (a row of nothing but 'not run' would only
+    weigh the page)."""
+    return [v for i in range(len(by_stack[REFERENCE_STACK])) for views in by_stack.values()
+            for v in [views[i]] if v.stack == REFERENCE_STACK or v.evidence]
 
 
 def history_by_cell(frames: Iterable[pd.DataFrame]) -> dict[str, list[dict]]:
@@ -397,6 +411,61 @@ def history_by_cell(frames: Iterable[pd.DataFrame]) -> dict[str, list[dict]]:
     for items in out.values():
         items.sort(key=lambda h: (h["timestamp"], h["run_id"], h["where"], h["status"]))
     return out
+
+
+# --- stacks: their marks side by side on the family pages, a page for each -----------------
+
+def stack_order(matrix: Matrix) -> list[str]:
+    """The declared stacks, the reference one first."""
+    return sorted(matrix.stacks, key=lambda name: (name != REFERENCE_STACK, name))
+
+
+def unused_records(matrix: Matrix, records: pd.DataFrame) -> tuple[int, str]:
+    """How many records name no runnable cell of the matrix (an id it no longer has, or a stack
+    it does not declare: such a record is shown nowhere), and a note on the undeclared stacks."""
+    if records.empty:
+        return 0, ""
+    cells = {(c.id, c.stack) for c in expand(matrix)[0]}
+    unused = sum(key not in cells for key in zip(records["cell_id"], records["stack"], strict=True))
+    undeclared = records.loc[~records["stack"].isin(list(matrix.stacks)), "stack"].value_counts()
+    if undeclared.empty:
+        return unused, ""
+    found = ", ".join(f"{int(n)} on stack `{name}`" for name, n in sorted(undeclared.items()))
+    return unused, f" ({found}, which the matrix does not declare)"
+
+
+@dataclass
+class StackColumn:
+    """One stack's column of an architecture's stacks table on its family page."""
+
+    name: str
+    view: ArchView
+    marks: list[str]  # per layout of the matrix, its methods folded where they agree
+
+
+def layout_marks(view: ArchView, layout: str, methods: list[str]) -> str:
+    """'sft lora ✓', 'sft ✓ · lora ✗ numerics', 'n/a' (no method of the layout can run)."""
+    groups = [(m, view.group(m, layout)) for m in methods]
+    if all(g.na_reason is not None for _, g in groups):
+        return "n/a"
+    return " · ".join(f"{' '.join(names)} {g.text}" for names, g in by_mark(groups))
+
+
+def stack_columns(by_stack: dict[str, list[ArchView]], index: int, layouts: list[str],
+                  methods: list[str]) -> list[StackColumn]:
+    """The stacks table of one architecture (its index in the views): the reference stack, then
+    every other stack that has a runnable cell for it; empty when no other stack has one."""
+    columns = [StackColumn(name, views[index], [layout_marks(views[index], lay, methods) for lay in layouts])
+               for name, views in by_stack.items() if name == REFERENCE_STACK or views[index].cells]
+    return columns if len(columns) > 1 else []
+
+
+def stack_text(spec: StackSpec) -> dict:
+    """What a stack page says about its stack (from the matrix's `stacks` table)."""
+    scope = "; ".join(f"{axis} {', '.join(values)}" for axis, values in (
+        ("layouts", spec.layouts), ("methods", spec.methods), ("checks", spec.checks),
+        ("tiers", spec.tiers)) if values) or "every cell of the matrix"
+    return {"spec": spec, "scope": scope}
 
 
 # --- llm.md: real sizes and published claims ----------------------------------------------
@@ -466,8 +535,8 @@ def regression_items(views: list[ArchView]) -> list[dict]:
             "view": view, "first": first.first_failing.label(), "last": first.last_passing.label(),
             "layouts": ", ".join(f"`{lay}` ({', '.join(ms)})" for lay, ms in layouts.items()),
             "example": example,
-            "link": Link(f"{view.number}.{layout}",
-                         f"{family_page(view)}#{github_anchor(layout_heading(layout, view.name))}")})
+            "link": Link(f"{view.number}.{layout}", f"{family_page(view)}#"
+                         f"{github_anchor(layout_heading(layout, view.name, view.stack))}")})
     return items
 
 
@@ -500,28 +569,39 @@ def python_versions(records: pd.DataFrame) -> dict[str, str]:
 def render_docs(matrix: Matrix, records: pd.DataFrame,
                 history_frames: Iterable[pd.DataFrame] = ()) -> dict[str, str]:
     """Relative path -> text of every generated document. Pure: same inputs, same bytes."""
-    in_matrix = {c.id for c in expand(matrix)[0]}
-    unused = int((~records["cell_id"].isin(in_matrix)).sum()) if not records.empty else 0
-    views = arch_views(matrix, records)
+    unused, undeclared = unused_records(matrix, records)
+    by_stack = {name: arch_views(matrix, records, name) for name in stack_order(matrix)}
+    views = by_stack[REFERENCE_STACK]
+    others = {name: v for name, v in by_stack.items() if name != REFERENCE_STACK}
     pages = families(views)
     methods, layouts = list(matrix.methods), list(matrix.layouts)
-    rows = [llm_row(v, layouts, methods) for v in views]
-    evidence = [e for v in views for e in v.evidence]
-    runs = runs_of(evidence, python_versions(records))
+    runs = runs_of([e for vs in by_stack.values() for v in vs for e in v.evidence], python_versions(records))
     run_short = {r.run_id: r.short for r in runs}
     env = environment()
-    common = {"matrix": matrix, "views": views, "unused": unused, "records": len(records),
-              "places": sorted({e.where_short for e in evidence}, key=where_order),
-              "counts": {k: sum(v.verdict.kind == k for v in views)
-                         for k in ("supported", "not-supported", "not-verified", "n/a")}}
-    regressions = regression_items(views)
-    found = [*(link for r in rows for link in r.links), *(r["link"] for r in regressions)]
-    links = {link.label: link for link in found}
+
+    def stats(shown: list[ArchView]) -> dict:
+        found = [e for v in shown for e in v.evidence]
+        return {"views": shown, "places": sorted({e.where_short for e in found}, key=where_order),
+                "counts": {k: sum(v.verdict.kind == k for v in shown)
+                           for k in ("supported", "not-supported", "not-verified", "n/a")}}
+
+    common = {"matrix": matrix, "unused": unused, "undeclared": undeclared, "records": len(records),
+              "stacks": list(others), **stats(views)}
+
+    def table(shown: list[ArchView], prefix: str = "") -> dict:
+        """llm.md's table (and the regressions above it) of one stack's views; links prefixed
+        with the way from the page to reports/."""
+        rows = [llm_row(v, layouts, methods) for v in shown]
+        regressions = regression_items(shown)
+        found = [*(link for r in rows for link in r.links), *(r["link"] for r in regressions)]
+        links = {link.label: Link(link.label, prefix + link.target) for link in found}
+        return {"header": markdown_row(HEADER), "rule": markdown_row(("---",) * len(HEADER)),
+                "rows": [(v, r, markdown_row(r.cells)) for v, r in zip(shown, rows, strict=True)],
+                "links": [links[k] for k in sorted(links, key=link_order)], "regressions": regressions}
+
     docs = {
         "llm.md": env.get_template("llm.md.j2").render(
-            **common, header=markdown_row(HEADER), rule=markdown_row(("---",) * len(HEADER)),
-            rows=[(v, r, markdown_row(r.cells)) for v, r in zip(views, rows, strict=True)],
-            links=[links[k] for k in sorted(links, key=link_order)], regressions=regressions,
+            **common, **table(views),
             real_shapes=real_shape_rows(matrix, views), claims=claim_rows(matrix, views)),
         "overview.md": env.get_template("overview.md.j2").render(
             **common, auto_classes=auto_class_table(views), failures=failure_table(views),
@@ -529,16 +609,29 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
             release_sets=list(matrix.release_sets.values()), known_limits=known_limit_rows(matrix)),
         "index.html": env.get_template("index.html.j2").render(
             **common, runs=runs, layouts=layouts,
-            grid=grid(matrix, views, run_short, history_by_cell(history_frames))),
+            grid=grid(matrix, grid_views(by_stack), run_short, history_by_cell(history_frames))),
         "models/index.md": env.get_template("models_index.md.j2").render(**common, pages=pages),
     }
+    stack_page = env.get_template("stack.md.j2")
+    for name, shown in others.items():
+        docs[f"stacks/{name}.md"] = stack_page.render(
+            **{**common, **stats(shown)}, **table(shown, "../"), **stack_text(matrix.stacks[name]))
     family = env.get_template("family.md.j2")
+    index = {v.name: i for i, v in enumerate(views)}
     for page in pages:
-        sections = {v.name: [layout_section(v, lay, methods, matrix.layouts[lay].world_size)
-                             for lay in layouts] for v in page["archs"]}
-        page_runs = [r for r in runs if r.run_id in {e.run_id for v in page["archs"] for e in v.evidence}]
+        sections, stacks = {}, {}
+        for v in page["archs"]:
+            stacks[v.name] = stack_columns(by_stack, index[v.name], layouts, methods)
+            # Another stack's layouts get a section where they ran: the targets of its page's links.
+            sections[v.name] = [layout_section(v, lay, methods, matrix.layouts[lay].world_size)
+                                for lay in layouts] + [
+                s for c in stacks[v.name][1:] for lay in layouts
+                for s in [layout_section(c.view, lay, methods, matrix.layouts[lay].world_size)] if s.history]
+        shown = [views_of[index[v.name]] for v in page["archs"] for views_of in by_stack.values()]
+        page_runs = [r for r in runs if r.run_id in {e.run_id for v in shown for e in v.evidence}]
         docs[f"models/{page['slug']}.md"] = family.render(
-            **common, page=page, sections=sections, page_runs=page_runs)
+            **common, page=page, sections=sections, stack_tables=stacks, page_runs=page_runs,
+            stacks_heading=stacks_heading)
     return dict(sorted(docs.items()))
 
 

@@ -147,6 +147,7 @@ class ArchView:
     regression: Regression | None  # of a required cell
     pruned: list[PrunedCell]  # the row's combinations that cannot run, with their reasons
     family_links: list[tuple[str, str]] = field(default_factory=list)
+    stack: str = REFERENCE_STACK  # the stack whose cells (and records) the view shows
 
     @property
     def cells(self) -> list[CellView]:
@@ -246,8 +247,9 @@ def na_reason(matrix: Matrix, name: str, method: str, layout: str, pruned: list[
 
 
 def arch_views(matrix: Matrix, records: pd.DataFrame, stack: str = REFERENCE_STACK) -> list[ArchView]:
-    """One view per architecture row, in the matrix's (sorted) order, of one stack's cells."""
-    evidence = evidence_by_cell(records)
+    """One view per architecture row, in the matrix's (sorted) order, of one stack's cells and
+    records (a record counts for a cell only when both name the same stack)."""
+    evidence = evidence_by_cell(records[records["stack"] == stack] if not records.empty else records)
     cells, pruned = expand(matrix)
     cells = [c for c in cells if c.stack == stack]
     pruned = [p for p in pruned if p.cell.stack == stack]
@@ -274,5 +276,6 @@ def arch_views(matrix: Matrix, records: pd.DataFrame, stack: str = REFERENCE_STA
             name=name, arch=matrix.architectures[name], number=number, groups=groups,
             verdict=verdict_for(required), required=required,
             per_release=per_release_outcomes(required),
-            regression=releases.earliest(c.regression for c in required), pruned=own_pruned))
+            regression=releases.earliest(c.regression for c in required), pruned=own_pruned,
+            stack=stack))
     return views
