@@ -16,7 +16,8 @@ from harness.spec.load import load_matrix
 from tests.test_render import llm_table
 
 REPORTS = REPO_ROOT / "reports"
-RENDERED = sorted([*REPORTS.glob("*.md"), *REPORTS.glob("models/*.md"), *REPORTS.glob("*.html")])
+RENDERED = sorted([*REPORTS.glob("*.md"), *REPORTS.glob("models/*.md"), *REPORTS.glob("stacks/*.md"),
+                   *REPORTS.glob("*.html")])
 # Independent of harness.report.machine_paths: the roots under which machines keep checkouts, venvs
 # and caches.
 MACHINE_PATH = re.compile(r"(?<![\w.:/-])/(?:home|root|tmp|work|opt|usr|var|mnt|srv|scratch|data|Users)/")
