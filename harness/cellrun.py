@@ -17,15 +17,16 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from harness import failures
 from harness.ckpt.models import checkpoint_for
 from harness.data import text
 from harness.data.batches import PER_SEQUENCE_AUTO_CLASSES, classification_labels, fixed_batch
+from harness.failures import CellFailure
 from harness.spec.cells import Cell
 from harness.spec.matrix import Api, Architecture, Layout, Matrix, Method, Tier
 from harness.stacks.base import PlaceRequest, Schedule, Stack
 from harness.stacks.native.placement import choose_api
 from harness.stacks.placed import Placed
+from harness.stacks.proof import prove_layout
 from harness.stacks.registry import stack_for
 from harness.stacks.result import TrainResult
 
@@ -129,12 +130,26 @@ class CellRun:
         layout = layout or self.layout
         ctx = self.ctx if layout.world_size > 1 else None
         device = self.ctx.device if self.ctx is not None else self.device
+        if self.stack.own_trainer:  # it applies the layout its own way, around its own data
+            return PlaceRequest(self.arch, self.method, layout, None, self.checkpoint, self.tier.dtype,
+                                device, ctx, experts=self.experts, schedule=self.schedule(),
+                                scratch=self.scratch_root, keep_grads=self.cell.check == "parity")
         return PlaceRequest(self.arch, self.method, layout, self.api(layout), self.checkpoint,
                             self.tier.dtype, device, ctx, experts=self.experts, choices=self.choices)
 
     def place(self, layout: Layout | None = None) -> Placed:
-        """The cell's method and `layout` (default: the cell's own) applied on this rank by the stack."""
-        return self.stack.place(self.request(layout))
+        """The cell's method and `layout` (default: the cell's own) applied on this rank by the stack,
+        proven (harness/stacks/proof.py): every stack's model must be laid out as asked.
+
+        A stack with its own trainer prepares the model when training starts, and proves it then
+        (its first step); `fit` insists that it did.
+        """
+        layout = layout or self.layout
+        placed = self.stack.place(self.request(layout))
+        if not self.stack.own_trainer:
+            placed.proof = prove_layout(layout, placed.model, global_shapes=placed.global_shapes,
+                                        wrapper=placed.wrapper)
+        return placed
 
     def load_base(self):
         """The checkpoint as from_pretrained gives it on this device, no method applied."""
@@ -152,7 +167,7 @@ class CellRun:
             missing, unexpected = model.load_state_dict({k: v.to(device) for k, v in state.items()},
                                                         strict=False)
             if missing or unexpected:
-                raise failures.CellFailure(
+                raise CellFailure(
                     "check-failed", "the gathered state dict does not fit a one-device model: "
                                     f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model
@@ -186,7 +201,11 @@ class CellRun:
 
     def fit(self, placed: Placed, steps: int | None = None, batches: list[dict] | None = None) -> TrainResult:
         """A few optimizer steps on the tier's global batches; the global loss curve."""
-        return self.stack.fit(placed, self.schedule(batches, steps))
+        result = self.stack.fit(placed, self.schedule(batches, steps))
+        if not placed.proof:
+            raise CellFailure("harness-error", f"stack {self.stack.name} trained without proving the layout "
+                                               "(harness/stacks/proof.py)")
+        return result
 
     def scratch_dir(self) -> Path:
         """A fresh directory for this cell's checkpoints, inside the root the runner removes."""

@@ -9,10 +9,10 @@ Schema (version 3), every key always present:
     schema, cell_id, architecture, method, layout, tier, check, shape, variant, stack, status,
     category, message, traceback, metrics, env, git_sha, run_id, timestamp
 status is one of pass, fail, skip, xfail, n/a. category is null on pass. env holds python,
-torch, transformers, peft, device_type, device_name, device_count, world_size, backend,
-platform. The cell's fields (architecture ... variant) are all written, "" for an unset shape
-or variant, so that a reader never has to take cell_id apart: the id is for people and for
-matching, the fields are for grouping.
+torch, transformers, peft, trl, accelerate, datasets, device_type, device_name, device_count,
+world_size, backend, platform. The cell's fields (architecture ... stack) are all written, "" for
+an unset shape or variant, so that a reader never has to take cell_id apart: the id is for people
+and for matching, the fields are for grouping.
 
 Version 1 (the committed records of 2026-11 and 2026-12) lacks shape and variant, and versions 1
 and 2 lack stack (they all ran on the reference stack, `native`); `harness.report.results`
@@ -36,6 +36,8 @@ SCHEMA_VERSION = 3
 STATUSES = ("pass", "fail", "skip", "xfail", "n/a")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RESULTS = REPO_ROOT / "reports" / "records" / "local.jsonl"
+# Recorded in every env beside torch, transformers and peft: what the TRL stack runs on.
+STACK_PACKAGES = ("trl", "accelerate", "datasets")
 
 
 def new_run_id() -> str:
@@ -93,6 +95,8 @@ def environment(device_type: str, world_size: int = 1, backend: str | None = Non
         "torch": _version("torch"),
         "transformers": _version("transformers"),
         "peft": _version("peft"),
+        # the packages of stacks other than the reference (None where not installed)
+        **{package: _version(package) for package in STACK_PACKAGES},
         "device_type": device_type,
         "device_name": device_name(device_type),
         "device_count": device_count,

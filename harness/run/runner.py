@@ -115,6 +115,11 @@ def run_on_pool(matrix: Matrix, cell: Cell, device: str) -> dict:
     # do not race to write the same tiny checkpoint.
     checkpoint = checkpoint_for(matrix.architectures[cell.architecture], matrix.tiers[cell.tier], matrix)
     with tempfile.TemporaryDirectory(prefix=f"{cell.id}-") as scratch:
+        first = getattr(importlib.import_module(f"harness.checks.{cell.check}"), "on_one_device_first", None)
+        if first is not None:  # a check's one-device part that must run outside the ranks
+            (Path(scratch) / "one-device").mkdir()
+            first(CellRun(matrix, cell, device, scratch_root=Path(scratch) / "one-device",
+                          shared_root=Path(scratch), checkpoint_path=checkpoint))
         payload = {"matrix_dir": matrix_dir(matrix), "cell": dataclasses.asdict(cell),
                    "checkpoint": str(checkpoint), "scratch": scratch}
         per_rank = get_pool(layout.world_size, device).run(RANK_TASK, payload,
@@ -160,7 +165,7 @@ def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
     arch = matrix.architectures[cell.architecture]
     limit = next(
         (lim for lim in arch.known_limits
-         if lim.covers(cell.method, cell.layout, cell.tier, cell.check, cell.variant)),
+         if lim.covers(cell.method, cell.layout, cell.tier, cell.check, cell.variant, cell.stack)),
         None,
     )
     start = time.perf_counter()

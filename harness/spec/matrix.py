@@ -159,17 +159,22 @@ class KnownLimit:
         default=None)
     upstream: str | None = toml_key(
         STR, "Where upstream tracks it (an issue or pull request URL); the docs link it.", default=None)
+    stack: str = toml_key(
+        STR, "The stack the limit is seen on (matrix `stacks`): another stack's cell is judged on its own.",
+        default=REFERENCE_STACK)
 
-    def covers(self, method: str, layout: str, tier: str, check: str, variant: str = "") -> bool:
-        if not self.covers_axes(method, layout, tier, check, variant):
+    def covers(self, method: str, layout: str, tier: str, check: str, variant: str = "",
+               stack: str = REFERENCE_STACK) -> bool:
+        if not self.covers_axes(method, layout, tier, check, variant, stack):
             return False
         return all(release_in(package, spec) for package, spec in
                    (("transformers", self.transformers), ("peft", self.peft)) if spec is not None)
 
-    def covers_axes(self, method: str, layout: str, tier: str, check: str, variant: str = "") -> bool:
+    def covers_axes(self, method: str, layout: str, tier: str, check: str, variant: str = "",
+                    stack: str = REFERENCE_STACK) -> bool:
         """Whether the limit names this cell, whatever releases are installed."""
         wanted = {"method": method, "layout": layout, "tier": tier, "check": check,
-                  "variant": variant or "default"}
+                  "variant": variant or "default", "stack": stack}
         return all(getattr(self, k) in (None, v) for k, v in wanted.items())
 
 

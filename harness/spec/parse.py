@@ -683,6 +683,12 @@ def parse_matrix(files: list[Path]) -> tuple[Matrix, dict[str, dict[str, str]]]:
             raise MatrixError(f, f"experts.{name}", name, "a variant name must differ from every api name "
                                                           "and from 'default' (it ends cell ids)")
     names["variant"] = ("default", *apis, *experts)
+    stacks = {n: _stack(f, n, b, names) for n, (f, b) in sections["stacks"].items()}
+    if stacks and REFERENCE_STACK not in stacks:
+        raise MatrixError(next(iter(sections["stacks"].values()))[0], f"stacks.{REFERENCE_STACK}", None,
+                          "the reference stack must be declared when any stack is (every other stack's "
+                          "cells are judged beside it)")
+    names["stack"] = tuple(stacks) or (REFERENCE_STACK,)
     architectures = {
         n: _architecture(f, n, b, names) for n, (f, b) in sections["architectures"].items()
     }
@@ -696,11 +702,6 @@ def parse_matrix(files: list[Path]) -> tuple[Matrix, dict[str, dict[str, str]]]:
     gpus = {n: _gpu(f, n, b) for n, (f, b) in sections["gpus"].items()}
     release_sets = {n: _release_set(f, n, b) for n, (f, b) in sections["release_sets"].items()}
     choices = {n: _choice(f, n, b) for n, (f, b) in sections["choices"].items()}
-    stacks = {n: _stack(f, n, b, names) for n, (f, b) in sections["stacks"].items()}
-    if stacks and REFERENCE_STACK not in stacks:
-        raise MatrixError(next(iter(sections["stacks"].values()))[0], f"stacks.{REFERENCE_STACK}", None,
-                          "the reference stack must be declared when any stack is (every other stack's "
-                          "cells are judged beside it)")
     matrix = Matrix(
         architectures=architectures,
         methods=methods,

@@ -50,6 +50,12 @@ class PlaceRequest:
     experts: str | None = None
     # The matrix's script choices (`choices`): name -> declared value.
     choices: Mapping[str, str] = field(default_factory=dict)
+    # A stack whose trainer owns its data (TRL) builds it from the cell's schedule at placement.
+    schedule: Schedule | None = None
+    # Where the stack may write (a trainer's output directory); None: a temporary directory.
+    scratch: Path | None = None
+    # Parity under a stack that runs its own loop: keep every step's whole gradients.
+    keep_grads: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,9 @@ class Stack(Protocol):
     name: str
     # The matrix choices (`choices`) this stack reads, with the value it uses when undeclared.
     choice_defaults: Mapping[str, str]
+    # A stack that runs its own trainer (TRL): it applies a layout through its own options, not
+    # the matrix's `apis`, and builds its trainer around the cell's schedule at placement.
+    own_trainer: bool
 
     def place(self, request: PlaceRequest) -> Placed: ...
 

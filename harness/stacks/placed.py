@@ -78,6 +78,8 @@ class Placed:
     moe: bool = False
     # What harness/stacks/proof.py saw of the layout on this rank (prove_layout's record).
     proof: dict = dataclasses.field(default_factory=dict)
+    # What trains when it is not the model itself (e.g. DistributedDataParallel around it).
+    wrapper: object = None
 
     @property
     def record(self) -> dict:

@@ -16,6 +16,7 @@ import re
 
 from harness.failures import CellFailure
 from harness.spec.matrix import LORA_TARGET_KEYWORDS, Architecture, Method
+from harness.stacks.lora import lora_settings
 from harness.stacks.native.model_names import peft_matches, unmatched
 from harness.stacks.placed import Trainable
 
@@ -85,15 +86,8 @@ def _apply_lora(model, arch: Architecture, method: Method) -> Trainable:
     from peft import LoraConfig, get_peft_model
 
     check_lora_names(model, arch, method)
-    settings = method.lora
-    targets = arch.lora_targets or settings["target_modules"]
-    config = LoraConfig(
-        r=settings["rank"],
-        lora_alpha=settings["alpha"],
-        lora_dropout=settings.get("dropout", 0.0),
-        target_modules=list(targets) if isinstance(targets, tuple) else targets,
-        exclude_modules=list(arch.lora_exclude) or None,
-    )
+    targets = arch.lora_targets or method.lora["target_modules"]
+    config = LoraConfig(**lora_settings(arch, method))
     try:
         peft_model = get_peft_model(model, config)
     except Exception as exc:  # noqa: BLE001 - any refusal by peft is the category's point

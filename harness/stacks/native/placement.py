@@ -55,7 +55,6 @@ from harness.stacks.placed import (
     base_model,
     split_of,
 )
-from harness.stacks.proof import prove_layout
 
 LAYOUT_KINDS = ("single", "fsdp2", "tp", "fsdp2_tp", "ep")
 
@@ -425,9 +424,7 @@ def place(req: Request, api: Api | None = None) -> Placed:
     torch.manual_seed(req.seed)
     kind = layout_kind(req.layout)
     if kind == "single":
-        placed = _single(req)
-        placed.proof = prove_layout(req.layout, placed.model)
-        return placed
+        return _single(req)
     if req.ctx is None or req.ctx.world_size != req.layout.world_size:
         have = req.ctx.world_size if req.ctx else 1
         raise CellFailure("error", f"layout {req.layout.name} needs {req.layout.world_size} ranks, "
@@ -436,7 +433,6 @@ def place(req: Request, api: Api | None = None) -> Placed:
     placed.api, placed.call, placed.moe = api.name, api.call, req.arch.moe
     if kind in ("tp", "fsdp2_tp", "ep"):
         placed.global_shapes = one_device_shapes(req)
-    placed.proof = prove_layout(req.layout, placed.model, global_shapes=placed.global_shapes)
     return placed
 
 

@@ -41,6 +41,7 @@ class NativeStack:
     """torch's FSDP2 and DCP, transformers' from_pretrained (TP, EP at load), peft's LoRA."""
 
     name = "native"
+    own_trainer = False
     choice_defaults: Mapping[str, str] = {
         "optimizer_groups": "by_tensor_kind",
         "replicas_outside_fsdp": "average_gradients",
