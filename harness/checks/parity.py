@@ -26,11 +26,13 @@ from __future__ import annotations
 import math
 import time
 
+import torch
+
 from harness.cellrun import CellRun
 from harness.failures import CellFailure
 from harness.spec.matrix import Layout
 from harness.stacks.placed import Placed, grad_or_zeros
-from harness.stacks.result import run_to_end, training_metrics
+from harness.stacks.result import TrainResult, run_to_end, training_metrics
 
 WORST_SHOWN = 5
 
@@ -113,10 +115,52 @@ def _one_device_grads(placed) -> dict:
             for name, param in placed.model.named_parameters() if param.requires_grad}
 
 
+# --- a stack that runs its own trainer (TRL): the one-device run first, then the layout's ----------
+
+REFERENCE_FILE = "one-device-reference.pt"
+
+
+def on_one_device_first(cr: CellRun) -> None:
+    """In the calling process, before the ranks start: the one-device run of a stack whose trainer
+    owns the loop (harness/run/runner.py calls this). Such a trainer cannot be stepped in lockstep
+    with another, nor run twice in one rank (its distributed state is per process), so each run
+    keeps every step's whole gradients and the ranks compare with this file afterwards."""
+    if not cr.stack.own_trainer:
+        return
+    placed = cr.place(cr.one_device_layout)
+    result = cr.fit(placed)
+    torch.save({"losses": result.losses, "grad_norms": result.grad_norms,
+                "grads": result.extra.pop("step_grads", [])}, cr.shared_dir(REFERENCE_FILE))
+
+
+def run_own_trainer(cr: CellRun) -> dict:
+    """Parity for a stack that runs its own trainer: its layout run against its one-device run."""
+    start = time.perf_counter()
+    layout = cr.place()
+    result = cr.fit(layout)
+    grads = result.extra.pop("step_grads", [])
+    metrics = {**training_metrics(result, layout), "layout_s": time.perf_counter() - start}
+    if not cr.is_main:
+        return metrics
+    saved = torch.load(cr.shared_dir(REFERENCE_FILE))
+    reference = TrainResult(saved["losses"], saved["grad_norms"], [], 0)
+    if len(grads) != len(saved["grads"]):
+        raise CellFailure("check-failed", f"{len(grads)} steps' gradients under the layout, "
+                                          f"{len(saved['grads'])} on one device", metrics)
+    compared: list[tuple] = []
+    for step, (got, want) in enumerate(zip(grads, saved["grads"], strict=True)):
+        if name_mismatch(got, want):
+            raise CellFailure("check-failed", name_mismatch(got, want), metrics)
+        compared += compare_grads(step, got, want, cr.tolerance)
+    return decide(cr, result, reference, compared, {}, metrics)
+
+
 def run(cr: CellRun) -> dict:
     if not cr.distributed:
         raise CellFailure("error", f"parity compares a multi-rank layout with one device; "
                                    f"layout {cr.layout.name} has one rank")
+    if cr.stack.own_trainer:
+        return run_own_trainer(cr)
     layout = cr.place()
     prepared = _prepare(cr, layout, cr.layout)
     reference = cr.place(cr.one_device_layout) if cr.is_main else None
@@ -158,9 +202,16 @@ def run(cr: CellRun) -> dict:
     start = time.perf_counter()
     reference_result = run_to_end(reference_steps)
     timing["reference_s"] += time.perf_counter() - start
+    metrics["reference_s"] = timing["reference_s"]
+    return decide(cr, result, reference_result, compared, prepared, metrics)
+
+
+def decide(cr: CellRun, result, reference_result, compared: list[tuple], prepared: dict,
+           metrics: dict) -> dict:
+    """Pass or fail: the curves, then every parameter's gradient at every step (`compared`)."""
     problems, curve_metrics = compare_curves(cr.layout.name, result, reference_result, cr.tolerance)
     bound = grad_tolerance(cr.tolerance)
-    metrics.update(curve_metrics, reference_s=timing["reference_s"], reference_losses=reference_result.losses,
+    metrics.update(curve_metrics, reference_losses=reference_result.losses,
                    reference_grad_norms=reference_result.grad_norms,
                    params_compared=len({name for _, name, *_ in compared}),
                    grad_diff_over_bound_max=max((c[0] for c in compared), default=0.0),

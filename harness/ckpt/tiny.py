@@ -20,6 +20,8 @@ from harness.failures import CellFailure
 from harness.spec.matrix import Architecture, Matrix
 
 SEED = 0
+# Bumped when what a tiny checkpoint directory holds changes (2: a tokenizer beside the weights).
+LAYOUT_VERSION = 2
 
 
 def config_class(arch: Architecture):
@@ -96,6 +98,7 @@ def cache_key(arch: Architecture, config) -> str:
             "config": config.to_dict(),
             "transformers": transformers.__version__,
             "seed": SEED,
+            "layout": LAYOUT_VERSION,
         },
         sort_keys=True,
         default=str,
@@ -134,6 +137,41 @@ def _build_expected_class(arch: Architecture, config):
     )
 
 
+def _special_id(config, key: str, fallback: int) -> int:
+    """A special token id the config names (the first of a list), if inside the vocabulary."""
+    value = getattr(config, key, None)
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    vocab = config.vocab_size
+    return value if isinstance(value, int) and 0 <= value < vocab else fallback
+
+
+def save_tiny_tokenizer(config, target: Path) -> None:
+    """A word-level tokenizer whose ids are exactly the model's vocabulary, saved beside it.
+
+    Trainer stacks (TRL's SFTTrainer) need a processing class to pad and end sequences; a tiny
+    checkpoint has no hub tokenizer, so one is built offline with the `tokenizers` library: token
+    `t<i>` is id i, and pad/eos/bos are the ids the model's config names (else 0, the last id, 1).
+    The tiny tier trains on token ids, so the words themselves never matter.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab_size = text.vocab_size
+    specials = {"pad": _special_id(text, "pad_token_id", 0),
+                "eos": _special_id(text, "eos_token_id", vocab_size - 1),
+                "bos": _special_id(text, "bos_token_id", 1)}
+    names = {token_id: f"<{kind}>" for kind, token_id in reversed(specials.items())}
+    vocab = {names.get(i, f"t{i}"): i for i in range(vocab_size)}
+    model = Tokenizer(models.WordLevel(vocab, unk_token=names[specials["pad"]]))
+    model.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, pad_token=names[specials["pad"]],
+                                        eos_token=names[specials["eos"]], bos_token=names[specials["bos"]],
+                                        unk_token=names[specials["pad"]])
+    tokenizer.save_pretrained(target)
+
+
 def tiny_checkpoint(arch: Architecture, matrix: Matrix) -> Path:
     """Path of the row's tiny checkpoint, building and saving it the first time it is asked for."""
     import torch
@@ -149,4 +187,5 @@ def tiny_checkpoint(arch: Architecture, matrix: Matrix) -> Path:
         model = _build_expected_class(arch, config)
         with atomic_directory(target) as staging:
             model.save_pretrained(staging)
+            save_tiny_tokenizer(config, staging)
     return target
