@@ -21,8 +21,8 @@ def _cell_run(payload: dict, ctx):
     if "lr" in payload:  # a run at another learning rate (e.g. LoRA's common 1e-4)
         method = dataclasses.replace(matrix.methods[payload["method"]], lr=payload["lr"])
         matrix = dataclasses.replace(matrix, methods={**matrix.methods, method.name: method})
-    cell = Cell(payload["arch"], payload["method"], payload["layout"], "tiny", "parity", "",
-                payload.get("variant", ""))
+    cell = Cell(payload["arch"], payload["method"], payload["layout"], "tiny", payload.get("check", "parity"),
+                "", payload.get("variant", ""))
     arch = matrix.architectures[cell.architecture]
     return CellRun(matrix, cell, ctx.device_type, rank=ctx.rank, world_size=ctx.world_size, ctx=ctx,
                    checkpoint_path=Path(payload.get("path") or tiny_checkpoint(arch, matrix)))
@@ -151,3 +151,39 @@ def plain_shards(payload: dict, ctx) -> dict:
         "packed": torch.equal(gather_plain_shard(packed, (4, 6), None, packed=True), full),
         "split_of_cols": torch.equal(split_of(full, tuple(cols.shape), None), cols),
     }
+
+
+def planted_ddp_claims_fsdp2(payload: dict, ctx) -> dict:
+    """A stack that says it applied FSDP2 but trains under DistributedDataParallel (what a probe of
+    TRL + Accelerate on gloo ranks found), run through the real `train` check on every rank.
+
+    The planted stack is the native one with one change: its placement loads the model on this
+    rank and wraps it in torch's DDP, and still reports the layout as fsdp2. Returns the
+    category and message the check ended with (None when it passed), and what the unplanted native
+    stack's proof recorded for the same cell.
+    """
+    import dataclasses
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    from harness.checks import train
+    from harness.failures import CellFailure
+    from harness.stacks.native.stack import NativeStack
+
+    class ClaimsFsdp2RunsDdp(NativeStack):
+        def place(self, request):
+            one_device = dataclasses.replace(request, layout=next(
+                lay for lay in cr.matrix.layouts.values() if lay.world_size == 1), ctx=None)
+            placed = super().place(one_device)
+            placed.wrapper = DistributedDataParallel(placed.model)
+            placed.kind, placed.notes = "fsdp2", ["fully_shard per decoder layer + root"]
+            return placed
+
+    cr = _cell_run({**payload, "check": "train"}, ctx)
+    native_proof = cr.place().proof
+    cr.__dict__["stack"] = ClaimsFsdp2RunsDdp()
+    try:
+        train.run(cr)
+    except CellFailure as failure:
+        return {"category": failure.category, "message": failure.message, "native_proof": native_proof}
+    return {"category": None, "message": "", "native_proof": native_proof}
