@@ -201,6 +201,9 @@ class CellRun:
 
     def fit(self, placed: Placed, steps: int | None = None, batches: list[dict] | None = None) -> TrainResult:
         """A few optimizer steps on the tier's global batches; the global loss curve."""
+        if not placed.proof and not self.stack.own_trainer:  # placed by the stack's own code (real-shape)
+            placed.proof = prove_layout(self.layout, placed.model, global_shapes=placed.global_shapes,
+                                        wrapper=placed.wrapper)
         result = self.stack.fit(placed, self.schedule(batches, steps))
         if not placed.proof:
             raise CellFailure("harness-error", f"stack {self.stack.name} trained without proving the layout "

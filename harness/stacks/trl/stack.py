@@ -31,7 +31,7 @@ from harness.failures import CellFailure
 from harness.spec.matrix import Architecture
 from harness.stacks.base import PlaceRequest, Schedule
 from harness.stacks.lora import lora_settings
-from harness.stacks.placed import DataParallel, Placed, Trainable
+from harness.stacks.placed import DataParallel, Placed, Trainable, base_model
 from harness.stacks.proof import prove_layout
 from harness.stacks.result import TrainResult
 from harness.stacks.trl import config, data
@@ -207,10 +207,18 @@ class TrlStack:
         self._save(model, target)
 
     def load_sharded(self, model, source: Path, collective: bool = True) -> None:
-        """What save_model wrote (HF safetensors), read whole and set into `model` with torch's
+        """What save_model wrote, read with plain from_pretrained of the model's own class (which
+        applies the release's checkpoint key conversions), then set into `model` with torch's
         full-state-dict loader, which reshards into the model's own layout."""
         verify(source)
-        self.set_full_state(model, read_safetensors(source))
+        base = base_model(model)
+        own = next(cls for cls in type(base).__mro__ if "FSDP" not in cls.__name__)
+        try:
+            saved = own.from_pretrained(source, dtype=next(base.parameters()).dtype)
+        except Exception as exc:  # noqa: BLE001 - the verdict is the loader's own message
+            raise CellFailure("check-failed", f"from_pretrained of what SFTTrainer saved failed: "
+                                              f"{type(exc).__name__}: {exc}") from exc
+        self.set_full_state(model, saved.state_dict())
 
     def set_full_state(self, model, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -232,16 +240,6 @@ class TrlStack:
 
     def measure_real_shape(self, cr) -> tuple[dict, TrainResult]:
         raise CellFailure("layout-unsupported", "the TRL stack has no real-shape measurement")
-
-
-def read_safetensors(source: Path) -> dict:
-    """Every tensor of a saved model directory (one file or an indexed set)."""
-    from safetensors.torch import load_file
-
-    state: dict = {}
-    for path in sorted(Path(source).glob("*.safetensors")):
-        state.update(load_file(str(path)))
-    return state
 
 
 def tied_names(model) -> set[str]:
