@@ -2,7 +2,7 @@
 # Evidence for the TRL stack (matrix `stacks.trl`) on a device-tool GPU host, one step per call:
 #   single: every row's TRL single-device cells on the GPU with the image's releases, and at the
 #           same time on the host's CPU with the newest releases (.whl/newest);
-#   gloo:   every row's TRL multi-rank `train` cells on CPU gloo ranks with the newest releases:
+#   gloo:   every row's TRL multi-rank `train` and `parity` cells on CPU gloo ranks with the newest releases:
 #           each ends as a pass with its layout proven, layout-not-applied, or the stack's error.
 # The host is offline: trl and datasets (and what they need beyond the image) travel in .whl/trl,
 # transformers 5.24.0 and peft 0.21.2 in .whl/newest.
@@ -31,7 +31,7 @@ if [ "$STEP" = single ]; then
   run cpu-trl-tiny-single-newest 500 "$NEWEST" -m cpu --layout single -n 8 &
   wait
 else
-  run cpu-gloo-trl-tiny-train-newest 540 "$NEWEST" -m cpu --layout fsdp2,tp,fsdp2_tp,ep --check train -n 5
+  run cpu-gloo-trl-tiny-train-parity-newest 540 "$NEWEST" -m cpu --layout fsdp2,tp,fsdp2_tp,ep --check train,parity -n 5
 fi
 cat "$OUT/versions.txt" "$OUT/summary.txt"
 tail -n 12 "$OUT"/*.log

@@ -4,8 +4,9 @@ Everything a layout needs goes through TRL's and Accelerate's own options, the w
 show it, so that the cell runs what a user's script would:
 - FSDP2: `fsdp` with `fsdp_config` version 2 (transformers' TrainingArguments; Accelerate applies
   fully_shard when the trainer prepares the model);
-- TP: the model loaded with `tp_plan="auto"` (transformers' TP docs), through
-  `model_init_kwargs`, since SFTTrainer loads the model from its path;
+- TP: the model loaded with its own TP plan at the layout's TP size, through `model_init_kwargs`
+  (SFTTrainer loads the model from its path): `distributed_config=DistributedConfig(tp_size=N)`,
+  as from_pretrained documents it since DistributedConfig took sizes, else `tp_plan="auto"`;
 - EP: the model loaded with `distributed_config=DistributedConfig(enable_expert_parallel=True)`.
 The spelling of the FSDP options follows the installed transformers: since 5.2x `fsdp` is a bool
 and the version key is `version`; before, `fsdp` took "full_shard auto_wrap" and the key was
@@ -63,8 +64,19 @@ def model_init_kwargs(layout: Layout, dtype: str) -> tuple[dict, str]:
     kwargs: dict = {"dtype": dtype}
     spelled = [f'dtype="{dtype}"']
     if "tp" in mesh:
-        kwargs["tp_plan"] = "auto"
-        spelled.append('tp_plan="auto"')
+        from transformers.distributed import DistributedConfig
+
+        # the model's own TP plan at the layout's TP size: DistributedConfig(tp_size=N) where the
+        # release documents it, else the older from_pretrained(tp_plan="auto") over every rank
+        if "tp_size" in {f.name for f in dataclasses.fields(DistributedConfig)}:
+            # its mesh must cover every rank: the FSDP ranks too, where the layout has them
+            sizes = {"tp_size": mesh["tp"], **({"fsdp_size": mesh["dp_shard"]} if "dp_shard" in mesh else {})}
+            kwargs["distributed_config"] = DistributedConfig(**sizes)
+            spelled.append("distributed_config=DistributedConfig("
+                           + ", ".join(f"{k}={v}" for k, v in sizes.items()) + ")")
+        else:
+            kwargs["tp_plan"] = "auto"
+            spelled.append('tp_plan="auto"')
     if "ep" in mesh:
         from transformers.distributed import DistributedConfig
 
