@@ -53,17 +53,26 @@ LAYOUT_SLICE ?= LlamaForCausalLM,Qwen3ForCausalLM,Qwen3MoeForCausalLM
 # Qwen3-MoE's packed expert shards cannot be saved with DCP under tp (a recorded known limit).
 ROUNDTRIP_SLICE ?= NemotronHForCausalLM
 
+# The TRL stack (matrix `stacks.trl`): a dense, a MoE and a VLM row on one device under every gate
+# release set (`gates`), and the MoE row under EP on gloo ranks here, where Accelerate applies it
+# and the layout proof sees the experts split (TRL's FSDP2 and TP on CPU ranks end as
+# layout-not-applied and Accelerate's refusal: recorded evidence, not a CI slice).
+TRL_SLICE ?= LlamaForCausalLM,Qwen3MoeForCausalLM,Mistral3ForConditionalGeneration
+TRL_LAYOUT_SLICE ?= Qwen3MoeForCausalLM
+
 # The newest releases (this venv): the real checkpoint, and the round trips across layouts.
 slice: setup real
 	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier real --layout single --method lora --check $(REAL_SLICE_CHECKS) --arch $(REAL_SLICE) --results $(RESULTS) $(PYTEST_OK)
 	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier tiny --layout fsdp2,tp --check dcp_roundtrip,peft_roundtrip,generate \
 	  --arch $(ROUNDTRIP_SLICE) --variant default --results $(RESULTS) $(PYTEST_OK)
+	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --stack trl --tier tiny --layout ep --arch $(TRL_LAYOUT_SLICE) \
+	  --results $(RESULTS) $(PYTEST_OK)
 
 # Every gate release set of matrix/releases.toml (the GPU image's and the newest): its own venv
 # (uv, under .venvs/), the tiny single-device slice and the layout slice in it.
 GATE_VENVS ?= .venvs
 gates: setup
-	BIN=$(BIN) PYTHON=$(PYTHON) TORCH="$(TORCH)" JOBS=$(JOBS) SLICE=$(SLICE) LAYOUT_SLICE=$(LAYOUT_SLICE) \
+	BIN=$(BIN) PYTHON=$(PYTHON) TORCH="$(TORCH)" JOBS=$(JOBS) SLICE=$(SLICE) LAYOUT_SLICE=$(LAYOUT_SLICE) TRL_SLICE=$(TRL_SLICE) \
 	  GATE_VENVS=$(GATE_VENVS) scripts/gate-slices.sh
 
 # The committed docs must be what the committed records give.

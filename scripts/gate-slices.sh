@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The CPU slices under every gate release set (matrix/releases.toml, gate = true): one virtual
 # environment per set, made once by uv and reused while its pins and pyproject.toml are unchanged.
-# Every set runs the tiny single-device slice and the layout slice (every layout, both methods,
-# train and parity). A set must give what the matrix declares: a stack failure is a known_limits
-# entry with a version specifier (then xfail); any other failure, or a harness-error, fails.
+# Every set runs the tiny single-device slice, the layout slice (every layout, both methods,
+# train and parity) and the TRL stack's single-device slice. A set must give what the matrix
+# declares: a stack failure is a known_limits entry with a version specifier (then xfail); any
+# other failure, or a harness-error, fails.
 #
-# Called by `make gates` with BIN, PYTHON, TORCH, JOBS, SLICE, LAYOUT_SLICE in the environment.
+# Called by `make gates` with BIN, PYTHON, TORCH, JOBS, SLICE, LAYOUT_SLICE, TRL_SLICE in the
+# environment.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${BIN:=.venv/bin}" "${PYTHON:=python3}" "${TORCH:=torch==2.13.0}" "${JOBS:=2}"
-: "${SLICE:?}" "${LAYOUT_SLICE:?}" "${GATE_VENVS:=.venvs}"
+: "${SLICE:?}" "${LAYOUT_SLICE:?}" "${TRL_SLICE:?}" "${GATE_VENVS:=.venvs}"
 find_links=()
 [ -n "${PIP_FIND_LINKS:-}" ] && find_links=(--find-links "$PIP_FIND_LINKS")
 status=0
@@ -38,6 +40,9 @@ while read -r name transformers peft; do
   record $?
   "$venv/bin/pytest" -q -n "$JOBS" matrix -m cpu --tier tiny --layout fsdp2,tp,fsdp2_tp,ep \
     --check train,parity --arch "$LAYOUT_SLICE" --results "$results"
+  record $?
+  "$venv/bin/pytest" -q -n "$JOBS" matrix -m cpu --stack trl --tier tiny --layout single --arch "$TRL_SLICE" \
+    --results "$results"
   record $?
 done <<< "$sets"
 exit $status
