@@ -176,10 +176,24 @@ def test_render_check_covers_the_stack_pages(tmp_path, both):
     assert stale_files(out, both) == [] and not (out / "stacks" / "gone.md").exists()
 
 
-def test_the_dashboard_adds_trl_rows_and_a_stack_filter_only_with_trl_records(matrix, both, native_only):
+def test_the_dashboard_keeps_to_its_stacks(both, native_only):
+    """index.html shows DASHBOARD_STACKS only (the reference stack: the page must stay under 1 MB);
+    trl's records add no row there (only their run to the runs list); they are read on the stack
+    and family pages."""
+    html = both["index.html"]
+    assert 'id="f-stack"' not in html and "data-stack=" not in html and 'id="arch-trl-' not in html
+    assert html.count('<td class="cell ') == native_only["index.html"].count('<td class="cell ')
+
+
+def test_the_dashboard_adds_trl_rows_and_a_stack_filter_only_with_trl_records(matrix, tmp_path, monkeypatch):
+    from harness.report import render as render_module
+
+    monkeypatch.setattr(render_module, "DASHBOARD_STACKS", ("native", "trl"))
+    native_only = render(matrix, tmp_path / "n", planted_records(matrix), "native.jsonl")
     assert 'id="f-stack"' not in native_only["index.html"]
     assert "data-stack=" not in native_only["index.html"]
-    html = both["index.html"]
+    records = planted_records(matrix) + trl_records(matrix)
+    html = render(matrix, tmp_path / "b", records, "both.jsonl")["index.html"]
     assert 'id="f-stack"' in html and '<option value="trl">trl</option>' in html
     assert html.count('data-stack="trl"') == 1  # Llama only: the rows trl has records for
     row = html.split('<tr id="arch-trl-LlamaForCausalLM"')[1].split("</tr>")[0]
