@@ -13,17 +13,20 @@ import pytest
 from tests.conftest import LLAMA_ROW, write_rows
 
 
-def run_matrix(pytester, matrix_dir, *args):
-    """Run the matrix in matrix_dir; only `train` on `single` unless the test names others."""
+def run_matrix(pytester, matrix_dir, *args, subprocess: bool = False):
+    """Run the matrix in matrix_dir; only `train` on `single` unless the test names others.
+
+    `subprocess`: in a fresh interpreter, for a stack whose libraries register global state once
+    per process (datasets' pyarrow extension types), which pytester's in-process run would have
+    them register twice when it restores sys.modules between runs."""
     if "--check" not in args:
         args = (*args, "--check", "train")
     if "--layout" not in args:  # multi-rank layouts have their own tests (test_layout_cells.py)
         args = (*args, "--layout", "single")
     results = pytester.path / "records.jsonl"
-    outcome = pytester.runpytest_inprocess(
-        str(matrix_dir), "--matrix-dir", str(matrix_dir), "--results", str(results),
-        "-p", "no:cacheprovider", *args,
-    )
+    run = pytester.runpytest_subprocess if subprocess else pytester.runpytest_inprocess
+    outcome = run(str(matrix_dir), "--matrix-dir", str(matrix_dir), "--results", str(results),
+                  "-p", "no:cacheprovider", *args)
     records = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
     return outcome, records
 
@@ -209,3 +212,38 @@ def test_matrix_dir_is_collected_in_every_spelling(tmp_path):
         assert len(ids) == len(whole) - len(gemma), argv
         assert all(n.split("::")[0].endswith(".toml") for n in ids), argv
         assert not [n for n in ids if "::GemmaForCausalLM-" in n]
+
+
+def test_a_stack_whose_packages_are_absent_skips_with_its_install_command(pytester, matrix_dir):
+    """The TRL stack asks for a package this environment does not have: its cells skip with the
+    category and the install command, before anything of the stack is imported; native runs."""
+    axes = matrix_dir / "axes.toml"
+    axes.write_text(axes.read_text().replace('packages = ["trl", "accelerate", "datasets"]',
+                                             'packages = ["trl", "no_such_package_for_the_test"]'))
+    write_rows(matrix_dir, LLAMA_ROW)
+    outcome, records = run_matrix(pytester, matrix_dir, "--stack", "all", "--arch", "LlamaForCausalLM",
+                                  "--tier", "tiny", "-m", "cpu", "--method", "sft", "-rs")
+    outcome.assert_outcomes(passed=1, skipped=1, deselected=2)
+    by_id = {r["cell_id"]: r for r in records}
+    skipped = by_id["trl:LlamaForCausalLM-sft-single-tiny-train"]
+    assert (skipped["status"], skipped["category"], skipped["stack"]) == ("skip", "stack-absent", "trl")
+    assert "no_such_package_for_the_test" in skipped["message"]
+    assert "pip install 'compat-harness[trl]'" in skipped["message"]
+    assert by_id["LlamaForCausalLM-sft-single-tiny-train"]["status"] == "pass"
+
+
+def test_the_trl_stack_trains_a_tiny_llama_and_proves_one_device(pytester, matrix_dir):
+    """SFTTrainer on a tiny checkpoint (its tokenizer saved beside it): losses from its log history,
+    the adapters move and the base does not, and the record says what ran."""
+    write_rows(matrix_dir, LLAMA_ROW)
+    outcome, records = run_matrix(pytester, matrix_dir, "--stack", "trl", "--arch", "LlamaForCausalLM",
+                                  "--tier", "tiny", "-m", "cpu", "--method", "lora", subprocess=True)
+    outcome.assert_outcomes(passed=1, deselected=1)
+    (record,) = records
+    assert record["cell_id"] == "trl:LlamaForCausalLM-lora-single-tiny-train" and record["stack"] == "trl"
+    metrics = record["metrics"]
+    assert metrics["losses"][-1] < metrics["losses"][0]
+    assert len(metrics["losses"]) == len(metrics["grad_norms"])
+    assert metrics["api_call"].startswith("SFTTrainer(model=path")
+    assert metrics["layout_proof"]["fsdp_modules"] == 0 and metrics["layout_proof"]["dtensor_sharded"] == {}
+    assert metrics["weights_frozen"] > 0 and record["env"]["trl"]
