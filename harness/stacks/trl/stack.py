@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Generator, Mapping
 from pathlib import Path
 
@@ -51,9 +52,14 @@ class TrlStack:
     # TRL makes its own choices (its optimizer, its grad clipping): none of the matrix's apply.
     choice_defaults: Mapping[str, str] = {}
 
+    # A cell places at most three models (parity: the layout's and one device's; a round trip:
+    # the trained one and a fresh one); older trainers are let go, so that a pytest worker or a
+    # pool rank that runs hundreds of cells does not keep their models and optimizers.
+    KEPT_TRAINERS = 4
+
     def __init__(self) -> None:
-        # id(model) -> its trainer: the seam passes models, TRL saves through the trainer.
-        self._trainers: dict[int, object] = {}
+        # id(model) -> its trainer, newest last: the seam passes models, TRL saves through the trainer.
+        self._trainers: OrderedDict[int, object] = OrderedDict()
 
     # --- placing: build the trainer ------------------------------------------------------------
 
@@ -127,6 +133,8 @@ class TrlStack:
         )
         trainer.add_callback(_Watch(trainer, request, placed))
         self._trainers[id(model)] = trainer
+        while len(self._trainers) > self.KEPT_TRAINERS:
+            self._trainers.popitem(last=False)
         return placed
 
     # --- training ------------------------------------------------------------------------------
