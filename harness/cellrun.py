@@ -147,9 +147,13 @@ class CellRun:
         layout = layout or self.layout
         placed = self.stack.place(self.request(layout))
         if not self.stack.own_trainer:
-            placed.proof = prove_layout(layout, placed.model, global_shapes=placed.global_shapes,
-                                        wrapper=placed.wrapper)
+            self._prove(placed, layout)
         return placed
+
+    @staticmethod
+    def _prove(placed: Placed, layout: Layout) -> None:
+        placed.proof = prove_layout(layout, placed.model, global_shapes=placed.global_shapes,
+                                    wrapper=placed.wrapper)
 
     def load_base(self):
         """The checkpoint as from_pretrained gives it on this device, no method applied."""
@@ -202,8 +206,7 @@ class CellRun:
     def fit(self, placed: Placed, steps: int | None = None, batches: list[dict] | None = None) -> TrainResult:
         """A few optimizer steps on the tier's global batches; the global loss curve."""
         if not placed.proof and not self.stack.own_trainer:  # placed by the stack's own code (real-shape)
-            placed.proof = prove_layout(self.layout, placed.model, global_shapes=placed.global_shapes,
-                                        wrapper=placed.wrapper)
+            self._prove(placed, self.layout)
         result = self.stack.fit(placed, self.schedule(batches, steps))
         if not placed.proof:
             raise CellFailure("harness-error", f"stack {self.stack.name} trained without proving the layout "

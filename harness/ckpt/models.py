@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.ckpt.atomic import verify
 from harness.ckpt.providers import resolve
 from harness.ckpt.tiny import auto_model_class, config_class, tiny_checkpoint
+from harness.failures import CellFailure
 from harness.spec.matrix import Architecture, Matrix, Tier
 
 
@@ -29,3 +31,23 @@ def load_model(arch: Architecture, path: Path, dtype: str, device: str):
         path, dtype=getattr(torch, dtype), trust_remote_code=False
     )
     return model.to(device)
+
+
+# --- reading back what a stack saved, as a user would: plain transformers and peft ------------
+
+def reload_pretrained(arch: Architecture, source: Path, device):
+    """Plain `from_pretrained` of a saved directory; its failure is the verdict, in its words."""
+    verify(source)
+    try:
+        return auto_model_class(arch).from_pretrained(source).to(device)
+    except Exception as exc:  # noqa: BLE001 - the verdict is the loader's own message
+        raise CellFailure("check-failed", f"from_pretrained({source}) failed: {type(exc).__name__}: {exc}") \
+            from exc
+
+
+def load_adapter(base, source: Path):
+    """peft's own loader on a fresh base model, as users load a shipped adapter."""
+    from peft import PeftModel
+
+    verify(source)
+    return PeftModel.from_pretrained(base, source)

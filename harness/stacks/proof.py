@@ -56,6 +56,24 @@ class LayoutEvidence:
         return f"{self.wrapper} around the model; {text}" if self.wrapper else text
 
 
+def mesh_of(layout: Layout) -> dict[str, int]:
+    """The mesh dims that shard (size above 1)."""
+    return {dim: size for dim, size in layout.mesh.items() if size > 1}
+
+
+# What each combination of sharding dims is called in records and docs.
+LAYOUT_KINDS = {frozenset(): "single", frozenset({"dp_shard"}): "fsdp2", frozenset({"tp"}): "tp",
+                frozenset({"dp_shard", "tp"}): "fsdp2_tp", frozenset({"ep"}): "ep"}
+
+
+def layout_kind(layout: Layout) -> str:
+    """single, fsdp2, tp, fsdp2_tp or ep: what the layout shards (a stack applies no other mesh)."""
+    kind = LAYOUT_KINDS.get(frozenset(mesh_of(layout)))
+    if kind is None:
+        raise CellFailure("layout-unsupported", f"layout {layout.name}: no way to apply mesh {layout.mesh}")
+    return kind
+
+
 def expert_count(model) -> int | None:
     config = getattr(model, "config", None)
     if config is None:
@@ -99,7 +117,7 @@ def gather_evidence(model: torch.nn.Module, global_shapes: dict[str, tuple] | No
 
 def missing_parts(layout: Layout, evidence: LayoutEvidence) -> list[str]:
     """What the layout asks for that the evidence does not show (empty: the layout ran)."""
-    mesh = {dim: size for dim, size in layout.mesh.items() if size > 1}
+    mesh = mesh_of(layout)
     sharded = evidence.sharded_on_size or {}
     missing = []
     if not mesh:

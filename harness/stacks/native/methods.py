@@ -16,22 +16,18 @@ import re
 
 from harness.failures import CellFailure
 from harness.spec.matrix import LORA_TARGET_KEYWORDS, Architecture, Method
-from harness.stacks.lora import lora_settings
+from harness.stacks.method_settings import lora_settings, matches_module, sft_frozen
 from harness.stacks.native.model_names import peft_matches, unmatched
 from harness.stacks.placed import Trainable
 
 NEEDS_NEWER = re.compile(r"upgrade to transformers\s*>=\s*[0-9]", re.IGNORECASE)
 
 
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(re.search(rf"(^|\.){re.escape(p)}(\.|$)", name) for p in patterns)
-
-
 def apply_method(model, arch: Architecture, method: Method) -> Trainable:
     if not method.is_lora:
         check_frozen(model, arch)
         for name, param in model.named_parameters():
-            if _matches(name, arch.sft_frozen):
+            if sft_frozen(name, arch):
                 param.requires_grad_(False)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
@@ -43,7 +39,7 @@ def check_frozen(model, arch: Architecture) -> None:
     """Every `sft_frozen` entry must name parameters of the model."""
     names = [n for n, _ in model.named_parameters()]
     for i, pattern in enumerate(arch.sft_frozen):
-        if not any(_matches(name, (pattern,)) for name in names):
+        if not any(matches_module(name, (pattern,)) for name in names):
             raise unmatched(arch.source_file, f"architectures.{arch.name}.sft_frozen[{i}]", pattern,
                             type(model).__name__, _module_names(model), "parameter",
                             "sft_frozen names the modules that text-only SFT cannot reach")

@@ -55,26 +55,12 @@ from harness.stacks.placed import (
     base_model,
     split_of,
 )
+from harness.stacks.proof import layout_kind
 
 LAYOUT_KINDS = ("single", "fsdp2", "tp", "fsdp2_tp", "ep")
 
 
 # --- what kind of layout, which call applies it -------------------------------------------------
-
-def layout_kind(layout: Layout) -> str:
-    mesh = {k: v for k, v in layout.mesh.items() if v > 1}
-    if not mesh:
-        return "single"
-    if set(mesh) == {"dp_shard"}:
-        return "fsdp2"
-    if set(mesh) == {"tp"}:
-        return "tp"
-    if set(mesh) == {"dp_shard", "tp"}:
-        return "fsdp2_tp"
-    if set(mesh) == {"ep"}:
-        return "ep"
-    raise CellFailure("layout-unsupported", f"layout {layout.name}: no way to apply mesh {layout.mesh}")
-
 
 def offered(api: Api) -> bool:
     """Whether the installed transformers offers this call (the matrix declares its releases)."""

@@ -1,6 +1,7 @@
-"""The native stack's checkpoints: torch DCP for shards, `save_pretrained` / `from_pretrained`
-for one directory, and peft's own adapter format, each written atomically and verified before it
-is read (harness/ckpt/atomic.py).
+"""The native stack's checkpoints: torch DCP for shards, `save_pretrained` for one directory,
+and peft's own adapter format, each written atomically and verified before it is read
+(harness/ckpt/atomic.py). Reading a directory or an adapter back is plain transformers and peft,
+the same for every stack (harness/ckpt/models.py: reload_pretrained, load_adapter).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from harness.ckpt.atomic import atomic_directory, collective_atomic_directory, verify
-from harness.ckpt.tiny import auto_model_class
-from harness.failures import CellFailure
 
 
 def _distributed() -> bool:
@@ -54,25 +53,7 @@ def export_hf(model, target, max_shard_size: str) -> None:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
 
 
-def reload_hf(arch, source, device):
-    """Plain `from_pretrained` of an exported directory; its failure is the verdict, in its words."""
-    verify(source)
-    try:
-        return auto_model_class(arch).from_pretrained(source).to(device)
-    except Exception as exc:  # noqa: BLE001 - the verdict is the loader's own message
-        raise CellFailure("check-failed", f"from_pretrained({source}) failed: {type(exc).__name__}: {exc}") \
-            from exc
-
-
 def save_adapter(peft_model, target) -> None:
     """peft's `save_pretrained` of the adapter alone, into a directory that appears whole or not at all."""
     with atomic_directory(target) as staging:
         peft_model.save_pretrained(staging)
-
-
-def load_adapter(base, source):
-    """peft's own loader on a fresh base model, as users load a shipped adapter."""
-    from peft import PeftModel
-
-    verify(source)
-    return PeftModel.from_pretrained(base, source)

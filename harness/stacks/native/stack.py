@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
-from harness.ckpt.models import load_model
+from harness.ckpt.models import load_adapter, load_model, reload_pretrained
 from harness.data.batches import fixed_batch
 from harness.spec.matrix import Architecture
 from harness.stacks.base import PlaceRequest, Schedule
@@ -89,13 +89,13 @@ class NativeStack:
         saving.export_hf(model, target, max_shard_size)
 
     def load_pretrained(self, arch: Architecture, source: Path, device):
-        return saving.reload_hf(arch, source, device)
+        return reload_pretrained(arch, source, device)
 
     def save_adapter(self, model, target: Path) -> None:
         saving.save_adapter(model, target)
 
     def load_adapter(self, request: PlaceRequest, source: Path):
-        return saving.load_adapter(self.load_base(request), source)
+        return load_adapter(self.load_base(request), source)
 
     def align_for_parity(self, placed: Placed, request: PlaceRequest) -> dict:
         """Both sides of a parity comparison alike, as the matrix's choices say: dropout, adapter start."""

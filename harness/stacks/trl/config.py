@@ -25,24 +25,14 @@ from __future__ import annotations
 import dataclasses
 
 from harness.spec.matrix import Layout
+from harness.stacks.proof import mesh_of
 
 SEED = 0
 
 
-def mesh_of(layout: Layout) -> dict[str, int]:
-    return {dim: size for dim, size in layout.mesh.items() if size > 1}
-
-
-def layout_kind(layout: Layout) -> str:
-    """The record's name for what the layout shards: single, fsdp2, tp, fsdp2_tp or ep."""
-    dims = set(mesh_of(layout))
-    return {
-        frozenset(): "single",
-        frozenset({"dp_shard"}): "fsdp2",
-        frozenset({"tp"}): "tp",
-        frozenset({"dp_shard", "tp"}): "fsdp2_tp",
-        frozenset({"ep"}): "ep",
-    }.get(frozenset(dims), "other")
+def _has_field(cls, name: str) -> bool:
+    """Whether the installed release's dataclass (TrainingArguments, DistributedConfig) takes `name`."""
+    return name in {f.name for f in dataclasses.fields(cls)}
 
 
 def data_parallel_size(layout: Layout) -> int:
@@ -68,7 +58,7 @@ def model_init_kwargs(layout: Layout, dtype: str) -> tuple[dict, str]:
 
         # the model's own TP plan at the layout's TP size: DistributedConfig(tp_size=N) where the
         # release documents it, else the older from_pretrained(tp_plan="auto") over every rank
-        if "tp_size" in {f.name for f in dataclasses.fields(DistributedConfig)}:
+        if _has_field(DistributedConfig, "tp_size"):
             # its mesh must cover every rank: the FSDP ranks too, where the layout has them
             sizes = {"tp_size": mesh["tp"], **({"fsdp_size": mesh["dp_shard"]} if "dp_shard" in mesh else {})}
             kwargs["distributed_config"] = DistributedConfig(**sizes)
@@ -81,7 +71,7 @@ def model_init_kwargs(layout: Layout, dtype: str) -> tuple[dict, str]:
         from transformers.distributed import DistributedConfig
 
         # the release's own EP argument: a size where DistributedConfig takes one, else the flag
-        if "ep_size" in {f.name for f in dataclasses.fields(DistributedConfig)}:
+        if _has_field(DistributedConfig, "ep_size"):
             # transformers asks ep_size to divide fsdp_size x tp_size: EP over the FSDP ranks
             kwargs["distributed_config"] = DistributedConfig(ep_size=mesh["ep"], fsdp_size=mesh["ep"])
             spelled.append(
@@ -132,7 +122,7 @@ def sft_config_kwargs(
         "bf16": dtype == "bfloat16",
         "fp16": dtype == "float16",
     }
-    if "train_sampling_strategy" in {f.name for f in dataclasses.fields(TrainingArguments)}:
+    if _has_field(TrainingArguments, "train_sampling_strategy"):
         kwargs["train_sampling_strategy"] = "sequential"
     spelled = [f"model_init_kwargs=dict({init_spelled})", f"bf16={kwargs['bf16']}"]
     if "dp_shard" in mesh_of(layout):

@@ -27,21 +27,15 @@ import torch
 from transformers import AutoTokenizer, TrainerCallback
 
 from harness.ckpt.atomic import atomic_directory, collective_atomic_directory, verify
-from harness.ckpt.models import load_model
+from harness.ckpt.models import load_adapter, load_model, reload_pretrained
 from harness.failures import CellFailure
 from harness.spec.matrix import Architecture
 from harness.stacks.base import PlaceRequest, Schedule
-from harness.stacks.lora import lora_settings
+from harness.stacks.method_settings import lora_settings, sft_frozen
 from harness.stacks.placed import DataParallel, Placed, Trainable, base_model
-from harness.stacks.proof import prove_layout
+from harness.stacks.proof import layout_kind, prove_layout
 from harness.stacks.result import TrainResult
 from harness.stacks.trl import config, data
-
-
-def _matches_any(name: str, patterns: tuple[str, ...]) -> bool:
-    import re
-
-    return any(re.search(rf"(^|\.){re.escape(p)}(\.|$)", name) for p in patterns)
 
 
 class TrlStack:
@@ -107,7 +101,7 @@ class TrlStack:
         model = trainer.model
         if not request.method.is_lora:  # what text cannot reach stays frozen, as a user's script would
             for name, param in model.named_parameters():
-                if _matches_any(name, request.arch.sft_frozen):
+                if sft_frozen(name, request.arch):
                     param.requires_grad_(False)
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
@@ -123,7 +117,7 @@ class TrlStack:
         placed = Placed(
             model,
             Trainable(model, trainable, frozen, lora),
-            config.layout_kind(request.layout),
+            layout_kind(request.layout),
             api="sft_trainer",
             call=call,
             dp=dp,
@@ -189,26 +183,14 @@ class TrlStack:
         self._save(model, target)
 
     def load_pretrained(self, arch: Architecture, source: Path, device):
-        from harness.ckpt.tiny import auto_model_class
-
-        verify(source)
-        try:
-            return auto_model_class(arch).from_pretrained(source).to(device)
-        except Exception as exc:  # noqa: BLE001 - the verdict is the loader's own message
-            raise CellFailure(
-                "check-failed",
-                f"from_pretrained of what SFTTrainer saved failed: {type(exc).__name__}: {exc}",
-            ) from exc
+        return reload_pretrained(arch, source, device)
 
     def load_base(self, request: PlaceRequest):
         torch.manual_seed(0)
         return load_model(request.arch, request.checkpoint, request.dtype, request.device)
 
     def load_adapter(self, request: PlaceRequest, source: Path):
-        from peft import PeftModel
-
-        verify(source)
-        return PeftModel.from_pretrained(self.load_base(request), source)
+        return load_adapter(self.load_base(request), source)
 
     def save_sharded(self, model, target: Path) -> None:
         """TRL has one save for a trained model, sharded or not: the trainer's save_model."""
