@@ -12,11 +12,11 @@ import time
 import pytest
 
 from harness.ckpt.atomic import CheckpointCorrupt, atomic_directory, verify
-from harness.ckpt.models import load_model
+from harness.ckpt.models import load_model, reload_pretrained
 from harness.ckpt.tiny import tiny_checkpoint
 from harness.failures import CellFailure
 from harness.spec.load import load_matrix
-from harness.stacks.native.saving import export_hf, load_dcp, reload_hf, save_dcp
+from harness.stacks.native.saving import export_hf, load_dcp, save_dcp
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_truncated_shard_is_named_on_load(llama, tmp_path, capsys):
     shard = sorted((tmp_path / "hf").glob("*.safetensors"))[1]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     with pytest.raises(CheckpointCorrupt) as info:
-        reload_hf(arch, tmp_path / "hf", "cpu")
+        reload_pretrained(arch, tmp_path / "hf", "cpu")
     print(f"error shown to the user: {info.value}")
     assert str(shard) in str(info.value) and "truncated" in str(info.value)
     assert str(shard) in capsys.readouterr().out
@@ -101,7 +101,7 @@ def test_killed_save_leaves_the_old_checkpoint_intact(llama, tmp_path):
     writer.wait(30)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == old
     verify(target)
-    reloaded = reload_hf(arch, target, "cpu")
+    reloaded = reload_pretrained(arch, target, "cpu")
     assert type(reloaded).__name__ == "LlamaForCausalLM"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("hf", "halfway")]
     assert leftovers and all(".staging-" in n for n in leftovers)  # what the kill left behind...
@@ -115,7 +115,7 @@ def test_reload_of_a_non_checkpoint_is_a_check_failure(llama, tmp_path):
     with atomic_directory(tmp_path / "empty") as staging:
         (staging / "README").write_text("not a model")
     with pytest.raises(CellFailure, match="from_pretrained"):
-        reload_hf(arch, tmp_path / "empty", "cpu")
+        reload_pretrained(arch, tmp_path / "empty", "cpu")
 
 
 def test_sharded_save_by_two_ranks_is_atomic_and_verified(llama, tmp_path):
