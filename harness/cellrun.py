@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from harness.ckpt.implementations import load_config, prepare, trust_remote_code
 from harness.ckpt.models import checkpoint_for
 from harness.data import text
 from harness.data.batches import PER_SEQUENCE_AUTO_CLASSES, classification_labels, fixed_batch
 from harness.failures import CellFailure
-from harness.spec.cells import Cell
+from harness.spec.cells import Cell, cell_architecture
 from harness.spec.matrix import Api, Architecture, Layout, Matrix, Method, Tier
 from harness.stacks.base import PlaceRequest, Schedule, Stack
 from harness.stacks.native.placement import choose_api
@@ -61,9 +62,15 @@ class CellRun:
         """Whether this cell runs under a multi-rank layout (this is one rank of it)."""
         return self.layout.world_size > 1
 
-    @property
+    def __post_init__(self):
+        # Every process that builds this cell's model (the runner's, each pool rank's) registers a
+        # custom class, or checks the remote-code opt-in and cache, before anything is built.
+        prepare(self.arch)
+
+    @cached_property
     def arch(self) -> Architecture:
-        return self.matrix.architectures[self.cell.architecture]
+        """The row as the cell's implementation sees it (a custom cell never runs remote code)."""
+        return cell_architecture(self.matrix, self.cell)
 
     @property
     def method(self) -> Method:
@@ -121,9 +128,12 @@ class CellRun:
     @cached_property
     def config(self):
         """The checkpoint's config: vocabulary and labels come from it, never from a shard."""
-        from transformers import AutoConfig
+        return load_config(self.arch, self.checkpoint)
 
-        return AutoConfig.from_pretrained(self.checkpoint)
+    @property
+    def trust_remote_code(self) -> bool:
+        """What every loading call of this cell passes (the row's flag and the run's opt-in)."""
+        return trust_remote_code(self.arch)
 
     def request(self, layout: Layout | None = None) -> PlaceRequest:
         """What the stack is asked to build on this rank: the cell's method under `layout`."""

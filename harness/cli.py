@@ -202,6 +202,55 @@ def run_cells(args) -> int:
     return 0
 
 
+# --- prefetch ---------------------------------------------------------------------------------
+
+def add_prefetch(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prefetch", help="fetch remote-code rows' code (or weights) into the HF cache (needs hub access)",
+        description="Downloads, with huggingface_hub's snapshot_download and allow_patterns, the config, "
+                    "*.py and tokenizer files of every remote-code row (trust_remote_code = true), or of the "
+                    "rows named with --arch: a few hundred kB a row, after which the rows' tiny cells run "
+                    "offline under --trust-remote-code. --weights adds each row's real checkpoint. Copy the "
+                    "cache (HF_HUB_CACHE) to the machine that runs the matrix.")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--code-only", action="store_true", help="config, code and tokenizer files (default)")
+    what.add_argument("--weights", action="store_true", help="also the real checkpoint's safetensors")
+    p.add_argument("--arch", action="append", default=[], metavar="NAME[,NAME]",
+                   help="only these rows (repeatable, comma lists; default: every remote-code row)")
+    p.add_argument("--dry-run", action="store_true", help="print the repos and file patterns; fetch nothing")
+    p.add_argument("--matrix-dir", "--matrix", dest="matrix_dir", default=str(DEFAULT_MATRIX_DIR),
+                   help="matrix directory (default: %(default)s)")
+    p.set_defaults(func=run_prefetch, matrix_option="matrix_dir")
+
+
+def run_prefetch(args) -> int:
+    from harness.ckpt.prefetch import fetch, not_remote, plan
+    from harness.spec.cells import split_values, validate_selection
+    from harness.spec.load import load_matrix
+
+    matrix = load_matrix(args.matrix_dir)
+    rows = split_values(args.arch)
+    validate_selection(matrix, {"architecture": rows})
+    for arch in not_remote(matrix, rows):
+        print(f"{arch.name}: runs transformers' own code (no trust_remote_code in {arch.source_file}); "
+              "nothing to prefetch", file=sys.stderr)
+    fetches = plan(matrix, rows, weights=args.weights)
+    if not fetches:
+        print("no remote-code rows in the selection")
+        return 0 if not rows else USAGE_ERROR
+    if args.dry_run:
+        width = max(len(f.row) for f in fetches)
+        for item in fetches:
+            print(f"{item.row:<{width}}  {item.repo}  {' '.join(item.patterns)}")
+        repos = len({f.repo for f in fetches})
+        print(f"{len(fetches)} download(s) of {repos} repo(s) for {len({f.row for f in fetches})} row(s); "
+              "dry run, nothing fetched")
+        return 0
+    failed = fetch(fetches)
+    print(f"{len(fetches) - len(failed)} of {len(fetches)} download(s) done")
+    return 1 if failed else 0
+
+
 def _nightly(name: str, command: str):
     """The nightly pipeline's subcommands live in harness/report/nightly.py; each reads --matrix-dir."""
     def add(subparsers) -> None:
@@ -230,9 +279,9 @@ def add_pool_worker(subparsers) -> None:
     add(subparsers)
 
 
-SUBCOMMANDS = (add_ingest, add_diff, add_render, add_cells, _nightly("add_nightly_sim", "nightly-sim"),
-               _nightly("add_nightly_merge", "nightly-merge"), _nightly("add_durations", "durations"),
-               add_pool_worker)
+SUBCOMMANDS = (add_ingest, add_diff, add_render, add_cells, add_prefetch,
+               _nightly("add_nightly_sim", "nightly-sim"), _nightly("add_nightly_merge", "nightly-merge"),
+               _nightly("add_durations", "durations"), add_pool_worker)
 
 
 def build_parser() -> argparse.ArgumentParser:

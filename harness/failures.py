@@ -45,6 +45,9 @@ FAILURE_CATEGORIES = (
     "crash",
     "timeout",
     "error",
+    # the model built from a config holds parameters nothing initialised (NaN, inf, absurd values):
+    # a finding about the model code (harness/ckpt/tiny.py), distinct from a training failure
+    "init",
     # our own code raised (classify below): never a verdict, never a known limit
     HARNESS_ERROR,
     # the matrix names something the model does not have (a tp_plan key, a LoRA target, a frozen

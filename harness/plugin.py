@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.ckpt.implementations import OPT_IN_ENV, OPT_IN_FLAG
 from harness.failures import HARNESS_ERROR
 from harness.report.records import DEFAULT_RESULTS, new_run_id
 from harness.spec.cells import (
@@ -66,6 +67,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--results", default=None,
                     help=f"JSONL file records are appended to (default {DEFAULT_RESULTS})")
     group.addoption("--run-id", default=None, help="run id stored in every record")
+    group.addoption(OPT_IN_FLAG, action="store_true", default=False,
+                    help=f"run the hub remote code that rows marked trust_remote_code = true find in the "
+                         f"local HF cache (nothing is fetched); also {OPT_IN_ENV}=1. Other rows never run "
+                         "remote code")
 
 
 def _selection(config: pytest.Config) -> dict[str, list[str]]:
@@ -77,6 +82,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {text}")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if config.getoption("trust_remote_code"):
+        # An environment variable, so that xdist workers and pool ranks (spawned later) inherit it.
+        os.environ[OPT_IN_ENV] = "1"
     try:
         matrix = load_matrix(_matrix_dir(config))
         validate_selection(matrix, _selection(config))
@@ -192,7 +200,7 @@ class CellItem(pytest.Item):
         outcome = run_cell(matrix, self.cell, self.device)
         record = make_record(
             self.cell, outcome.status, category=outcome.category, message=outcome.message,
-            traceback=outcome.traceback, metrics=outcome.metrics,
+            traceback=outcome.traceback, metrics=outcome.metrics, code=outcome.code,
             env=environment(self.device, layout.world_size, backend_for(self.device, layout.world_size)),
             run_id=self.config.getoption("run_id"),
         )

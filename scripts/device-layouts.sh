@@ -6,6 +6,8 @@
 # without it the image's own releases run (torch 2.11, transformers 5.17.0, peft 0.21.0).
 # Layouts single (the MoE kernel variants need it), fsdp2, tp, fsdp2_tp and ep, every method,
 # check and variant of the tiny tier. JOBS (default 8) pytest-xdist workers; LIMIT_S stops it.
+# MARK (default cpu; gpu for the GPU), LAYOUTS (a comma list) and SELECT (more pytest selection
+# options, e.g. "--arch DeciLMForCausalLM --implementation custom") narrow or move the run.
 set -u
 name=$1
 wheels=${2:-}
@@ -23,7 +25,9 @@ python3 -c 'import platform, os, torch, transformers, peft
 print("python", platform.python_version(), "| torch", torch.__version__, "| transformers", transformers.__version__,
       "| peft", peft.__version__, "| cpu cores", os.cpu_count())' | tee "$OUT/$name-versions.txt"
 start=$(date +%s)
-timeout "${LIMIT_S:-560}" python3 -m pytest matrix -q -m cpu --tier tiny --layout single,fsdp2,tp,fsdp2_tp,ep \
+# shellcheck disable=SC2086 # SELECT is a list of options
+timeout "${LIMIT_S:-560}" python3 -m pytest matrix -q -m "${MARK:-cpu}" --tier tiny \
+  --layout "${LAYOUTS:-single,fsdp2,tp,fsdp2_tp,ep}" ${SELECT:-} \
   -n "${JOBS:-8}" -p no:cacheprovider --results "$OUT/$name.jsonl" > "$OUT/$name.log" 2>&1
 rc=$?
 echo "$name: pytest rc=$rc in $(( $(date +%s) - start )) s" | tee -a "$OUT/$name-versions.txt"

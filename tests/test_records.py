@@ -22,10 +22,11 @@ def _writer(path: str, worker: int, count: int) -> None:
 def test_record_has_every_documented_key():
     record = make_record(CELL, "fail", category="numerics", message="m", env=environment("cpu"), run_id="r")
     assert set(record) == {"schema", "cell_id", "architecture", "method", "layout", "tier", "check",
-                           "shape", "variant", "stack", "status", "category", "message", "traceback",
-                           "metrics", "env", "git_sha", "run_id", "timestamp"}
-    assert record["cell_id"] == CELL.id and record["schema"] == 3
+                           "shape", "variant", "stack", "implementation", "status", "category", "message",
+                           "traceback", "metrics", "code", "env", "git_sha", "run_id", "timestamp"}
+    assert record["cell_id"] == CELL.id and record["schema"] == 4
     assert (record["shape"], record["variant"], record["stack"]) == ("", "", "native")
+    assert (record["implementation"], record["code"]) == ("", {})
     assert {"python", "torch", "transformers", "peft", "device_name", "device_count"} <= set(record["env"])
     assert record["env"]["torch"] and record["env"]["transformers"]
 
@@ -36,7 +37,7 @@ def test_record_carries_every_field_of_its_cell():
     record = make_record(cell, "pass", env=environment("cpu"), run_id="r")
     assert record["cell_id"] == "LlamaForCausalLM-sft-fsdp2-real-shape-train@Llama-3.1-8B+fully_shard"
     assert {k: record[k] for k in ("architecture", "method", "layout", "tier", "check", "shape",
-                                   "variant", "stack")} == vars(cell)
+                                   "variant", "stack", "implementation")} == vars(cell)
 
 
 def test_a_stack_other_than_the_reference_names_itself_in_id_and_record():
@@ -44,6 +45,14 @@ def test_a_stack_other_than_the_reference_names_itself_in_id_and_record():
     record = make_record(cell, "pass", env=environment("cpu"), run_id="r")
     assert record["cell_id"] == "trl:LlamaForCausalLM-lora-single-tiny-train"
     assert record["stack"] == "trl"
+
+
+def test_a_custom_implementation_names_itself_in_id_and_record():
+    cell = Cell("DeciLMForCausalLM", "lora", "single", "tiny", "train", implementation="custom")
+    record = make_record(cell, "pass", env=environment("cpu"), run_id="r",
+                         code={"kind": "custom", "module": "custom_models.decilm"})
+    assert record["cell_id"] == "DeciLMForCausalLM-lora-single-tiny-train~custom"
+    assert (record["implementation"], record["code"]["kind"]) == ("custom", "custom")
 
 
 def test_concurrent_writers_never_interleave(tmp_path):

@@ -144,7 +144,8 @@ def test_an_older_record_gets_its_shape_and_variant_at_read_time(tmp_path):
                                                "Llama-3.2-1B"))
     old = load_results([write(tmp_path / "old.jsonl", [older_record(c) for c in cells])])
     new = load_results([write(tmp_path / "new.jsonl", [record(c, "pass") for c in cells])])
-    fields = ["cell_id", "architecture", "method", "layout", "tier", "check", "shape", "variant", "stack"]
+    fields = ["cell_id", "architecture", "method", "layout", "tier", "check", "shape", "variant", "stack",
+              "implementation"]
     assert old[fields].to_dict("records") == new[fields].to_dict("records")
     assert old[fields].to_dict("records") == [{"cell_id": c.id, **vars(c)} for c in cells]
     assert "shape" not in old["record"][0]  # the record itself is kept as it was written

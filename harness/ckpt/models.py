@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.ckpt.atomic import verify
+from harness.ckpt.implementations import config_class, prepare, trust_remote_code
 from harness.ckpt.providers import resolve
-from harness.ckpt.tiny import auto_model_class, config_class, tiny_checkpoint
+from harness.ckpt.tiny import auto_model_class, tiny_checkpoint
 from harness.failures import CellFailure
 from harness.spec.matrix import Architecture, Matrix, Tier
 
 
 def checkpoint_for(arch: Architecture, tier: Tier, matrix: Matrix) -> Path:
+    prepare(arch)
     if tier.source == "tiny":
         return tiny_checkpoint(arch, matrix)
     if tier.source == "checkpoint":
@@ -28,7 +30,7 @@ def load_model(arch: Architecture, path: Path, dtype: str, device: str):
     import torch
 
     model = auto_model_class(arch).from_pretrained(
-        path, dtype=getattr(torch, dtype), trust_remote_code=False
+        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code(arch)
     )
     return model.to(device)
 
@@ -39,7 +41,8 @@ def reload_pretrained(arch: Architecture, source: Path, device):
     """Plain `from_pretrained` of a saved directory; its failure is the verdict, in its words."""
     verify(source)
     try:
-        return auto_model_class(arch).from_pretrained(source).to(device)
+        return auto_model_class(arch).from_pretrained(
+            source, trust_remote_code=trust_remote_code(arch)).to(device)
     except Exception as exc:  # noqa: BLE001 - the verdict is the loader's own message
         raise CellFailure("check-failed", f"from_pretrained({source}) failed: {type(exc).__name__}: {exc}") \
             from exc

@@ -16,35 +16,16 @@ from filelock import FileLock
 
 from harness.cache import cache_root
 from harness.ckpt.atomic import atomic_directory
+from harness.ckpt.implementations import cached_remote_code, config_class, provenance, trust_remote_code
 from harness.failures import CellFailure
 from harness.spec.matrix import Architecture, Matrix
 
 SEED = 0
 # Bumped when what a tiny checkpoint directory holds changes (2: a tokenizer beside the weights).
 LAYOUT_VERSION = 2
-
-
-def config_class(arch: Architecture):
-    """The config class for the row's model type, or a categorised failure saying why not."""
-    import transformers
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    try:
-        return CONFIG_MAPPING[arch.model_type]
-    except KeyError:
-        pass
-    if arch.trust_remote_code:
-        raise CellFailure(
-            "remote-code",
-            f"{arch.name} (model type {arch.model_type!r}) is implemented only as remote code "
-            f"on the hub ({arch.examples[0]}); transformers {transformers.__version__} has no "
-            "class for it and remote code cannot be fetched offline",
-        )
-    raise CellFailure(
-        "needs-newer-transformers",
-        f"{arch.name}: transformers {transformers.__version__} does not recognise model type "
-        f"{arch.model_type!r}" + (f" (needs >= {arch.min_transformers})" if arch.min_transformers else ""),
-    )
+# A freshly initialised weight of a tiny model is of order 1 (normal inits use std 0.02, norms 1);
+# one beyond this is memory that nothing initialised (see uninitialised_parameters).
+ABSURD_INIT = 1e4
 
 
 def _has_attribute(config, key: str) -> bool:
@@ -79,7 +60,14 @@ def tiny_config_kwargs(arch: Architecture, matrix: Matrix) -> dict:
 
 def build_tiny_config(arch: Architecture, matrix: Matrix):
     cls = config_class(arch)
-    return cls(**tiny_config_kwargs(arch, matrix))
+    config = cls(**tiny_config_kwargs(arch, matrix))
+    if trust_remote_code(arch):
+        # from_config finds the model code through the config's auto_map and its source repo, as it
+        # does for a config loaded from the hub; save_pretrained then copies the code files along.
+        code = cached_remote_code(arch)
+        config.auto_map = code.auto_map
+        config._name_or_path = str(code.path)
+    return config
 
 
 def auto_model_class(arch: Architecture):
@@ -99,6 +87,8 @@ def cache_key(arch: Architecture, config) -> str:
             "transformers": transformers.__version__,
             "seed": SEED,
             "layout": LAYOUT_VERSION,
+            # the code that builds it: remote code or a custom class changes the checkpoint
+            "code": provenance(arch),
         },
         sort_keys=True,
         default=str,
@@ -107,29 +97,15 @@ def cache_key(arch: Architecture, config) -> str:
 
 
 def _build_expected_class(arch: Architecture, config):
-    """Build through the auto class and insist on the row's class.
+    """Build through the auto class, as users do, and insist on the row's class.
 
-    For a remote-code row, transformers either has no class for the config or builds a
-    different native class (e.g. a reward model whose config is plain qwen2): both mean the
-    real class exists only as hub code. For any other row a mismatch is a matrix mistake.
+    A remote-code row builds the hub's class (the opt-in was checked when its config class was
+    found); a class other than the row's is a matrix mistake either way.
     """
-    import transformers
-
-    try:
-        model = auto_model_class(arch).from_config(config)
-    except ValueError as exc:
-        if not arch.trust_remote_code:
-            raise
-        raise CellFailure("remote-code", f"{arch.name}: transformers {transformers.__version__} has no "
-                                         f"{arch.auto_class} class for this config ({exc}); the class "
-                                         "exists only as hub remote code") from None
+    model = auto_model_class(arch).from_config(config, trust_remote_code=trust_remote_code(arch))
     built = type(model).__name__
     if built == arch.expected_class:
         return model
-    if arch.trust_remote_code:
-        raise CellFailure("remote-code", f"{arch.name} exists only as hub remote code: for model type "
-                                         f"{arch.model_type!r} transformers {transformers.__version__} "
-                                         f"builds {built} instead")
     raise CellFailure(
         "matrix-error",
         f"{arch.auto_class} built {built} for model type {arch.model_type!r}, but the "
@@ -172,20 +148,78 @@ def save_tiny_tokenizer(config, target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
-def tiny_checkpoint(arch: Architecture, matrix: Matrix) -> Path:
-    """Path of the row's tiny checkpoint, building and saving it the first time it is asked for."""
+def uninitialised_parameters(model) -> list[str]:
+    """Parameters holding NaN, infinite or absurdly large values right after the build: model code
+    that creates a weight (e.g. with `torch.empty`) and never initialises it."""
     import torch
 
+    bad = []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            values = param.detach().float()
+            if values.numel() and (not torch.isfinite(values).all() or values.abs().max() > ABSURD_INIT):
+                bad.append(name)
+    return bad
+
+
+def build_checked(arch: Architecture, config):
+    """Build the row's class from `config` and refuse a model with uninitialised weights (`init`).
+
+    The build runs with torch's `fill_uninitialized_memory` under deterministic algorithms, so that
+    memory nothing initialised reads as NaN rather than whatever the allocator left there (which is
+    often zeros, and would hide the finding). Initialised weights are unaffected.
+    """
+    import torch
+    import torch.utils.deterministic
+
+    was_deterministic, was_warn_only = (torch.are_deterministic_algorithms_enabled(),
+                                        torch.is_deterministic_algorithms_warn_only_enabled())
+    was_filling = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        torch.manual_seed(SEED)
+        model = _build_expected_class(arch, config)
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = was_filling
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+    bad = uninitialised_parameters(model)
+    if bad:
+        more = " ..." if len(bad) > 12 else ""
+        raise CellFailure("init", f"{arch.name}: {len(bad)} parameter(s) are NaN, infinite or beyond "
+                                  f"{ABSURD_INIT:g} right after building from a config, i.e. never "
+                                  f"initialised by the model code: {', '.join(bad[:12])}{more}")
+    return model
+
+
+def tiny_checkpoint(arch: Architecture, matrix: Matrix) -> Path:
+    """Path of the row's tiny checkpoint, building and saving it the first time it is asked for."""
     config = build_tiny_config(arch, matrix)
     root = cache_root() / "tiny"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"{arch.name}-{cache_key(arch, config)}"
     with FileLock(str(target) + ".lock"):
-        if (target / "config.json").exists():
-            return target
-        torch.manual_seed(SEED)
-        model = _build_expected_class(arch, config)
-        with atomic_directory(target) as staging:
-            model.save_pretrained(staging)
-            save_tiny_tokenizer(config, staging)
+        if not (target / "config.json").exists():
+            model = build_checked(arch, config)
+            with atomic_directory(target) as staging:
+                model.save_pretrained(staging)
+                save_tiny_tokenizer(config, staging)
+        if trust_remote_code(arch):
+            warm_remote_modules(arch, target)
     return target
+
+
+def warm_remote_modules(arch: Architecture, checkpoint: Path) -> None:
+    """Copy the checkpoint's code into transformers' module cache once, under the checkpoint's lock.
+
+    Every process that loads the checkpoint with trust_remote_code copies its code files there and
+    transformers takes no lock for it: pool ranks loading at once could import a half-written file.
+    Done here first, their copies find identical files and write nothing.
+    """
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    auto_map = json.loads((checkpoint / "config.json").read_text()).get("auto_map") or {}
+    for reference in auto_map.values():
+        for ref in reference if isinstance(reference, list | tuple) else (reference,):
+            if ref and "--" not in ref:
+                get_class_from_dynamic_module(ref, str(checkpoint))

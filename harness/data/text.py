@@ -30,14 +30,14 @@ def uses_text(cr) -> bool:
 
 
 @functools.cache
-def _tokenizer(path: str):
+def _tokenizer(path: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def tokenizer(cr):
-    return _tokenizer(str(cr.checkpoint))
+    return _tokenizer(str(cr.checkpoint), cr.trust_remote_code)
 
 
 def pair_batch(tok, split: str, batch_size: int, start: int = 0, path=None, seq_len: int = 128) -> dict:

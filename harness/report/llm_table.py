@@ -1,7 +1,10 @@
 """Where a row of reports/llm.md comes from: one `llm_row` per architecture of the matrix.
 
 The table keeps the seed's shape (Architecture, Models, Example HF Models with recipes) and adds
-three short columns, each computed from the row's view (`harness.report.views`):
+three short columns, each computed from the row's view (`harness.report.views`). Models names the
+code the marks rest on where it is not transformers' own class (`implementation_label`: remote
+code @ revision, or a custom class); `resting_views` picks the row's own implementation or its
+custom one, or both, each a row:
 
 - **FSDP2 with SFT / PEFT**, what the seed promises: the fsdp2 group of each method (every
   tier and check), e.g. `sft ✓ · lora ✓`;
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 from harness.report import releases
 from harness.report.views import ArchView, Group
-from harness.spec.matrix import REFERENCE_STACK
+from harness.spec.matrix import CUSTOM, REFERENCE_STACK, REMOTE_CODE
 
 VERDICT_LAYOUT = "fsdp2"
 
@@ -38,16 +41,34 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
 
 
-def layout_heading(layout: str, arch: str, stack: str = REFERENCE_STACK) -> str:
+def layout_heading(layout: str, arch: str, stack: str = REFERENCE_STACK, implementation: str = "") -> str:
     """The heading of a layout's section on a family page (the target of the row's links); another
-    stack's sections name it: '`fsdp2` on trl: LlamaForCausalLM'."""
-    return f"`{layout}`: {arch}" if stack == REFERENCE_STACK else f"`{layout}` on {stack}: {arch}"
+    stack's sections name it ('`fsdp2` on trl: LlamaForCausalLM'), a custom implementation's too
+    ('`fsdp2` (custom): DeciLMForCausalLM')."""
+    where = "" if stack == REFERENCE_STACK else f" on {stack}"
+    impl = f" ({implementation})" if implementation else ""
+    return f"`{layout}`{where}{impl}: {arch}"
 
 
 def row_heading(view: ArchView) -> str:
     """The heading a row's marks link to when a mark is several layouts': the reference stack's
-    architecture section, or for another stack the stacks table of that architecture."""
-    return f"`{view.name}`" if view.stack == REFERENCE_STACK else stacks_heading(view.name)
+    architecture section, or for another stack or implementation the stacks table of that
+    architecture (which puts them side by side)."""
+    if view.stack == REFERENCE_STACK and not view.implementation:
+        return f"`{view.name}`"
+    return stacks_heading(view.name)
+
+
+def implementation_label(view: ArchView) -> str:
+    """Whose code a view's verdicts rest on, for a reader: "" for transformers' own classes,
+    'remote code @ REVISION' (the hub snapshot that ran), 'custom `pkg.module`'."""
+    kind = view.implementation_kind
+    if kind == REMOTE_CODE:
+        revision = view.code.get("revision")
+        return f"remote code @ {revision[:10]}" if revision else "remote code"
+    if kind == CUSTOM:
+        return f"custom `{view.arch.implementation.partition(':')[0]}`"
+    return ""
 
 
 def stacks_heading(arch: str) -> str:
@@ -119,8 +140,9 @@ def llm_row(view: ArchView, layouts: list[str], methods: list[str]) -> LlmRow:
 
     def link(layout: str | None) -> str:
         """The label of a layout's section on the family page, or of the row's section there."""
-        label = f"{view.number}.{layout}" if layout else str(view.number)
-        heading = layout_heading(layout, view.name, view.stack) if layout else row_heading(view)
+        label = f"{view.key}.{layout}" if layout else view.key
+        heading = (layout_heading(layout, view.name, view.stack, view.implementation) if layout
+                   else row_heading(view))
         links[label] = Link(label, f"{family_page(view)}#{github_anchor(heading)}")
         return label
 
@@ -143,15 +165,25 @@ def llm_row(view: ArchView, layouts: list[str], methods: list[str]) -> LlmRow:
     release_text = releases.spans_text(view.release_spans)
     if view.regression:
         release_text += " **regression**"
+    label = implementation_label(view)
     return LlmRow(
         architecture=f"`{view.name}`",
-        models=cell_text(", ".join(view.arch.families)),
+        models=cell_text(", ".join(view.arch.families)) + (f" ({label})" if label else ""),
         examples=examples_text(view),
         fsdp2=marks(verdict),
         layouts=marks(others),
         releases=release_text,
         links=tuple(links[k] for k in sorted(links)),
     )
+
+
+def resting_views(own: ArchView, custom: ArchView | None) -> list[ArchView]:
+    """The views a row of llm.md shows: the row's own implementation; for a remote-code row with a
+    custom class, the custom one instead where only it ran (the remote code not cached or not
+    opted in), and both, each labelled, where both ran."""
+    if custom is None or not custom.cells or not custom.ran:
+        return [own]
+    return [own, custom] if own.ran else [custom]
 
 
 def markdown_row(cells: tuple[str, ...]) -> str:

@@ -5,18 +5,23 @@ device, with which library versions, from which commit, and what came out. Appen
 exclusive lock and write the whole line at once, so pytest-xdist workers never interleave or
 lose lines.
 
-Schema (version 3), every key always present:
-    schema, cell_id, architecture, method, layout, tier, check, shape, variant, stack, status,
-    category, message, traceback, metrics, env, git_sha, run_id, timestamp
+Schema (version 4), every key always present:
+    schema, cell_id, architecture, method, layout, tier, check, shape, variant, stack,
+    implementation, status, category, message, traceback, metrics, code, env, git_sha, run_id,
+    timestamp
 status is one of pass, fail, skip, xfail, n/a. category is null on pass. env holds python,
 torch, transformers, peft, trl, accelerate, datasets, device_type, device_name, device_count,
 world_size, backend, platform. The cell's fields (architecture ... stack) are all written, "" for
 an unset shape or variant, so that a reader never has to take cell_id apart: the id is for people
-and for matching, the fields are for grouping.
+and for matching, the fields are for grouping. `implementation` is the cell's axis ("" the row's
+own, "custom" the custom registry's class of a remote-code row); `code` says whose model code ran:
+{"kind": "transformers", "transformers": version}, {"kind": "remote-code", "repo", "revision",
+"files": {name: sha256}} or {"kind": "custom", "module", "model_class", "config_class", "files"}.
 
 Version 1 (the committed records of 2026-11 and 2026-12) lacks shape and variant, and versions 1
-and 2 lack stack (they all ran on the reference stack, `native`); `harness.report.results`
-derives them when it reads such a record, in that one place.
+and 2 lack stack (they all ran on the reference stack, `native`); versions 1 to 3 lack
+implementation and code (they ran transformers' classes, or skipped a remote-code row);
+`harness.report.results` derives them when it reads such a record, in that one place.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATUSES = ("pass", "fail", "skip", "xfail", "n/a")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RESULTS = REPO_ROOT / "reports" / "records" / "local.jsonl"
@@ -114,6 +119,7 @@ def make_record(
     message: str = "",
     traceback: str = "",
     metrics: dict | None = None,
+    code: dict | None = None,
     env: dict,
     run_id: str,
 ) -> dict:
@@ -130,11 +136,13 @@ def make_record(
         "shape": cell.shape,
         "variant": cell.variant,
         "stack": cell.stack,
+        "implementation": cell.implementation,
         "status": status,
         "category": category,
         "message": message,
         "traceback": traceback,
         "metrics": metrics or {},
+        "code": code or {},
         "env": env,
         "git_sha": git_sha(),
         "run_id": run_id,

@@ -45,6 +45,7 @@ from harness.report.llm_table import (
     layout_heading,
     llm_row,
     markdown_row,
+    resting_views,
     slug,
     stacks_heading,
 )
@@ -53,7 +54,7 @@ from harness.report.records import REPO_ROOT
 from harness.report.releases import FAILED, RAN
 from harness.report.views import ArchView, Evidence, Group, arch_views, where_order
 from harness.spec.cells import expand
-from harness.spec.matrix import AUTO_CLASSES, REFERENCE_STACK, Matrix, StackSpec
+from harness.spec.matrix import AUTO_CLASSES, CUSTOM, REFERENCE_STACK, REMOTE_CODE, Matrix, StackSpec
 
 DEFAULT_OUT = REPO_ROOT / "reports"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -71,10 +72,16 @@ CATEGORY_TEXT = {
         "The installed transformers does not know the model type yet.",
         "Upgrade transformers to a release that has the model (the matrix row's "
         "`min_transformers` says which), then re-run the row."),
+    "init": (
+        "The model built from its config holds parameters that nothing initialised (NaN, infinite or "
+        "absurd values): its code creates a weight, e.g. with torch.empty, and never fills it.",
+        "Fix the model code's weight initialisation (its _init_weights); the message names the parameters."),
     "remote-code": (
-        "The model exists only as remote code on the Hub (`trust_remote_code`), which the "
-        "harness never executes.",
-        "Use a transformers-native port of the model, or contribute one upstream."),
+        "The model exists only as remote code on the Hub (`trust_remote_code`): the harness runs the "
+        "code of the local HF cache only under --trust-remote-code, and fetches nothing.",
+        "Fetch the code with `compat-harness prefetch --code-only --arch ROW` on a machine with hub "
+        "access, copy the HF cache over and run with --trust-remote-code; or use a custom implementation "
+        "(the row's `implementation`), or a transformers-native port."),
     "peft-unsupported": (
         "PEFT cannot attach LoRA adapters to the model's layers.",
         "Set `lora_targets` / `lora_exclude` on the matrix row, or upgrade peft."),
@@ -262,7 +269,7 @@ def layout_section(view: ArchView, layout: str, methods: list[str], world_size: 
         for c in g.cells:
             for release, found in c.per_release.items():
                 outcomes.setdefault(release, []).append(found)
-    heading = layout_heading(layout, view.name, view.stack)
+    heading = layout_heading(layout, view.name, view.stack, view.implementation)
     return LayoutSection(
         layout, heading, github_anchor(heading), world_size, groups,
         releases.spans_text(releases.spans({r: releases.combine(o) for r, o in outcomes.items()})),
@@ -395,12 +402,13 @@ def grid(matrix: Matrix, views: list[ArchView], run_short: dict[str, str],
 DASHBOARD_STACKS = (REFERENCE_STACK,)
 
 
-def grid_views(by_stack: dict[str, list[ArchView]]) -> list[ArchView]:
+def grid_views(by_column: dict[str, list[ArchView]]) -> list[ArchView]:
     """The dashboard's rows: every architecture on the reference stack, each followed by its row
-    on every other stack of DASHBOARD_STACKS that has records for it (a row of nothing but 'not
-    run' would only weigh the page)."""
-    return [v for i in range(len(by_stack[REFERENCE_STACK])) for name, views in by_stack.items()
-            if name in DASHBOARD_STACKS for v in [views[i]] if v.stack == REFERENCE_STACK or v.evidence]
+    on every other stack of DASHBOARD_STACKS, and by its custom implementation's, that has records
+    (a row of nothing but 'not run' would only weigh the page)."""
+    return [v for i in range(len(by_column[REFERENCE_STACK])) for name, views in by_column.items()
+            if views[i].stack in DASHBOARD_STACKS for v in [views[i]]
+            if (v.stack == REFERENCE_STACK and not v.implementation) or v.evidence]
 
 
 def history_by_cell(frames: Iterable[pd.DataFrame]) -> dict[str, list[dict]]:
@@ -441,13 +449,24 @@ def unused_records(matrix: Matrix, records: pd.DataFrame) -> tuple[int, str]:
     return unused, f" ({found}, which the matrix does not declare)"
 
 
+def column_name(stack: str, implementation: str = "") -> str:
+    """A column of the family pages' stacks tables: a stack, or a stack's custom implementation."""
+    return f"{stack} · {implementation}" if implementation else stack
+
+
 @dataclass
 class StackColumn:
-    """One stack's column of an architecture's stacks table on its family page."""
+    """One stack's (or a stack's custom implementation's) column of an architecture's stacks table
+    on its family page."""
 
     name: str
     view: ArchView
     marks: list[str]  # per layout of the matrix, its methods folded where they agree
+
+    @property
+    def link(self) -> str:
+        """The page with this column's table: llm.md for the reference stack, else the stack's."""
+        return "../llm.md" if self.view.stack == REFERENCE_STACK else f"../stacks/{self.view.stack}.md"
 
 
 def layout_marks(view: ArchView, layout: str, methods: list[str]) -> str:
@@ -458,13 +477,37 @@ def layout_marks(view: ArchView, layout: str, methods: list[str]) -> str:
     return " · ".join(f"{' '.join(names)} {g.text}" for names, g in by_mark(groups))
 
 
-def stack_columns(by_stack: dict[str, list[ArchView]], index: int, layouts: list[str],
+def stack_columns(by_column: dict[str, list[ArchView]], index: int, layouts: list[str],
                   methods: list[str]) -> list[StackColumn]:
     """The stacks table of one architecture (its index in the views): the reference stack, then
-    every other stack that has a runnable cell for it; empty when no other stack has one."""
+    every other stack and custom implementation that has a runnable cell for it; empty when no
+    other one has."""
     columns = [StackColumn(name, views[index], [layout_marks(views[index], lay, methods) for lay in layouts])
-               for name, views in by_stack.items() if name == REFERENCE_STACK or views[index].cells]
+               for name, views in by_column.items() if name == REFERENCE_STACK or views[index].cells]
     return columns if len(columns) > 1 else []
+
+
+def implementation_lines(views: list[ArchView]) -> list[str]:
+    """What a family page says of the code each of an architecture's verdicts rests on, with the
+    sha256 of every code file the records name (a transformers class is the release's own)."""
+    lines = []
+    for view in views:
+        if not view.cells:
+            continue
+        code, kind = view.code, view.implementation_kind
+        files = ", ".join(f"`{name}` sha256 `{digest[:16]}`"
+                          for name, digest in sorted(code.get("files", {}).items()))
+        if kind == REMOTE_CODE:
+            where = f"`{view.arch.remote_repo}`"
+            lines.append(f"remote code of {where} @ `{code['revision']}`: {files}" if code.get("revision")
+                         else f"remote code of {where}: no record ran it (it needs --trust-remote-code and "
+                         "the code in the local HF cache)")
+        elif kind == CUSTOM:
+            lines.append(f"custom registry: `{view.arch.implementation}` with `{view.arch.config_class}`"
+                         + (f": {files}" if files else ""))
+        elif view.stack == REFERENCE_STACK:
+            lines.append("transformers' own class (the release each record names)")
+    return list(dict.fromkeys(lines))
 
 
 def stack_text(spec: StackSpec) -> dict:
@@ -538,19 +581,21 @@ def regression_items(views: list[ArchView]) -> list[dict]:
                    if c.regression and e.status in FAILED]
         example = min(failing, key=lambda e: (e.release.key, e.cell_id, where_order(e.where)))
         layout = example.layout
+        heading = layout_heading(layout, view.name, view.stack, view.implementation)
         items.append({
             "view": view, "first": first.first_failing.label(), "last": first.last_passing.label(),
             "layouts": ", ".join(f"`{lay}` ({', '.join(ms)})" for lay, ms in layouts.items()),
             "example": example,
-            "link": Link(f"{view.number}.{layout}", f"{family_page(view)}#"
-                         f"{github_anchor(layout_heading(layout, view.name, view.stack))}")})
+            "link": Link(f"{view.key}.{layout}", f"{family_page(view)}#{github_anchor(heading)}")})
     return items
 
 
 def link_order(label: str) -> tuple:
-    """'12.fsdp2' after '12' and before '13': the link definitions follow the table's rows."""
-    number, _, layout = label.partition(".")
-    return (int(number), layout)
+    """'12.fsdp2' after '12' and before '12c' (a custom view's) and '13': the link definitions
+    follow the table's rows."""
+    key, _, layout = label.partition(".")
+    number = key.rstrip("c")
+    return (int(number), key != number, layout)
 
 
 # --- the documents -------------------------------------------------------------------------
@@ -578,11 +623,19 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
     """Relative path -> text of every generated document. Pure: same inputs, same bytes."""
     unused, undeclared = unused_records(matrix, records)
     by_stack = {name: arch_views(matrix, records, name) for name in stack_order(matrix)}
+    custom = {name: arch_views(matrix, records, name, CUSTOM) for name in stack_order(matrix)}
+    # every column of the family pages' stacks tables: each stack, then each custom implementation
+    by_column = {**by_stack, **{column_name(name, CUSTOM): views for name, views in custom.items()}}
     views = by_stack[REFERENCE_STACK]
     others = {name: v for name, v in by_stack.items() if name != REFERENCE_STACK}
     pages = families(views)
     methods, layouts = list(matrix.methods), list(matrix.layouts)
-    runs = runs_of([e for vs in by_stack.values() for v in vs for e in v.evidence], python_versions(records))
+    runs = runs_of([e for vs in by_column.values() for v in vs for e in v.evidence], python_versions(records))
+
+    def resting(stack: str) -> list[ArchView]:
+        """A stack's rows of llm.md: per architecture, the views its verdicts rest on."""
+        return [v for own, mine in zip(by_stack[stack], custom[stack], strict=True)
+                for v in resting_views(own, mine)]
     run_short = {r.run_id: r.short for r in runs}
     env = environment()
 
@@ -598,7 +651,7 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
     def table(shown: list[ArchView], prefix: str = "") -> dict:
         """llm.md's table (and the regressions above it) of one stack's views; links prefixed
         with the way from the page to reports/."""
-        rows = [llm_row(v, layouts, methods) for v in shown]
+        rows = [llm_row(v, layouts, methods) for v in shown]  # each view's own row
         regressions = regression_items(shown)
         found = [*(link for r in rows for link in r.links), *(r["link"] for r in regressions)]
         links = {link.label: Link(link.label, prefix + link.target) for link in found}
@@ -608,7 +661,7 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
 
     docs = {
         "llm.md": env.get_template("llm.md.j2").render(
-            **common, **table(views),
+            **common, **table(resting(REFERENCE_STACK)),
             real_shapes=real_shape_rows(matrix, views), claims=claim_rows(matrix, views)),
         "overview.md": env.get_template("overview.md.j2").render(
             **common, auto_classes=auto_class_table(views), failures=failure_table(views),
@@ -616,29 +669,30 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
             release_sets=list(matrix.release_sets.values()), known_limits=known_limit_rows(matrix)),
         "index.html": env.get_template("index.html.j2").render(
             **common, runs=runs, layouts=layouts,
-            grid=grid(matrix, grid_views(by_stack), run_short, history_by_cell(history_frames))),
+            grid=grid(matrix, grid_views(by_column), run_short, history_by_cell(history_frames))),
         "models/index.md": env.get_template("models_index.md.j2").render(**common, pages=pages),
     }
     stack_page = env.get_template("stack.md.j2")
     for name, shown in others.items():
         docs[f"stacks/{name}.md"] = stack_page.render(
-            **{**common, **stats(shown)}, **table(shown, "../"), **stack_text(matrix.stacks[name]))
+            **{**common, **stats(shown)}, **table(resting(name), "../"), **stack_text(matrix.stacks[name]))
     family = env.get_template("family.md.j2")
     index = {v.name: i for i, v in enumerate(views)}
     for page in pages:
-        sections, stacks = {}, {}
+        sections, stacks, implementations = {}, {}, {}
         for v in page["archs"]:
-            stacks[v.name] = stack_columns(by_stack, index[v.name], layouts, methods)
+            stacks[v.name] = stack_columns(by_column, index[v.name], layouts, methods)
+            implementations[v.name] = implementation_lines([c[index[v.name]] for c in by_column.values()])
             # Another stack's layouts get a section where they ran: the targets of its page's links.
             sections[v.name] = [layout_section(v, lay, methods, matrix.layouts[lay].world_size)
                                 for lay in layouts] + [
                 s for c in stacks[v.name][1:] for lay in layouts
                 for s in [layout_section(c.view, lay, methods, matrix.layouts[lay].world_size)] if s.history]
-        shown = [views_of[index[v.name]] for v in page["archs"] for views_of in by_stack.values()]
+        shown = [views_of[index[v.name]] for v in page["archs"] for views_of in by_column.values()]
         page_runs = [r for r in runs if r.run_id in {e.run_id for v in shown for e in v.evidence}]
         docs[f"models/{page['slug']}.md"] = family.render(
             **common, page=page, sections=sections, stack_tables=stacks, page_runs=page_runs,
-            stacks_heading=stacks_heading)
+            stacks_heading=stacks_heading, implementations=implementations)
     return dict(sorted(docs.items()))
 
 

@@ -32,9 +32,10 @@ from harness.spec.matrix import REFERENCE_STACK
 DEFAULT_RECORDS_GLOB = str(REPO_ROOT / "reports" / "records" / "*.jsonl")
 REQUIRED_KEYS = ("cell_id", "architecture", "method", "layout", "tier", "check", "status",
                  "run_id", "timestamp", "env")
-# The cell's fields; schema 1 wrote the first five, schema 2 seven, schema 3 all eight
-# (harness.report.records).
-CELL_FIELDS = ("architecture", "method", "layout", "tier", "check", "shape", "variant", "stack")
+# The cell's fields; schema 1 wrote the first five, schema 2 seven, schema 3 eight, schema 4 all
+# nine (harness.report.records).
+CELL_FIELDS = ("architecture", "method", "layout", "tier", "check", "shape", "variant", "stack",
+               "implementation")
 # What a cell id holds after its first five fields: "@shape" and "+variant", each optional. A shape
 # name holds neither '@' nor '+', a variant name no '+' (harness.spec.matrix AXIS_NAME).
 ID_TAIL = re.compile(r"(?:@(?P<shape>[^@+]+))?(?:\+(?P<variant>[^@+]+))?")
@@ -48,7 +49,7 @@ RAN = ("pass", "fail", "xfail")
 FAILED = ("fail", "xfail")
 COLUMNS = (
     "cell_id", *CELL_FIELDS, "status", "category",
-    "message", "traceback", "metrics", "run_id", "timestamp", "git_sha", "schema",
+    "message", "traceback", "metrics", "code", "run_id", "timestamp", "git_sha", "schema",
     *(f"env_{k}" for k in ENV_KEYS), "device_class", "device_name", "transformers", "torch",
     "where", "where_short", "source", "seq", "record",
 )
@@ -158,6 +159,9 @@ def flatten(sourced: SourcedRecord, seq: int) -> dict:
     row.update(shape_and_variant(rec) or {"shape": "", "variant": ""})
     # Records before schema 3 all ran on the reference stack.
     row["stack"] = rec.get("stack") or REFERENCE_STACK
+    # Records before schema 4 ran the row's own implementation, and do not say whose code it was.
+    row["implementation"] = rec.get("implementation") or ""
+    row["code"] = rec.get("code") if isinstance(rec.get("code"), dict) else {}
     row["metrics"] = rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {}
     for key in ENV_KEYS:
         row[f"env_{key}"] = env.get(key)

@@ -27,7 +27,7 @@ from harness.report.releases import FAIL, PASS, Outcome, Regression, Release
 from harness.report.results import latest
 from harness.spec.cells import Cell, PrunedCell, expand
 from harness.spec.constraints import violated_constraint
-from harness.spec.matrix import REFERENCE_STACK, Architecture, Matrix
+from harness.spec.matrix import CUSTOM, REFERENCE_STACK, Architecture, Matrix
 
 # A verdict, per release and per group, is about a (cell, place, release): newest record of each.
 BY = ("where", "transformers", "env_peft")
@@ -66,6 +66,8 @@ class Evidence:
     backend: str | None
     git_sha: str
     metrics: dict = field(compare=False, repr=False)
+    # whose model code ran (the record's `code`: harness/ckpt/implementations.provenance)
+    code: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def date(self) -> str:
@@ -148,6 +150,28 @@ class ArchView:
     pruned: list[PrunedCell]  # the row's combinations that cannot run, with their reasons
     family_links: list[tuple[str, str]] = field(default_factory=list)
     stack: str = REFERENCE_STACK  # the stack whose cells (and records) the view shows
+    implementation: str = ""  # the cells' implementation axis ("" the row's own, "custom")
+
+    @property
+    def implementation_kind(self) -> str:
+        """Whose model code the view's cells run: transformers, remote-code or custom."""
+        return CUSTOM if self.implementation == CUSTOM else self.arch.implementation_kind
+
+    @property
+    def key(self) -> str:
+        """The view's link labels in llm.md: the row's number, and a custom view's own beside it."""
+        return f"{self.number}{'c' if self.implementation else ''}"
+
+    @property
+    def code(self) -> dict:
+        """The newest provenance its records carry (records before schema 4 carry none)."""
+        found = [e for e in self.evidence if e.code]
+        return max(found, key=lambda e: e.timestamp).code if found else {}
+
+    @property
+    def ran(self) -> bool:
+        """Whether any of its cells has a verdict (not only skips): what a row rests on."""
+        return any(c.outcome is not None and c.outcome.symbol != releases.BLOCKED for c in self.cells)
 
     @property
     def cells(self) -> list[CellView]:
@@ -185,7 +209,8 @@ def evidence_by_cell(records: pd.DataFrame) -> dict[str, list[Evidence]]:
             release=Release(str(row["transformers"]), row["env_peft"] and str(row["env_peft"])),
             torch=str(row["torch"]), device_name=str(row["device_name"]),
             device_count=int(row["env_device_count"] or 1), backend=row["env_backend"] or None,
-            git_sha=str(row["git_sha"] or "unknown"), metrics=row["metrics"] or {}))
+            git_sha=str(row["git_sha"] or "unknown"), metrics=row["metrics"] or {},
+            code=row["code"] or {}))
     for items in by_cell.values():
         items.sort(key=lambda e: (e.release.key, where_order(e.where)))
     return by_cell
@@ -246,13 +271,17 @@ def na_reason(matrix: Matrix, name: str, method: str, layout: str, pruned: list[
     return "; ".join(sorted(reasons)) or "no cells"
 
 
-def arch_views(matrix: Matrix, records: pd.DataFrame, stack: str = REFERENCE_STACK) -> list[ArchView]:
+def arch_views(matrix: Matrix, records: pd.DataFrame, stack: str = REFERENCE_STACK,
+               implementation: str = "") -> list[ArchView]:
     """One view per architecture row, in the matrix's (sorted) order, of one stack's cells and
-    records (a record counts for a cell only when both name the same stack)."""
-    evidence = evidence_by_cell(records[records["stack"] == stack] if not records.empty else records)
+    records (a record counts for a cell only when both name the same stack), and of one
+    implementation (the row's own, or the custom registry's class of a remote-code row)."""
+    if not records.empty:
+        records = records[(records["stack"] == stack) & (records["implementation"] == implementation)]
+    evidence = evidence_by_cell(records)
     cells, pruned = expand(matrix)
-    cells = [c for c in cells if c.stack == stack]
-    pruned = [p for p in pruned if p.cell.stack == stack]
+    cells = [c for c in cells if c.stack == stack and c.implementation == implementation]
+    pruned = [p for p in pruned if p.cell.stack == stack and p.cell.implementation == implementation]
     by_arch: dict[str, list[Cell]] = {}
     for cell in cells:
         by_arch.setdefault(cell.architecture, []).append(cell)
@@ -277,5 +306,5 @@ def arch_views(matrix: Matrix, records: pd.DataFrame, stack: str = REFERENCE_STA
             verdict=verdict_for(required), required=required,
             per_release=per_release_outcomes(required),
             regression=releases.earliest(c.regression for c in required), pruned=own_pruned,
-            stack=stack))
+            stack=stack, implementation=implementation))
     return views

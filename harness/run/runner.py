@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.cellrun import CellRun
+from harness.ckpt.implementations import provenance
 from harness.ckpt.models import checkpoint_for
 from harness.failures import HARNESS_ERROR, SKIP_CATEGORIES, CellFailure, classify, format_traceback, trimmed
 from harness.run.pool import get_pool
 from harness.run.ranks import PoolTaskError
-from harness.spec.cells import Cell
+from harness.spec.cells import Cell, cell_architecture
 from harness.spec.load import load_matrix, matrix_files
 from harness.spec.matrix import Matrix
 from harness.stacks.registry import missing_packages
@@ -60,6 +61,8 @@ class Outcome:
     traceback: str = ""
     metrics: dict = field(default_factory=dict)
     known_limit_stale: str | None = None
+    # Whose model code ran (implementations.provenance): the record's `code`.
+    code: dict = field(default_factory=dict)
 
 
 def _peak_memory(device: str) -> dict:
@@ -113,7 +116,7 @@ def run_on_pool(matrix: Matrix, cell: Cell, device: str) -> dict:
     layout = matrix.layouts[cell.layout]
     # Resolved here, once: a missing checkpoint is a skip before any rank starts, and the ranks
     # do not race to write the same tiny checkpoint.
-    checkpoint = checkpoint_for(matrix.architectures[cell.architecture], matrix.tiers[cell.tier], matrix)
+    checkpoint = checkpoint_for(cell_architecture(matrix, cell), matrix.tiers[cell.tier], matrix)
     with tempfile.TemporaryDirectory(prefix=f"{cell.id}-") as scratch:
         first = getattr(importlib.import_module(f"harness.checks.{cell.check}"), "on_one_device_first", None)
         if first is not None:  # a check's one-device part that must run outside the ranks
@@ -161,11 +164,27 @@ def rank_task(payload: dict, ctx) -> dict:
     return {**metrics, **_peak_memory(ctx.device_type)}
 
 
+def code_of(matrix: Matrix, cell: Cell) -> dict:
+    """The record's `code`: which implementation the cell's model came from, with its hashes."""
+    arch = cell_architecture(matrix, cell)
+    try:
+        return provenance(arch)
+    except Exception as exc:  # noqa: BLE001 - the verdict stands; the record says what is unknown
+        return {"kind": arch.implementation_kind, "unknown": f"{type(exc).__name__}: {exc}"}
+
+
 def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
+    outcome = _run_cell(matrix, cell, device)
+    outcome.code = code_of(matrix, cell)
+    return outcome
+
+
+def _run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
     arch = matrix.architectures[cell.architecture]
     limit = next(
         (lim for lim in arch.known_limits
-         if lim.covers(cell.method, cell.layout, cell.tier, cell.check, cell.variant, cell.stack)),
+         if lim.covers(cell.method, cell.layout, cell.tier, cell.check, cell.variant, cell.stack,
+                       cell.implementation)),
         None,
     )
     start = time.perf_counter()

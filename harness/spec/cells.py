@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from harness.spec.constraints import violated_constraint
-from harness.spec.matrix import REFERENCE_STACK, Matrix
+from harness.spec.matrix import CUSTOM, REFERENCE_STACK, Architecture, Matrix
 
-AXES = ("architecture", "method", "layout", "tier", "check", "variant", "stack")
+AXES = ("architecture", "method", "layout", "tier", "check", "variant", "stack", "implementation")
 # The command-line options that select cells (pytest's and `compat-harness cells`'), by axis.
 SELECTION_OPTIONS = {"arch": "architecture", "method": "method", "layout": "layout", "tier": "tier",
-                     "check": "check", "variant": "variant", "stack": "stack"}
+                     "check": "check", "variant": "variant", "stack": "stack",
+                     "implementation": "implementation"}
 
 
 @dataclass(frozen=True, order=True)
@@ -36,10 +37,16 @@ class Cell:
     # The stack under test that runs it (matrix `stacks`): the reference stack's ids carry no
     # stack, any other's start with "<stack>:" (e.g. "trl:LlamaForCausalLM-lora-single-tiny-train").
     stack: str = REFERENCE_STACK
+    # Which implementation of the row runs (Architecture.implementations): "" is the row's own
+    # (transformers, or the hub's remote code); "custom" is the custom registry's class of a
+    # remote-code row, whose ids end in "~custom" so that both verdicts stand side by side.
+    implementation: str = ""
 
     @property
     def id(self) -> str:
         plain = f"{self.architecture}-{self.method}-{self.layout}-{self.tail}"
+        if self.implementation:
+            plain += f"~{self.implementation}"
         return plain if self.stack == REFERENCE_STACK else f"{self.stack}:{plain}"
 
     @property
@@ -52,9 +59,16 @@ class Cell:
         return f"{text}+{self.variant}" if self.variant else text
 
     def axis(self, name: str) -> str:
-        if name == "variant":
-            return self.variant or "default"
+        if name in ("variant", "implementation"):
+            return getattr(self, name) or "default"
         return getattr(self, name)
+
+
+def cell_architecture(matrix: Matrix, cell: Cell) -> Architecture:
+    """The row as this cell's implementation sees it: a custom cell of a remote-code row is the
+    custom registry's class and never runs remote code (the row's flag is off for it)."""
+    arch = matrix.architectures[cell.architecture]
+    return replace(arch, trust_remote_code=False) if cell.implementation == CUSTOM else arch
 
 
 @dataclass(frozen=True, order=True)
@@ -132,18 +146,21 @@ def _combinations(matrix: Matrix, stack: str) -> Iterable[Cell]:
     """One stack's combinations. Variants (a layout's later documented calls, experts kernels) are
     the reference stack's: another stack applies a layout through its own configuration."""
     for arch in sorted(matrix.architectures):
-        for method in matrix.methods:
-            for layout in matrix.layouts:
-                for tier in matrix.tiers:
-                    # A row without a real config in the matrix has no real-shape cells: nothing
-                    # to build, so nothing to prune either (the docs list the configs it has).
-                    for shape in shapes_for(matrix, arch, tier):
-                        for check in matrix.checks:
-                            yield Cell(arch, method, layout, tier, check, shape, stack=stack)
-                            if stack != REFERENCE_STACK:
-                                continue
-                            for variant in variants_for(matrix, arch, layout, tier, check):
-                                yield Cell(arch, method, layout, tier, check, shape, variant)
+        for impl in matrix.architectures[arch].implementations:
+            for method in matrix.methods:
+                for layout in matrix.layouts:
+                    for tier in matrix.tiers:
+                        # A row without a real config in the matrix has no real-shape cells: nothing
+                        # to build, so nothing to prune either (the docs list the configs it has).
+                        for shape in shapes_for(matrix, arch, tier):
+                            for check in matrix.checks:
+                                yield Cell(arch, method, layout, tier, check, shape, stack=stack,
+                                           implementation=impl)
+                                if stack != REFERENCE_STACK:
+                                    continue
+                                for variant in variants_for(matrix, arch, layout, tier, check):
+                                    yield Cell(arch, method, layout, tier, check, shape, variant,
+                                               implementation=impl)
 
 
 def expand(matrix: Matrix) -> tuple[list[Cell], list[PrunedCell]]:
@@ -183,6 +200,7 @@ def validate_selection(matrix: Matrix, selection: dict[str, list[str]]) -> None:
         "check": list(matrix.checks),
         "variant": ["default", *matrix.apis, *matrix.experts],
         "stack": [*matrix.stacks, ALL_STACKS],
+        "implementation": ["default", CUSTOM],
     }
     for axis, wanted in selection.items():
         for value in wanted:

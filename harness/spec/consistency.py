@@ -140,10 +140,11 @@ def _limits_cover_cells(matrix: Matrix) -> None:
     for arch in matrix.architectures.values():
         for i, limit in enumerate(arch.known_limits):
             axes = lambda c, lim=limit: lim.covers_axes(  # noqa: E731
-                c.method, c.layout, c.tier, c.check, c.variant, c.stack)
+                c.method, c.layout, c.tier, c.check, c.variant, c.stack, c.implementation)
             if any(axes(c) for c in by_arch.get(arch.name, ())):
                 continue
-            scope = {k: getattr(limit, k) for k in ("method", "layout", "tier", "check", "variant", "stack")
+            scope = {k: getattr(limit, k) for k in ("method", "layout", "tier", "check", "variant", "stack",
+                                                        "implementation")
                      if getattr(limit, k) is not None}
             why = next((f"; {p.id} is pruned: {p.reason}" for p in pruned_by_arch.get(arch.name, ())
                         if axes(p.cell)), "")

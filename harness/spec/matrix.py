@@ -60,6 +60,9 @@ CHOICES = {
 # The stacks the harness implements (harness/stacks/<name>/, STACKS in harness/stacks/registry.py):
 # `native` is the reference every cell id without a stack prefix names.
 STACK_NAMES = ("native", "trl")
+# What a cell's model code is (records' `code.kind`, the docs' label): transformers' own class, the
+# hub's remote code from the local cache, or a class of the custom registry (a row's `implementation`).
+TRANSFORMERS, REMOTE_CODE, CUSTOM = "transformers", "remote-code", "custom"
 REFERENCE_STACK = "native"
 # The generic tiny config's groups (tiny_defaults.<group>): base for every row, moe for MoE rows.
 TINY_DEFAULT_GROUPS = ("base", "moe")
@@ -162,19 +165,23 @@ class KnownLimit:
     stack: str = toml_key(
         STR, "The stack the limit is seen on (matrix `stacks`): another stack's cell is judged on its own.",
         default=REFERENCE_STACK)
+    implementation: str = toml_key(
+        STR, "The implementation the limit is seen on: \"default\" (the row's own) or \"custom\" (the custom "
+             "registry's class of a remote-code row).", default="default")
 
     def covers(self, method: str, layout: str, tier: str, check: str, variant: str = "",
-               stack: str = REFERENCE_STACK) -> bool:
-        if not self.covers_axes(method, layout, tier, check, variant, stack):
+               stack: str = REFERENCE_STACK, implementation: str = "") -> bool:
+        if not self.covers_axes(method, layout, tier, check, variant, stack, implementation):
             return False
         return all(release_in(package, spec) for package, spec in
                    (("transformers", self.transformers), ("peft", self.peft)) if spec is not None)
 
     def covers_axes(self, method: str, layout: str, tier: str, check: str, variant: str = "",
-                    stack: str = REFERENCE_STACK) -> bool:
+                    stack: str = REFERENCE_STACK, implementation: str = "") -> bool:
         """Whether the limit names this cell, whatever releases are installed."""
         wanted = {"method": method, "layout": layout, "tier": tier, "check": check,
-                  "variant": variant or "default", "stack": stack}
+                  "variant": variant or "default", "stack": stack,
+                  "implementation": implementation or "default"}
         return all(getattr(self, k) in (None, v) for k, v in wanted.items())
 
 
@@ -223,8 +230,17 @@ class Architecture:
         STR, "The class transformers builds, where it is spelled differently from the row's name.",
         default=None)
     trust_remote_code: bool = toml_key(
-        BOOL, "Whether the model exists only as remote code on the hub (its cells skip offline).",
+        BOOL, "Whether the model exists only as remote code on the hub: its cells run the code of the local "
+              "HF cache, and only under the opt-in (--trust-remote-code); else they skip.",
         default=False)
+    remote_code_repo: str | None = toml_key(
+        STR, "The hub repo whose cached code a remote-code row runs (none: the first example).", default=None)
+    implementation: str | None = toml_key(
+        STR, "A model class outside transformers, \"pkg.module:ModelClass\", served through the custom "
+             "registry (registered with the row's auto class before anything is built).", default=None)
+    config_class: str | None = toml_key(
+        STR, "The config class of `implementation`, \"pkg.module:ConfigClass\" (registered with AutoConfig "
+             "under the row's model_type).", default=None)
     tiny: dict = toml_key(
         TABLE, "The row's overrides of the generic tiny config (tiny_defaults).", default_factory=dict)
     lora_targets: str | tuple[str, ...] | None = toml_key(
@@ -257,6 +273,25 @@ class Architecture:
         STR, "The first transformers release that has the model type (older ones skip the row).",
         default=None)
     notes: str = toml_key(STR, "Free text for the docs.", default="")
+
+    @property
+    def implementations(self) -> tuple[str, ...]:
+        """The implementations the row's cells run, as the cell axis spells them: "" is the row's own
+        (transformers, the hub's remote code or, for a row without either, its custom class); CUSTOM
+        is the custom registry's class of a remote-code row, a second verdict beside the remote one."""
+        return ("", CUSTOM) if self.trust_remote_code and self.implementation else ("",)
+
+    @property
+    def implementation_kind(self) -> str:
+        """What the row's own cells run: "remote-code", "custom" or "transformers"."""
+        if self.trust_remote_code:
+            return REMOTE_CODE
+        return CUSTOM if self.implementation else TRANSFORMERS
+
+    @property
+    def remote_repo(self) -> str:
+        """The hub repo whose code a remote-code row runs."""
+        return self.remote_code_repo or self.examples[0]
 
     @property
     def expected_class(self) -> str:

@@ -24,6 +24,7 @@ from harness.spec.matrix import (
     CHECK_OPTIONS,
     CHOICES,
     CLAIM_METHODS,
+    CUSTOM,
     DEVICE_TYPES,
     DTYPES,
     INT,
@@ -101,6 +102,8 @@ HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?")
 # transformers' file sizes (save_pretrained's max_shard_size), e.g. "200KB", "5GB", "5GiB".
 FILE_SIZE = re.compile(r"[0-9]+ ?([KMGT]i?)?[Bb]", re.IGNORECASE)
 # A module path in a tp_plan: dotted names, `*` for the layer number.
+# A class of the custom registry: "pkg.module:ClassName".
+CLASS_REF = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 MODULE_PATH = re.compile(r"[A-Za-z0-9_*]+(\.[A-Za-z0-9_*]+)*")
 
 
@@ -322,6 +325,7 @@ def _architecture(file: str, name: str, body: dict, matrix_names: dict[str, tupl
         _shaped(file, f"{path}.hf_class", body["hf_class"], CLASS_NAME, "a class name")
     if "min_transformers" in body:
         _version(file, f"{path}.min_transformers", body["min_transformers"], "5.23.0")
+    _implementation_keys(file, path, body)
     if "real_checkpoint" in body:
         _shaped(file, f"{path}.real_checkpoint", body["real_checkpoint"], HUB_ID,
                 "a hub id such as \"org/name\"")
@@ -358,6 +362,25 @@ def _architecture(file: str, name: str, body: dict, matrix_names: dict[str, tupl
         known_limits=_limits(file, path, body.get("known_limits", []), matrix_names),
         **fields,
     )
+
+
+def _implementation_keys(file: str, path: str, body: dict) -> None:
+    """Remote code and the custom registry: well-formed references, given together, in a row they fit."""
+    if "remote_code_repo" in body:
+        _shaped(file, f"{path}.remote_code_repo", body["remote_code_repo"], HUB_ID,
+                "a hub id such as \"org/name\"")
+        if not body.get("trust_remote_code"):
+            raise MatrixError(file, f"{path}.remote_code_repo", body["remote_code_repo"],
+                              "names remote code for a row without trust_remote_code = true; drop it or set "
+                              "trust_remote_code = true")
+    for key, other in (("implementation", "config_class"), ("config_class", "implementation")):
+        if key not in body:
+            continue
+        _shaped(file, f"{path}.{key}", body[key], CLASS_REF, "a class reference \"pkg.module:ClassName\"")
+        if other not in body:
+            raise MatrixError(file, f"{path}.{key}", body[key],
+                              f"needs {other} as well: the custom registry registers the config class with "
+                              "AutoConfig and the model class with the row's auto class")
 
 
 def _layout(file: str, name: str, body: dict, apis: dict) -> Layout:
@@ -689,6 +712,7 @@ def parse_matrix(files: list[Path]) -> tuple[Matrix, dict[str, dict[str, str]]]:
                           "the reference stack must be declared when any stack is (every other stack's "
                           "cells are judged beside it)")
     names["stack"] = tuple(stacks) or (REFERENCE_STACK,)
+    names["implementation"] = ("default", CUSTOM)
     architectures = {
         n: _architecture(f, n, b, names) for n, (f, b) in sections["architectures"].items()
     }

@@ -80,11 +80,11 @@ def check_tp_plan(arch, path) -> None:
     5.24 both match the keys against the whole model's names; 5.24 refuses a key that matches
     nothing, 5.17 silently leaves that module unsharded)."""
     import torch
-    from transformers import AutoConfig
 
+    from harness.ckpt.implementations import load_config
     from harness.ckpt.tiny import auto_model_class
 
-    config = AutoConfig.from_pretrained(path)
+    config = load_config(arch, path)
     with torch.device("meta"):
         model = auto_model_class(arch).from_config(config)
     names = [n for n, _ in model.named_modules() if n] + [n for n, _ in model.named_parameters()]

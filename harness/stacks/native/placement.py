@@ -43,7 +43,8 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.ckpt.tiny import auto_model_class, config_class
+from harness.ckpt.implementations import config_class, load_config, trust_remote_code
+from harness.ckpt.tiny import auto_model_class
 from harness.failures import CellFailure
 from harness.spec.matrix import Api, Architecture, Layout, Method, release_in
 from harness.stacks.native.methods import apply_method
@@ -102,16 +103,14 @@ def load(arch: Architecture, path, dtype: str, experts: str | None = None, **kwa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the deprecated tp_plan keyword warns
         return auto_model_class(arch).from_pretrained(path, dtype=getattr(torch, dtype),
-                                                      trust_remote_code=False, **kwargs)
+                                                      trust_remote_code=trust_remote_code(arch), **kwargs)
 
 
 def _require_experts_interface(arch: Architecture, path, experts: str) -> None:
     """A kernel is offered only by a model class that routes its experts through transformers'
     experts interface (transformers' own test, before anything is built); else `not-offered`."""
     import transformers
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
+    config = load_config(arch, path)
     cls = auto_model_class(arch)._model_mapping[type(config)]
     if not cls._can_set_experts_implementation():
         raise CellFailure("not-offered", f"{cls.__name__} does not route its experts through transformers' "
@@ -146,15 +145,13 @@ def _tp_kwargs(plan: dict | str) -> dict:
     return {} if plan == "auto" else {"tp_plan": plan}
 
 
-def check_tp_divides_heads(path, tp: int) -> None:
+def check_tp_divides_heads(arch: Architecture, path, tp: int) -> None:
     """The checkpoint's own head counts must split over the TP ranks.
 
     The matrix prunes cells by the tiny config's heads at collection; a real checkpoint has its
     own (SmolLM2-135M: 9 heads, 3 KV heads), known only once it is on disk.
     """
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
+    config = load_config(arch, path)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     for key in ("num_attention_heads", "num_key_value_heads"):
         heads = getattr(text, key, None)
@@ -299,7 +296,7 @@ def _distributed_config_fsdp(req: Request) -> Placed:
 
 def _tp_at_load(req: Request, load_kwargs) -> Placed:
     """TP over every rank, applied by from_pretrained with `load_kwargs(plan)`; then the method."""
-    check_tp_divides_heads(req.path, req.dims["tp"])
+    check_tp_divides_heads(req.arch, req.path, req.dims["tp"])
     plan = tp_plan(req.arch, req.path)
     model = load(req.arch, req.path, req.dtype, req.experts, **load_kwargs(plan))
     trainable = req.with_method(model)
@@ -320,7 +317,7 @@ def _tp_plan(req: Request) -> Placed:
 def _distributed_config_tp_fsdp(req: Request) -> Placed:
     from transformers.distributed import DistributedConfig
 
-    check_tp_divides_heads(req.path, req.dims["tp"])
+    check_tp_divides_heads(req.arch, req.path, req.dims["tp"])
     plan = tp_plan(req.arch, req.path)
     mesh = req.ctx.mesh(req.dims)
     config = DistributedConfig(tp_size=req.dims["tp"], fsdp_size=req.dims["dp_shard"], **_tp_kwargs(plan))
@@ -336,7 +333,7 @@ def _distributed_config_tp_fsdp(req: Request) -> Placed:
 def _tp_then_fully_shard(req: Request, legacy: bool = False) -> Placed:
     from transformers.distributed import DistributedConfig
 
-    check_tp_divides_heads(req.path, req.dims["tp"])
+    check_tp_divides_heads(req.arch, req.path, req.dims["tp"])
     plan = tp_plan(req.arch, req.path)
     mesh = req.ctx.mesh(req.dims)
     if legacy:
@@ -426,9 +423,7 @@ def place(req: Request, api: Api | None = None) -> Placed:
 
 def one_device_shapes(req: Request) -> dict[str, tuple]:
     """Every parameter's shape on one device: the same model and method built on the meta device."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(req.path)
+    config = load_config(req.arch, req.path)
     with torch.device("meta"):
         model = auto_model_class(req.arch).from_config(config, dtype=getattr(torch, req.dtype))
         trainable = apply_method(model, req.arch, req.method)

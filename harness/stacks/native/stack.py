@@ -11,8 +11,8 @@ from collections.abc import Generator, Mapping
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
 
+from harness.ckpt.implementations import load_config
 from harness.ckpt.models import load_adapter, load_model, reload_pretrained
 from harness.data.batches import fixed_batch
 from harness.spec.matrix import Architecture
@@ -123,7 +123,7 @@ def fixed_batch_fit_task(payload: dict, ctx=None) -> dict:
     req = placement.Request(payload["arch"], payload["method"], layout, payload["path"], payload["dtype"],
                             ctx, device=payload.get("device", "cpu"))
     placed = placement.place(req, placement.choose_api(payload["apis"], layout))
-    vocab = AutoConfig.from_pretrained(payload["path"]).get_text_config().vocab_size
+    vocab = load_config(payload["arch"], payload["path"]).get_text_config().vocab_size
     batch = fixed_batch(vocab, payload["batch_size"], payload["seq_len"])
     optimizer = loop.make_optimizer(placed.model, req.method.lr)
     result = loop.fit(placed.model, batch, optimizer, payload["steps"], placed.dp)

@@ -27,6 +27,7 @@ import torch
 from transformers import AutoTokenizer, TrainerCallback
 
 from harness.ckpt.atomic import atomic_directory, collective_atomic_directory, verify
+from harness.ckpt.implementations import trust_remote_code
 from harness.ckpt.models import load_adapter, load_model, reload_pretrained
 from harness.failures import CellFailure
 from harness.spec.matrix import Architecture
@@ -84,7 +85,8 @@ class TrlStack:
         )
         # text-only training: the checkpoint's tokenizer is the processing class (for a VLM row TRL
         # would otherwise load its image processor, which text never needs)
-        tokenizer = AutoTokenizer.from_pretrained(request.checkpoint)
+        tokenizer = AutoTokenizer.from_pretrained(request.checkpoint,
+                                                  trust_remote_code=trust_remote_code(request.arch))
         torch.manual_seed(config.SEED)
         try:
             trainer = SFTTrainer(

@@ -1,0 +1,129 @@
+"""Remote code from the local HF cache, behind the opt-in: real transformers on tiny hub-style models.
+
+tests/remote_code/ holds three small remote-code models (one good, one written for transformers 4
+that reads `config.pruned_heads`, one with a `torch.empty` weight); tests/remote_hub.py puts them
+into a Hugging Face cache of the test's own. The matrix runs in a subprocess, as users run it, so
+the opt-in travels as it does for them: the flag sets the environment variable that xdist workers
+and pool ranks inherit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from harness.ckpt import implementations
+from harness.failures import CellFailure
+from harness.spec.matrix import Architecture
+from tests.conftest import write_rows
+from tests.remote_hub import cache_all, cache_snapshot, rows
+
+ABSENT_ROW = """
+[architectures.TinyAbsentForCausalLM]
+families = ["absent"]
+examples = ["testorg/not-cached"]
+auto_class = "AutoModelForCausalLM"
+model_type = "tinyabsent"
+trust_remote_code = true
+"""
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "hub"
+    cache_all(cache)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setenv("COMPAT_HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(implementations.OPT_IN_ENV, raising=False)
+    return cache
+
+
+def run(pytester, matrix_dir, *args):
+    results = pytester.path / "records.jsonl"
+    outcome = pytester.runpytest_subprocess(str(matrix_dir), "--matrix-dir", str(matrix_dir), "--results",
+                                            str(results), "-p", "no:cacheprovider", "-m", "cpu", "--tier",
+                                            "tiny", *args)
+    records = [json.loads(x) for x in results.read_text().splitlines()] if results.exists() else []
+    return outcome, records
+
+
+def test_opted_in_good_code_passes_broken_code_fails_in_its_own_words(pytester, matrix_dir, hub):
+    write_rows(matrix_dir, rows() + ABSENT_ROW)
+    outcome, records = run(pytester, matrix_dir, "--trust-remote-code", "--layout", "single,fsdp2",
+                           "--check", "train,dcp_roundtrip,generate", "--variant", "default")
+    verdicts = Counter((r["architecture"], r["status"], r["category"]) for r in records)
+    # train, dcp_roundtrip, generate for sft; train, generate for lora; under single and fsdp2
+    assert verdicts == {("TinyRemoteForCausalLM", "pass", None): 10,
+                        ("TinyBrokenForCausalLM", "fail", "error"): 10,
+                        ("TinyEmptyForCausalLM", "fail", "init"): 10,
+                        ("TinyAbsentForCausalLM", "skip", "remote-code"): 10}, verdicts
+    assert outcome.ret == 1  # failing cells, not a harness error (3)
+    by_arch = {r["architecture"]: r for r in records}
+    broken = by_arch["TinyBrokenForCausalLM"]["message"]
+    assert broken == "AttributeError: 'TinyBrokenConfig' object has no attribute 'pruned_heads'"
+    assert "logit_scale" in by_arch["TinyEmptyForCausalLM"]["message"]
+    assert ("compat-harness prefetch --code-only --arch TinyAbsentForCausalLM"
+            in by_arch["TinyAbsentForCausalLM"]["message"])
+    good = [r for r in records if r["architecture"] == "TinyRemoteForCausalLM"]
+    assert {r["layout"] for r in good} == {"single", "fsdp2"}
+    code = good[0]["code"]
+    snapshot = next((hub / "models--testorg--tiny-remote" / "snapshots").iterdir())
+    assert (code["kind"], code["repo"]) == ("remote-code", "testorg/tiny-remote")
+    assert code["revision"] == snapshot.name
+    assert code["files"] == {p.name: implementations.sha256(p) for p in snapshot.glob("*.py")}
+    # save_pretrained carried the code along: the tiny checkpoint reloads through the real path
+    tiny = next(p for p in (hub.parent / "cache" / "tiny").glob("TinyRemoteForCausalLM-*") if p.is_dir())
+    assert {"modeling_tinyremote.py", "configuration_tinyremote.py"} <= {p.name for p in tiny.iterdir()}
+    assert "auto_map" in json.loads((tiny / "config.json").read_text())
+
+
+def test_without_the_opt_in_remote_rows_skip_naming_the_flag(pytester, matrix_dir, hub):
+    write_rows(matrix_dir, rows())
+    outcome, records = run(pytester, matrix_dir, "--layout", "single", "--check", "train")
+    assert outcome.ret == 0
+    assert {(r["status"], r["category"]) for r in records} == {("skip", "remote-code")} and len(records) == 6
+    assert all("pass --trust-remote-code (or set COMPAT_HARNESS_TRUST_REMOTE_CODE=1)" in r["message"]
+               for r in records)
+    assert not (hub.parent / "modules").exists() or not any((hub.parent / "modules").rglob("*.py"))
+
+
+def _arch(trust: bool, model_type: str = "tinyremote") -> Architecture:
+    return Architecture(name="TinyRemoteForCausalLM", families=("t",), examples=("testorg/tiny-remote",),
+                        auto_class="AutoModelForCausalLM", model_type=model_type, source_file="m.toml",
+                        trust_remote_code=trust)
+
+
+@pytest.mark.parametrize(("row_flag", "opt_in"), [(False, False), (False, True), (True, False), (True, True)])
+def test_remote_code_runs_only_with_the_row_flag_and_the_opt_in(hub, monkeypatch, row_flag, opt_in):
+    if opt_in:
+        monkeypatch.setenv(implementations.OPT_IN_ENV, "1")
+    arch = _arch(row_flag)
+    assert implementations.trust_remote_code(arch) == (row_flag and opt_in)
+    before = set(sys.modules)
+    if row_flag and opt_in:
+        assert implementations.config_class(arch).__name__ == "TinyRemoteConfig"
+        return
+    with pytest.raises(CellFailure) as failure:
+        implementations.config_class(arch)
+    # a row without the flag is looked up in transformers only; with it but no opt-in, a skip
+    assert failure.value.category == ("remote-code" if row_flag else "needs-newer-transformers")
+    assert not any("tinyremote" in name for name in set(sys.modules) - before)
+
+
+def test_a_snapshot_without_the_rows_auto_class_is_a_matrix_error(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    snapshot = cache_snapshot(cache, "testorg/tiny-remote", "good", "tinyremote", "TinyRemoteConfig",
+                              "TinyRemoteForCausalLM")
+    config = json.loads((snapshot / "config.json").read_text())
+    del config["auto_map"]["AutoModelForCausalLM"]
+    (snapshot / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv(implementations.OPT_IN_ENV, "1")
+    with pytest.raises(CellFailure, match="maps no AutoModelForCausalLM") as failure:
+        implementations.cached_remote_code(_arch(True))
+    assert failure.value.category == "matrix-error"
