@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.spec.consistency import check_consistency
+from harness.spec.custom_check import check_custom
 from harness.spec.matrix import DEFAULT_MATRIX_DIR, Matrix, MatrixError
 from harness.spec.parse import parse_matrix
 from harness.spec.release_check import check_release
@@ -39,4 +40,5 @@ def load_matrix(matrix_dir: Path | str = DEFAULT_MATRIX_DIR) -> Matrix:
     matrix, files_of = parse_matrix(matrix_files(matrix_dir))
     check_consistency(matrix, files_of)
     check_release(matrix, files_of)
+    check_custom(matrix)
     return matrix

@@ -60,8 +60,8 @@ def _model_type(arch: Architecture, facts: ReleaseFacts) -> ModelTypeFacts | Non
 
     if arch.model_type in facts.model_types:
         return facts.types[arch.model_type]
-    if arch.trust_remote_code:
-        return None
+    if arch.trust_remote_code or arch.implementation:
+        return None  # the hub's code or the custom registry defines it (harness/spec/custom_check.py)
     release = facts.transformers
     if arch.min_transformers and Version(release) < Version(arch.min_transformers):
         return None
