@@ -27,18 +27,36 @@ def check_custom(matrix: Matrix) -> None:
                                   f"{arch.model_type!r}; fix model_type or config_class")
 
 
+def _source(module: str) -> Path | None:
+    """The file of a dotted module, found without executing any package's __init__ (find_spec of
+    a submodule would import its parents, and with them torch)."""
+    top, *rest = module.split(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin)
+    for part in rest:
+        if path.name != "__init__.py":
+            return None
+        package = path.parent / part
+        path = package / "__init__.py" if (package / "__init__.py").exists() else path.parent / f"{part}.py"
+        if not path.exists():
+            return None
+    return path if path.suffix == ".py" else None
+
+
 def _class_of(arch: Architecture, key: str, reference: str) -> ast.ClassDef:
     """The class definition a "pkg.module:Name" reference names, found in the module's package."""
     module, _, name = reference.partition(":")
     where = f"architectures.{arch.name}.{key}"
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+    source = _source(module)
+    if source is None:
         raise MatrixError(arch.source_file, where, reference, f"module {module!r} is not importable here "
                                                               "(install its package or fix the reference)")
-    tree = ast.parse(Path(spec.origin).read_text(), spec.origin)
+    tree = ast.parse(source.read_text(), str(source))
     classes = {node.name: node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
     if name in classes:
         return classes[name]
