@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 # The CPU build of torch 2.13.0 lies on this machine's disk; a GPU host brings its own torch.
 TORCH ?= torch==2.13.0
 # The CPU slice CI runs under every gate release set: dense, MoE, hybrid Mamba, VLMs (Llama 4: MoE +
-# vision), sliding-window and a remote-code row.
-SLICE ?= LlamaForCausalLM,Qwen3ForCausalLM,Qwen3MoeForCausalLM,NemotronHForCausalLM,Mistral3ForConditionalGeneration,Gemma3ForCausalLM,GptOssForCausalLM,Llama4ForConditionalGeneration,AquilaForCausalLM
+# vision), sliding-window, a remote-code row, and a remote-code row with a custom class (DeciLM: its
+# heterogeneous blocks from custom_models/ through the custom registry, its remote code skipping).
+SLICE ?= LlamaForCausalLM,Qwen3ForCausalLM,Qwen3MoeForCausalLM,NemotronHForCausalLM,Mistral3ForConditionalGeneration,Gemma3ForCausalLM,GptOssForCausalLM,Llama4ForConditionalGeneration,AquilaForCausalLM,DeciLMForCausalLM
 RESULTS ?= reports/records/local.jsonl
 JOBS ?= 2
 export COMPAT_HARNESS_CACHE ?= $(CURDIR)/.cache/compat-harness

@@ -102,8 +102,9 @@ REMOTE_ROW = UNKNOWN_TYPE_ROW.replace("FutureForCausalLM", "RemoteForCausalLM").
     ("row", "category", "fragment"),
     [
         (UNKNOWN_TYPE_ROW, "needs-newer-transformers", "does not recognise model type 'future_model_type'"),
-        (REMOTE_ROW, "remote-code", "exists only as remote code on the hub (org/future-7b); the harness runs "
-                                    "it from the local HF cache only when asked: pass --trust-remote-code"),
+        (REMOTE_ROW, "remote-code",
+         "RemoteForCausalLM is hub remote code (org/future-7b), run from the local HF cache only with "
+         "--trust-remote-code"),
     ],
 )
 def test_unknown_model_types_are_reported_with_category_not_crashed(pytester, matrix_dir, row, category,

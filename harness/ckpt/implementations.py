@@ -85,17 +85,14 @@ def cached_remote_code(arch: Architecture) -> RemoteCode:
     if not arch.trust_remote_code:
         raise ValueError(f"{arch.name} is not a remote-code row")
     if not remote_code_allowed():
-        raise CellFailure(REMOTE_CODE,
-                          f"{arch.name} (model type {arch.model_type!r}) exists only as remote code on the "
-                          f"hub ({arch.remote_repo}); the harness runs it from the local HF cache only when "
-                          f"asked: pass {OPT_IN_FLAG} (or set {OPT_IN_ENV}=1)")
+        raise CellFailure(REMOTE_CODE, f"{arch.name} is hub remote code ({arch.remote_repo}), run from the "
+                                       f"local HF cache only with {OPT_IN_FLAG} (or {OPT_IN_ENV}=1)")
     path = _snapshot(arch.remote_repo)
     config = path / "config.json" if path else None
     if config is None or not config.exists() or not any(path.glob(f"*{CODE_SUFFIX}")):
-        raise CellFailure(REMOTE_CODE, f"the remote code of {arch.name} ({arch.remote_repo}: config.json and "
-                                       "*.py) is not in the local HF cache; fetch it on a machine with hub "
-                                       f"access with `{prefetch_command(arch)}` and copy the cache here "
-                                       "(or point HF_HUB_CACHE at it)")
+        raise CellFailure(REMOTE_CODE, f"{arch.remote_repo}'s code is not in the local HF cache: run "
+                                       f"`{prefetch_command(arch)}` where the hub is reachable, then copy "
+                                       "the cache here (or set HF_HUB_CACHE)")
     auto_map = json.loads(config.read_text()).get("auto_map") or {}
     if arch.auto_class not in auto_map:
         raise CellFailure("matrix-error",

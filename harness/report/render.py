@@ -402,13 +402,13 @@ def grid(matrix: Matrix, views: list[ArchView], run_short: dict[str, str],
 DASHBOARD_STACKS = (REFERENCE_STACK,)
 
 
-def grid_views(by_column: dict[str, list[ArchView]]) -> list[ArchView]:
+def grid_views(by_stack: dict[str, list[ArchView]]) -> list[ArchView]:
     """The dashboard's rows: every architecture on the reference stack, each followed by its row
-    on every other stack of DASHBOARD_STACKS, and by its custom implementation's, that has records
-    (a row of nothing but 'not run' would only weigh the page)."""
-    return [v for i in range(len(by_column[REFERENCE_STACK])) for name, views in by_column.items()
-            if views[i].stack in DASHBOARD_STACKS for v in [views[i]]
-            if (v.stack == REFERENCE_STACK and not v.implementation) or v.evidence]
+    on every other stack of DASHBOARD_STACKS that has records for it (a row of nothing but 'not
+    run' would only weigh the page). A row's own implementation only: a custom class's cells are
+    on llm.md and the family page, as another stack's are."""
+    return [v for i in range(len(by_stack[REFERENCE_STACK])) for name, views in by_stack.items()
+            if name in DASHBOARD_STACKS for v in [views[i]] if v.stack == REFERENCE_STACK or v.evidence]
 
 
 def history_by_cell(frames: Iterable[pd.DataFrame]) -> dict[str, list[dict]]:
@@ -490,24 +490,25 @@ def stack_columns(by_column: dict[str, list[ArchView]], index: int, layouts: lis
 def implementation_lines(views: list[ArchView]) -> list[str]:
     """What a family page says of the code each of an architecture's verdicts rests on, with the
     sha256 of every code file the records name (a transformers class is the release's own)."""
-    lines = []
-    for view in views:
-        if not view.cells:
+    lines: dict[str, str] = {}  # by kind: one line each, the one with the records' hashes first
+    for view in sorted(views, key=lambda v: not v.code):
+        if not view.cells or view.implementation_kind in lines:
             continue
         code, kind = view.code, view.implementation_kind
         files = ", ".join(f"`{name}` sha256 `{digest[:16]}`"
                           for name, digest in sorted(code.get("files", {}).items()))
         if kind == REMOTE_CODE:
             where = f"`{view.arch.remote_repo}`"
-            lines.append(f"remote code of {where} @ `{code['revision']}`: {files}" if code.get("revision")
-                         else f"remote code of {where}: no record ran it (it needs --trust-remote-code and "
-                         "the code in the local HF cache)")
+            lines[kind] = (f"remote code of {where} @ `{code['revision']}`: {files}" if code.get("revision")
+                           else f"remote code of {where}: no record ran it (it needs --trust-remote-code and "
+                           "the code in the local HF cache)")
         elif kind == CUSTOM:
-            lines.append(f"custom registry: `{view.arch.implementation}` with `{view.arch.config_class}`"
-                         + (f": {files}" if files else ""))
-        elif view.stack == REFERENCE_STACK:
-            lines.append("transformers' own class (the release each record names)")
-    return list(dict.fromkeys(lines))
+            lines[kind] = (f"custom registry: `{view.arch.implementation}` with `{view.arch.config_class}`"
+                           + (f": {files}" if files else ""))
+        else:
+            lines[kind] = "transformers' own class (the release each record names)"
+    order = (REMOTE_CODE, CUSTOM, "transformers")
+    return [lines[k] for k in sorted(lines, key=order.index)]
 
 
 def stack_text(spec: StackSpec) -> dict:
@@ -669,7 +670,7 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
             release_sets=list(matrix.release_sets.values()), known_limits=known_limit_rows(matrix)),
         "index.html": env.get_template("index.html.j2").render(
             **common, runs=runs, layouts=layouts,
-            grid=grid(matrix, grid_views(by_column), run_short, history_by_cell(history_frames))),
+            grid=grid(matrix, grid_views(by_stack), run_short, history_by_cell(history_frames))),
         "models/index.md": env.get_template("models_index.md.j2").render(**common, pages=pages),
     }
     stack_page = env.get_template("stack.md.j2")
