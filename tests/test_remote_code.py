@@ -127,3 +127,30 @@ def test_a_snapshot_without_the_rows_auto_class_is_a_matrix_error(tmp_path, monk
     with pytest.raises(CellFailure, match="maps no AutoModelForCausalLM") as failure:
         implementations.cached_remote_code(_arch(True))
     assert failure.value.category == "matrix-error"
+
+
+def test_the_real_tier_loads_cached_weights_through_the_cached_code(hub, monkeypatch):
+    """A remote-code row's real checkpoint: the snapshot's weights, built by the snapshot's code."""
+    import torch
+
+    from harness.ckpt.models import checkpoint_for, load_model
+    from harness.spec.load import load_matrix
+
+    monkeypatch.setenv(implementations.OPT_IN_ENV, "1")
+    arch = _arch(True)
+    snapshot = next((hub / "models--testorg--tiny-remote" / "snapshots").iterdir())
+    config = implementations.config_class(arch)(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                num_attention_heads=2, num_key_value_heads=1, vocab_size=64)
+    config.auto_map = json.loads((snapshot / "config.json").read_text())["auto_map"]
+    config._name_or_path = str(snapshot)
+    import transformers
+
+    torch.manual_seed(0)
+    built = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=True)
+    built.save_pretrained(snapshot)  # the snapshot now holds weights, as a cached hub checkpoint does
+    path = checkpoint_for(arch, load_matrix().tiers["real"], load_matrix())
+    assert path == snapshot
+    loaded = load_model(arch, path, "float32", "cpu")
+    assert type(loaded).__module__.startswith("transformers_modules.")
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), loaded.state_dict().values(),
+                                                 strict=True))
