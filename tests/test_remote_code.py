@@ -154,3 +154,17 @@ def test_the_real_tier_loads_cached_weights_through_the_cached_code(hub, monkeyp
     assert type(loaded).__module__.startswith("transformers_modules.")
     assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), loaded.state_dict().values(),
                                                  strict=True))
+
+
+def test_trl_loads_a_remote_code_row_trusting_its_code_exactly_when_the_harness_does():
+    """SFTTrainer loads the model itself (model_init_kwargs): the same trust as every other call."""
+    from harness.spec.load import load_matrix
+    from harness.stacks.trl.config import sft_config_kwargs
+
+    layout = load_matrix().layouts["single"]
+    common = dict(dtype="float32", lr=1e-3, steps=2, global_batch=2, device="cpu", output_dir="/tmp/x",
+                  completion_only=False)
+    trusted, call = sft_config_kwargs(layout, trust_remote_code=True, **common)
+    assert trusted["model_init_kwargs"]["trust_remote_code"] is True and "trust_remote_code=True" in call
+    plain, call = sft_config_kwargs(layout, **common)
+    assert "trust_remote_code" not in plain["model_init_kwargs"] and "trust_remote_code" not in call

@@ -48,11 +48,16 @@ def fsdp_options(training_args_cls) -> dict:
     return {"fsdp": "full_shard auto_wrap", "fsdp_config": {"fsdp_version": 2}}
 
 
-def model_init_kwargs(layout: Layout, dtype: str) -> tuple[dict, str]:
-    """from_pretrained's arguments for the layout, and how the record spells them."""
+def model_init_kwargs(layout: Layout, dtype: str, trust_remote_code: bool = False) -> tuple[dict, str]:
+    """from_pretrained's arguments for the layout, and how the record spells them. A remote-code
+    row under the run's opt-in (harness/ckpt/implementations.py) is loaded trusting its code, as
+    every other loading call of the cell does."""
     mesh = mesh_of(layout)
     kwargs: dict = {"dtype": dtype}
     spelled = [f'dtype="{dtype}"']
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+        spelled.append("trust_remote_code=True")
     if "tp" in mesh:
         from transformers.distributed import DistributedConfig
 
@@ -93,11 +98,12 @@ def sft_config_kwargs(
     device: str,
     output_dir: str,
     completion_only: bool,
+    trust_remote_code: bool = False,
 ) -> tuple[dict, str]:
     """SFTConfig's arguments for one cell, and the call as the record quotes it."""
     from transformers import TrainingArguments
 
-    init, init_spelled = model_init_kwargs(layout, dtype)
+    init, init_spelled = model_init_kwargs(layout, dtype, trust_remote_code)
     per_device = global_batch // data_parallel_size(layout)
     kwargs = {
         "output_dir": output_dir,

@@ -79,6 +79,7 @@ class TrlStack:
             device=request.device.type if hasattr(request.device, "type") else str(request.device),
             output_dir=str(output),
             completion_only=completion_only,
+            trust_remote_code=trust_remote_code(request.arch),
         )
         peft_config = (
             LoraConfig(**lora_settings(request.arch, request.method)) if request.method.is_lora else None
