@@ -12,16 +12,28 @@ from pathlib import Path
 from harness.failures import CellFailure
 
 
+def cache_dir() -> str:
+    """The HF hub cache, read now, not at import: tests and users may point it elsewhere."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+
+
+def cached_snapshot(repo_id: str) -> Path:
+    """The snapshot directory of `repo_id`'s main ref in the local HF cache, never a download (the
+    hub is set offline); huggingface_hub's own exception when it is not there."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir()))
+
+
 def resolve_offline(repo_id: str) -> Path:
     """The snapshot directory of `repo_id` in the local HF cache, or a checkpoint-absent skip."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from huggingface_hub import constants, snapshot_download
-
-    # Read the cache location now, not at import: tests and users may point it elsewhere.
-    cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
     try:
-        path = Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache))
+        path = cached_snapshot(repo_id)
     except Exception as exc:  # noqa: BLE001 - every lookup failure means "not in the cache"
+        cache = cache_dir()
         raise CellFailure(
             "checkpoint-absent",
             f"{repo_id} is not in the local Hugging Face cache ({cache}); pre-fetch it on a "

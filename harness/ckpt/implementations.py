@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.ckpt.hub_cache import cached_snapshot
 from harness.failures import CellFailure
 from harness.spec.matrix import CUSTOM, REMOTE_CODE, TRANSFORMERS, Architecture
 
@@ -70,12 +71,8 @@ def sha256(path: Path) -> str:
 
 def _snapshot(repo: str) -> Path | None:
     """The cached snapshot directory of `repo` (its `main` ref), or None; never a download."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from huggingface_hub import constants, snapshot_download
-
-    cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
     try:
-        return Path(snapshot_download(repo, local_files_only=True, cache_dir=cache))
+        return cached_snapshot(repo)
     except Exception:  # noqa: BLE001 - every lookup failure means "not in the cache"
         return None
 
@@ -138,8 +135,8 @@ def config_class(arch: Architecture):
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    prepare(arch)
     if arch.implementation_kind == CUSTOM:
+        register_custom(arch)
         return _import(arch.config_class)
     if arch.implementation_kind == REMOTE_CODE:
         code = cached_remote_code(arch)

@@ -36,9 +36,8 @@ def _shrink(default_config, defaults: dict) -> dict:
     return {k: v for k, v in defaults.items() if _has_attribute(default_config, k)}
 
 
-def tiny_config_kwargs(arch: Architecture, matrix: Matrix) -> dict:
-    """Generic shrink (only the keys this config has), then the row's own overrides."""
-    cls = config_class(arch)
+def tiny_config_kwargs(arch: Architecture, matrix: Matrix, cls) -> dict:
+    """Generic shrink (only the keys `cls`, the row's config class, has), then the row's overrides."""
     default = cls()
     generic = dict(matrix.tiny_defaults.get("base", {}))
     if arch.moe:
@@ -60,7 +59,7 @@ def tiny_config_kwargs(arch: Architecture, matrix: Matrix) -> dict:
 
 def build_tiny_config(arch: Architecture, matrix: Matrix):
     cls = config_class(arch)
-    config = cls(**tiny_config_kwargs(arch, matrix))
+    config = cls(**tiny_config_kwargs(arch, matrix, cls))
     if trust_remote_code(arch):
         # from_config finds the model code through the config's auto_map and its source repo, as it
         # does for a config loaded from the hub; save_pretrained then copies the code files along.

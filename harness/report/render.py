@@ -54,7 +54,15 @@ from harness.report.records import REPO_ROOT
 from harness.report.releases import FAILED, RAN
 from harness.report.views import ArchView, Evidence, Group, arch_views, where_order
 from harness.spec.cells import expand
-from harness.spec.matrix import AUTO_CLASSES, CUSTOM, REFERENCE_STACK, REMOTE_CODE, Matrix, StackSpec
+from harness.spec.matrix import (
+    AUTO_CLASSES,
+    CUSTOM,
+    REFERENCE_STACK,
+    REMOTE_CODE,
+    TRANSFORMERS,
+    Matrix,
+    StackSpec,
+)
 
 DEFAULT_OUT = REPO_ROOT / "reports"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -507,7 +515,7 @@ def implementation_lines(views: list[ArchView]) -> list[str]:
                            + (f": {files}" if files else ""))
         else:
             lines[kind] = "transformers' own class (the release each record names)"
-    order = (REMOTE_CODE, CUSTOM, "transformers")
+    order = (REMOTE_CODE, CUSTOM, TRANSFORMERS)
     return [lines[k] for k in sorted(lines, key=order.index)]
 
 
