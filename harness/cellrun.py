@@ -143,9 +143,11 @@ class CellRun:
         if self.stack.own_trainer:  # it applies the layout its own way, around its own data
             return PlaceRequest(self.arch, self.method, layout, None, self.checkpoint, self.tier.dtype,
                                 device, ctx, experts=self.experts, schedule=self.schedule(),
-                                scratch=self.scratch_root, keep_grads=self.cell.check == "parity")
+                                scratch=self.scratch_root, keep_grads=self.cell.check == "parity",
+                                implementation=self.cell.implementation)
         return PlaceRequest(self.arch, self.method, layout, self.api(layout), self.checkpoint,
-                            self.tier.dtype, device, ctx, experts=self.experts, choices=self.choices)
+                            self.tier.dtype, device, ctx, experts=self.experts, choices=self.choices,
+                            implementation=self.cell.implementation)
 
     def place(self, layout: Layout | None = None) -> Placed:
         """The cell's method and `layout` (default: the cell's own) applied on this rank by the stack,

@@ -6,7 +6,9 @@ a one-rank layout, because loading an adapter is plain peft on one device, as us
 
 Pass means:
 - the adapter loaded into a fresh base with plain `PeftModel.from_pretrained` gives logits
-  equal to the unsharded model holding the gathered adapter;
+  equal to the unsharded model holding the gathered adapter (within the matrix tolerance for
+  the dtype where the stack trains other code than plain peft runs: `Stack.exact_reload`,
+  e.g. AutoModel's own LoRA; the record keeps the difference);
 - under a multi-rank layout, the trained model's own logits are close to those, within the
   matrix tolerance for the dtype (a sharded matmul sums in another order);
 - `merge_and_unload` gives logits close to them (within the check's merge tolerance for the
@@ -70,7 +72,13 @@ def run(cr: CellRun) -> dict:
 
     cr.stack.save_adapter(single, scratch / "adapter")
     reloaded = cr.stack.load_adapter(cr.request(cr.load_layout), scratch / "adapter")
-    assert_same_logits(single_logits, logits(reloaded, batch), "adapter save -> load into a fresh base")
+    reloaded_logits = logits(reloaded, batch)
+    what = "adapter save -> plain peft load into a fresh base"
+    if cr.stack.exact_reload:
+        assert_same_logits(single_logits, reloaded_logits, what)
+    else:
+        assert_close_logits(single_logits, reloaded_logits, cr.tolerance, what)
+    metrics["reload_max_abs_diff"] = float((single_logits - reloaded_logits).abs().max())
 
     merged = reloaded.merge_and_unload()
     merged_logits = logits(merged, batch)

@@ -37,12 +37,14 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness.spec.matrix import installed_version
+
 SCHEMA_VERSION = 4
 STATUSES = ("pass", "fail", "skip", "xfail", "n/a")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RESULTS = REPO_ROOT / "reports" / "records" / "local.jsonl"
 # Recorded in every env beside torch, transformers and peft: what the TRL stack runs on.
-STACK_PACKAGES = ("trl", "accelerate", "datasets")
+STACK_PACKAGES = ("trl", "accelerate", "datasets", "nemo_automodel", "torchao")
 
 
 def new_run_id() -> str:
@@ -100,8 +102,9 @@ def environment(device_type: str, world_size: int = 1, backend: str | None = Non
         "torch": _version("torch"),
         "transformers": _version("transformers"),
         "peft": _version("peft"),
-        # the packages of stacks other than the reference (None where not installed)
-        **{package: _version(package) for package in STACK_PACKAGES},
+        # the packages of stacks other than the reference (None where not installed), read from
+        # their metadata: importing one (torchao, nemo_automodel) would cost every record seconds
+        **{package: installed_version(package) for package in STACK_PACKAGES},
         "device_type": device_type,
         "device_name": device_name(device_type),
         "device_count": device_count,

@@ -76,14 +76,16 @@ def _peak_memory(device: str) -> dict:
 
 
 def require_stack(matrix: Matrix, cell: Cell, device: str) -> None:
-    """A skip (`stack-absent`) when the cell's stack needs packages this environment lacks."""
+    """A skip (`stack-absent`) when the cell's stack cannot run here: it runs on other devices
+    (AutoModel needs CUDA), or needs packages this environment lacks."""
     spec = matrix.stacks[cell.stack]
+    if device not in spec.devices:
+        raise CellFailure("stack-absent", f"stack {spec.name} runs on {', '.join(spec.devices)} only, not "
+                                          f"{device}: run its cells with -m gpu on a GPU host")
     missing = missing_packages(spec)
     if missing:
         raise CellFailure("stack-absent", f"stack {spec.name} needs {', '.join(missing)}, not installed "
                                           f"here: {spec.install}")
-    if device not in spec.devices:
-        raise CellFailure("layout-unsupported", f"stack {spec.name} runs on {', '.join(spec.devices)} only")
 
 
 def run_check(matrix: Matrix, cell: Cell, device: str) -> dict:

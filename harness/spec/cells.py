@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from harness.spec.constraints import violated_constraint
-from harness.spec.matrix import CUSTOM, REFERENCE_STACK, Architecture, Matrix
+from harness.spec.matrix import CUSTOM, IMPLEMENTATION_NAMES, REFERENCE_STACK, Architecture, Matrix
 
 AXES = ("architecture", "method", "layout", "tier", "check", "variant", "stack", "implementation")
 # The command-line options that select cells (pytest's and `compat-harness cells`'), by axis.
@@ -38,8 +38,10 @@ class Cell:
     # stack, any other's start with "<stack>:" (e.g. "trl:LlamaForCausalLM-lora-single-tiny-train").
     stack: str = REFERENCE_STACK
     # Which implementation of the row runs (Architecture.implementations): "" is the row's own
-    # (transformers, or the hub's remote code); "custom" is the custom registry's class of a
-    # remote-code row, whose ids end in "~custom" so that both verdicts stand side by side.
+    # (transformers, or the hub's remote code; on a stack with its own classes, the stack's choice);
+    # "custom" is the custom registry's class of a remote-code row, "force_hf" a stack's switch to
+    # transformers' class (StackSpec.implementations); ids end in "~custom", "~force_hf", so that
+    # the verdicts stand side by side.
     implementation: str = ""
 
     @property
@@ -88,7 +90,20 @@ def stack_prune_reason(matrix: Matrix, cell: Cell) -> str | None:
                           ("tier", stack.tiers)):
         if allowed and getattr(cell, axis) not in allowed:
             return f"stack {cell.stack} runs {axis}s {', '.join(allowed)} only"
+    if (stack.multi_rank_checks and matrix.layouts[cell.layout].world_size > 1
+            and cell.check not in stack.multi_rank_checks):
+        return (f"stack {cell.stack} runs {', '.join(stack.multi_rank_checks)} only under a layout of "
+                f"more than one rank")
     return None
+
+
+def implementations_for(matrix: Matrix, stack: str, arch: str) -> tuple[str, ...]:
+    """The implementation axis of a row's cells on a stack: the row's own ones, or the stack's
+    declared ones ("default" spelled "" as in ids)."""
+    declared = matrix.stacks[stack].implementations if stack in matrix.stacks else ()
+    if not declared:
+        return matrix.architectures[arch].implementations
+    return tuple("" if name == "default" else name for name in declared)
 
 
 def prune_reason(matrix: Matrix, cell: Cell) -> str | None:
@@ -146,7 +161,7 @@ def _combinations(matrix: Matrix, stack: str) -> Iterable[Cell]:
     """One stack's combinations. Variants (a layout's later documented calls, experts kernels) are
     the reference stack's: another stack applies a layout through its own configuration."""
     for arch in sorted(matrix.architectures):
-        for impl in matrix.architectures[arch].implementations:
+        for impl in implementations_for(matrix, stack, arch):
             for method in matrix.methods:
                 for layout in matrix.layouts:
                     for tier in matrix.tiers:
@@ -200,7 +215,7 @@ def validate_selection(matrix: Matrix, selection: dict[str, list[str]]) -> None:
         "check": list(matrix.checks),
         "variant": ["default", *matrix.apis, *matrix.experts],
         "stack": [*matrix.stacks, ALL_STACKS],
-        "implementation": ["default", CUSTOM],
+        "implementation": list(IMPLEMENTATION_NAMES),
     }
     for axis, wanted in selection.items():
         for value in wanted:

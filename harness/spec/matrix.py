@@ -56,13 +56,19 @@ CHOICES = {
     "replicas_outside_fsdp": ("average_gradients", "leave"),
     "parity_adapter_start": ("same_values", "library_init"),
     "parity_dropout": ("off", "on"),
+    "automodel_mixed_precision": ("tier_dtype", "automodel_default"),
 }
 # The stacks the harness implements (harness/stacks/<name>/, STACKS in harness/stacks/registry.py):
 # `native` is the reference every cell id without a stack prefix names.
-STACK_NAMES = ("native", "trl")
+STACK_NAMES = ("native", "trl", "automodel")
 # What a cell's model code is (records' `code.kind`, the docs' label): transformers' own class, the
 # hub's remote code from the local cache, or a class of the custom registry (a row's `implementation`).
 TRANSFORMERS, REMOTE_CODE, CUSTOM = "transformers", "remote-code", "custom"
+# A stack's own alternative implementation (StackSpec.implementations): NeMo AutoModel's
+# `force_hf=True`, which loads transformers' class where AutoModel has one of its own.
+FORCE_HF = "force_hf"
+# Every value of the cell's implementation axis ("default": the row's own, or the stack's own choice).
+IMPLEMENTATION_NAMES = ("default", CUSTOM, FORCE_HF)
 REFERENCE_STACK = "native"
 # The generic tiny config's groups (tiny_defaults.<group>): base for every row, moe for MoE rows.
 TINY_DEFAULT_GROUPS = ("base", "moe")
@@ -166,8 +172,9 @@ class KnownLimit:
         STR, "The stack the limit is seen on (matrix `stacks`): another stack's cell is judged on its own.",
         default=REFERENCE_STACK)
     implementation: str = toml_key(
-        STR, "The implementation the limit is seen on: \"default\" (the row's own) or \"custom\" (the custom "
-             "registry's class of a remote-code row).", default="default")
+        STR, "The implementation the limit is seen on: \"default\" (the row's own), \"custom\" (the custom "
+             "registry's class of a remote-code row) or \"force_hf\" (automodel's transformers class).",
+        default="default")
 
     def covers(self, method: str, layout: str, tier: str, check: str, variant: str = "",
                stack: str = REFERENCE_STACK, implementation: str = "") -> bool:
@@ -419,7 +426,19 @@ class StackSpec:
     checks: tuple[str, ...] = toml_key(LIST_STR, "The checks it runs (empty: all).", default=())
     tiers: tuple[str, ...] = toml_key(LIST_STR, "The tiers it runs on (empty: all).", default=())
     devices: tuple[str, ...] = toml_key(
-        LIST_STR, "The device types it runs on (DEVICE_TYPES).", default=DEVICE_TYPES)
+        LIST_STR, "The device types it runs on (DEVICE_TYPES); on another its cells skip as stack-absent.",
+        default=DEVICE_TYPES)
+    multi_rank_checks: tuple[str, ...] = toml_key(
+        LIST_STR, "The checks it runs under a layout of more than one rank (empty: all of `checks`).",
+        default=())
+    implementations: tuple[str, ...] = toml_key(
+        LIST_STR, "The implementations its cells run: \"default\" (the row's own, or the stack's own choice) "
+                  "and the stack's named alternatives, e.g. \"force_hf\" (empty: the row's own ones).",
+        default=())
+    claims_file: str = toml_key(
+        STR, "The matrix file whose rows the stack's own supported-models page claims (its page, "
+             "stacks/<name>/llm.md, checks those claims against the records; empty: no such page).",
+        default="")
 
     @property
     def reference(self) -> bool:

@@ -24,9 +24,10 @@ from harness.spec.matrix import (
     CHECK_OPTIONS,
     CHOICES,
     CLAIM_METHODS,
-    CUSTOM,
     DEVICE_TYPES,
     DTYPES,
+    FORCE_HF,
+    IMPLEMENTATION_NAMES,
     INT,
     LIST_STR,
     LORA_SCHEMA,
@@ -494,6 +495,13 @@ def _stack(file: str, name: str, body: dict, names: dict[str, tuple]) -> StackSp
         _words(file, f"{path}.{key}", body.get(key, []))
     for i, device in enumerate(body.get("devices", [])):
         _must_be_one_of(file, f"{path}.devices[{i}]", device, DEVICE_TYPES)
+    for i, value in enumerate(body.get("multi_rank_checks", [])):
+        _must_be_one_of(file, f"{path}.multi_rank_checks[{i}]", value, body.get("checks") or names["check"])
+    for i, value in enumerate(body.get("implementations", [])):
+        _must_be_one_of(file, f"{path}.implementations[{i}]", value, ("default", FORCE_HF))
+    if body.get("claims_file") and not (REPO_ROOT / body["claims_file"]).is_file():
+        raise MatrixError(file, f"{path}.claims_file", body["claims_file"],
+                          "names no file of this repository (a path such as \"matrix/architectures.toml\")")
     for i, package in enumerate(body.get("packages", [])):
         _shaped(file, f"{path}.packages[{i}]", package, CLASS_NAME, "an import name")
     if body.get("docs"):
@@ -712,7 +720,7 @@ def parse_matrix(files: list[Path]) -> tuple[Matrix, dict[str, dict[str, str]]]:
                           "the reference stack must be declared when any stack is (every other stack's "
                           "cells are judged beside it)")
     names["stack"] = tuple(stacks) or (REFERENCE_STACK,)
-    names["implementation"] = ("default", CUSTOM)
+    names["implementation"] = IMPLEMENTATION_NAMES
     architectures = {
         n: _architecture(f, n, b, names) for n, (f, b) in sections["architectures"].items()
     }

@@ -56,6 +56,9 @@ class PlaceRequest:
     scratch: Path | None = None
     # Parity under a stack that runs its own loop: keep every step's whole gradients.
     keep_grads: bool = False
+    # The cell's implementation axis ("" the row's own or the stack's choice; "force_hf": automodel's
+    # switch to transformers' class).
+    implementation: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,10 @@ class Stack(Protocol):
     # A stack that runs its own trainer (TRL): it applies a layout through its own options, not
     # the matrix's `apis`, and builds its trainer around the cell's schedule at placement.
     own_trainer: bool
+    # Whether what the stack trains runs the same code as plain transformers + peft loading back
+    # what it saved, so that a round trip's logits must be bit-equal. AutoModel trains its own LoRA
+    # modules (and its own classes): its round trips are judged within the dtype's tolerance.
+    exact_reload: bool
 
     def place(self, request: PlaceRequest) -> Placed: ...
 

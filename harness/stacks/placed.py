@@ -80,11 +80,15 @@ class Placed:
     proof: dict = dataclasses.field(default_factory=dict)
     # What trains when it is not the model itself (e.g. DistributedDataParallel around it).
     wrapper: object = None
+    # What the stack itself reports about the model it built, for the record (e.g. AutoModel's
+    # class and its declared capabilities), under one key per stack.
+    facts: dict = dataclasses.field(default_factory=dict)
 
     @property
     def record(self) -> dict:
         """What the cell's record says about the placement."""
-        out = {"layout_kind": self.kind, "dp_size": self.dp.size, "layout_notes": self.notes, **self.proof}
+        out = {"layout_kind": self.kind, "dp_size": self.dp.size, "layout_notes": self.notes, **self.proof,
+               **self.facts}
         if self.api:
             out.update(api=self.api, api_call=self.call)
         if self.moe:
@@ -159,7 +163,8 @@ def experts_implementation(model) -> str | None:
     base = base_model(model)
     # fully_shard swaps the class for a subclass of FSDPModule: ask the model's own class.
     own = next(cls for cls in type(base).__mro__ if not issubclass(cls, FSDPModule))
-    if not own._can_set_experts_implementation():
+    # a class that is not a transformers model (e.g. NeMo AutoModel's own) has no experts interface
+    if not getattr(own, "_can_set_experts_implementation", lambda: False)():
         return "own loop"
     config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
     return getattr(config, "_experts_implementation", None) or getattr(base.config, "_experts_implementation",

@@ -17,6 +17,7 @@ from harness.stacks.base import Stack
 IMPLEMENTATIONS = {
     "native": "harness.stacks.native.stack:NativeStack",
     "trl": "harness.stacks.trl.stack:TrlStack",
+    "automodel": "harness.stacks.automodel.stack:AutoModelStack",
 }
 _STACKS: dict[str, Stack] = {}
 

@@ -1,8 +1,9 @@
 """The native stack as the seam sees it (harness/stacks/base.py): plain torch + transformers + peft.
 
 Each operation is one call into this package: placement.py applies the layout by its documented
-call, loop.py trains, saving.py writes and reads checkpoints. What the script chooses where a
-user's might differ is read from the matrix's `choices` (defaults below), never decided here.
+call, the shared loop (harness/stacks/loop.py) trains, saving.py writes and reads checkpoints.
+What the script chooses where a user's might differ is read from the matrix's `choices`
+(defaults below), never decided here.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from harness.ckpt.implementations import load_config
 from harness.ckpt.models import load_adapter, load_model, reload_pretrained
 from harness.data.batches import fixed_batch
 from harness.spec.matrix import Architecture
+from harness.stacks import loop
 from harness.stacks.base import PlaceRequest, Schedule
-from harness.stacks.native import loop, placement, realshape, saving
+from harness.stacks.native import placement, realshape, saving
 from harness.stacks.placed import Placed
 from harness.stacks.result import TrainResult
 
@@ -42,6 +44,7 @@ class NativeStack:
 
     name = "native"
     own_trainer = False
+    exact_reload = True
     choice_defaults: Mapping[str, str] = {
         "optimizer_groups": "by_tensor_kind",
         "replicas_outside_fsdp": "average_gradients",

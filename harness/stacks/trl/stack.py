@@ -44,6 +44,7 @@ class TrlStack:
 
     name = "trl"
     own_trainer = True
+    exact_reload = True
     # TRL makes its own choices (its optimizer, its grad clipping): none of the matrix's apply.
     choice_defaults: Mapping[str, str] = {}
 

@@ -1,4 +1,8 @@
-"""The native stack's training loop: a few optimizer steps on global batches, and what they measured.
+"""The harness's training loop: a few optimizer steps on global batches, and what they measured.
+
+Every stack without a trainer of its own trains here (native: plain torch + transformers + peft;
+automodel: NeMo AutoModel's model, LoRA and parallelizer), so their curves differ only by what the
+stack built, never by the loop.
 
 It knows nothing about layouts. A layout hands it a model that is already sharded and a
 `DataParallel` that says which slice of each global batch this rank owns and how to weigh its
@@ -80,6 +84,11 @@ def _device(model) -> torch.device:
     return param.to_local().device if hasattr(param, "to_local") else param.device
 
 
+def model_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """The loss a transformers model computes itself from `labels` (its own shift and mean)."""
+    return model(**batch).loss
+
+
 def optimizer_steps(
     model: torch.nn.Module,
     batches: list[dict],
@@ -88,10 +97,13 @@ def optimizer_steps(
     dp: DataParallel | None = None,
     grad_norm: Callable[[torch.nn.Module], float] = local_grad_norm,
     per_sequence: bool = False,
+    loss_of: Callable[[torch.nn.Module, dict], torch.Tensor] = model_loss,
 ) -> Generator[int, None, TrainResult]:
     """Run `steps` optimizer steps on global batches (taken in turn); yield after each backward.
 
     The value yielded is the step index; the generator's return value is the TrainResult.
+    `loss_of(model, local batch)` is the local batch's mean loss over its label tokens: the
+    model's own (transformers), or the stack's recipe loss where its models compute none.
     """
     dp = dp or DataParallel()
     device = _device(model)
@@ -105,7 +117,7 @@ def optimizer_steps(
         _sync(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = model(**batch).loss
+        loss = loss_of(model, batch)
         (loss * (share * dp.size)).backward()
         yield step
         norms.append(grad_norm(model))
@@ -146,14 +158,15 @@ def _reshard(model) -> None:
 
 
 @torch.no_grad()
-def eval_loss(placed, batch: dict, per_sequence: bool = False) -> float:
+def eval_loss(placed, batch: dict, per_sequence: bool = False,
+              loss_of: Callable[[torch.nn.Module, dict], torch.Tensor] = model_loss) -> float:
     """The loss on a global batch as trainers report it: the mean over all its label tokens."""
     model = placed.model
     was_training = model.training
     model.eval()
     local = placed.dp.local_batch(batch)
     device = next(model.parameters()).device
-    loss = model(**{k: v.to(device) for k, v in local.items()}).loss.detach()
+    loss = loss_of(model, {k: v.to(device) for k, v in local.items()}).detach()
     loss = loss.full_tensor() if hasattr(loss, "full_tensor") else loss
     model.train(was_training)
     _reshard(model)
