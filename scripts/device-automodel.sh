@@ -7,7 +7,7 @@
 # Every row's single-device cells (FSDP2Config over one GPU, as AutoModel's recipes run), SFT and
 # LoRA, checks train, peft_roundtrip and generate, AutoModel's own class and force_hf.
 # JOBS (default 6) pytest-xdist workers on the one GPU; SELECT narrows (e.g. "--arch LlamaForCausalLM");
-# LAYOUTS (default single) adds fsdp2,tp,ep on a host with two GPUs or more; LIMIT_S stops it.
+# SHARD=K/N runs every N-th row from the K-th. LAYOUTS (default single) adds fsdp2,tp,ep on a host with two GPUs or more; LIMIT_S stops it.
 set -u
 name=$1
 wheels=${2:-.whl/automodel}
@@ -27,6 +27,13 @@ print("python", platform.python_version(), "| torch", torch.__version__, "| tran
       "| peft", peft.__version__, "| nemo_automodel", version("nemo-automodel"), "| torchao", version("torchao"),
       "| gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "| cpu cores", os.cpu_count())' \
   | tee "$OUT/$name-versions.txt"
+# SHARD=K/N runs every N-th row from the K-th (N calls of the device tool's 10 minutes each)
+if [ -n "${SHARD:-}" ]; then
+  rows=$(python3 -c 'import sys; from harness.spec.load import load_matrix
+k, n = map(int, sys.argv[1].split("/")); names = sorted(load_matrix("matrix").architectures)
+print(",".join(names[k - 1::n]))' "$SHARD")
+  SELECT="${SELECT:-} --arch $rows"
+fi
 start=$(date +%s)
 # shellcheck disable=SC2086 # SELECT is a list of options
 timeout "${LIMIT_S:-560}" python3 -m pytest matrix -q -m gpu --stack automodel --tier tiny \
