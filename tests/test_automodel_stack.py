@@ -73,16 +73,18 @@ def test_cpu_cells_skip_as_stack_absent_naming_the_device(tmp_path):
 def test_lora_settings_map_to_automodels_peft_config(matrix):
     lora = matrix.methods["lora"]
     llama = matrix.architectures["LlamaForCausalLM"]
-    # peft's all-linear is AutoModel's match_all_linear
-    assert settings.peft_config_kwargs(llama, lora) == {"dim": 8, "alpha": 16, "dropout": 0.0,
-                                                        "match_all_linear": True}
+    # peft's all-linear leaves out the output layer: AutoModel's "every linear but" form names it
+    assert settings.peft_config_kwargs(llama, lora, "lm_head") == {"dim": 8, "alpha": 16, "dropout": 0.0,
+                                                                   "exclude_modules": ["lm_head"]}
+    # a model without an output layer: every linear layer, AutoModel's match_all_linear
+    assert settings.peft_config_kwargs(llama, lora)["match_all_linear"] is True
     # module names match as suffixes in peft, by full-name wildcards in AutoModel
     named = replace(llama, lora_targets=("q_proj", "gate"))
     assert settings.peft_config_kwargs(named, lora)["target_modules"] == ["*.q_proj", "*.gate"]
     # all-linear with exclusions: AutoModel's "every linear but" form
     excluded = replace(llama, lora_exclude=("out_proj",))
-    kwargs = settings.peft_config_kwargs(excluded, lora)
-    assert kwargs["exclude_modules"] == ["*.out_proj"] and "match_all_linear" not in kwargs
+    kwargs = settings.peft_config_kwargs(excluded, lora, "embed_out")
+    assert kwargs["exclude_modules"] == ["embed_out", "*.out_proj"] and "match_all_linear" not in kwargs
     # a regular expression has no AutoModel spelling: the cell says so instead of guessing
     regex = replace(llama, lora_targets=r"^model\.language_model\..*\.(q_proj|v_proj)$")
     with pytest.raises(settings.NotExpressible, match="regular expression"):

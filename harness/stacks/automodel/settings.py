@@ -5,10 +5,10 @@ machine): the stack (stack.py) hands their values to AutoModel's documented clas
 
 - LoRA: the method's settings (harness/stacks/method_settings.py, peft's names) become
   AutoModel's `PeftConfig` fields. AutoModel matches a module by its full name or a `*` wildcard
-  (components/_peft/module_matcher.py): peft's bare `q_proj` is `*.q_proj` there, peft's
-  `all-linear` is `match_all_linear` (which, unlike peft's, includes the output layer: that is
-  AutoModel's meaning, and the record shows the config), a row's `lora_exclude` with
-  `all-linear` is AutoModel's "every linear except" form (`exclude_modules`). A regular
+  (components/_peft/module_matcher.py): peft's bare `q_proj` is `*.q_proj` there. peft's
+  `all-linear` is every linear layer but the output layer; AutoModel's `match_all_linear`
+  includes the output layer (its docs warn of it), so `all-linear` is AutoModel's "every linear
+  except" form, `exclude_modules`, naming the output layer (and a row's `lora_exclude`). A regular
   expression has no AutoModel spelling: `NotExpressible`.
 - Layouts: the mesh's tp and ep sizes are `ParallelismSizes`; AutoModel derives the data-parallel
   size (world / tp), and EP shards experts inside it.
@@ -38,15 +38,19 @@ def wildcard(name: str) -> str:
     return f"*.{name}"
 
 
-def peft_config_kwargs(arch: Architecture, method: Method) -> dict:
-    """AutoModel's `PeftConfig(**kwargs)` for the row's LoRA (dim = peft's r, alpha = lora_alpha)."""
+def peft_config_kwargs(arch: Architecture, method: Method, output_layer: str | None = None) -> dict:
+    """AutoModel's `PeftConfig(**kwargs)` for the row's LoRA (dim = peft's r, alpha = lora_alpha).
+
+    `output_layer` is the full name of the model's output layer (transformers' class says it),
+    which peft's `all-linear` leaves out."""
     settings = lora_settings(arch, method)
     kwargs = {"dim": settings["r"], "alpha": settings["lora_alpha"], "dropout": settings["lora_dropout"]}
     targets, excludes = settings["target_modules"], settings["exclude_modules"] or []
     if isinstance(targets, str) and targets == "all-linear":
-        if excludes:
-            return {**kwargs, "exclude_modules": [wildcard(name) for name in excludes]}
-        return {**kwargs, "match_all_linear": True}
+        leave_out = [output_layer] if output_layer else []
+        if not leave_out and not excludes:
+            return {**kwargs, "match_all_linear": True}
+        return {**kwargs, "exclude_modules": leave_out + [wildcard(name) for name in excludes]}
     if isinstance(targets, str):
         raise NotExpressible(
             f"the row's LoRA targets are peft's regular expression {targets!r}; AutoModel's PeftConfig "

@@ -38,8 +38,9 @@ from pathlib import Path
 import torch
 
 from harness.ckpt.atomic import atomic_directory
-from harness.ckpt.implementations import trust_remote_code
+from harness.ckpt.implementations import load_config, trust_remote_code
 from harness.ckpt.models import load_adapter, load_model, reload_pretrained
+from harness.ckpt.tiny import auto_model_class
 from harness.failures import CellFailure
 from harness.spec.matrix import FORCE_HF, Architecture
 from harness.stacks import loop
@@ -102,7 +103,8 @@ class AutoModelStack:
         peft_kwargs = None
         if request.method.is_lora:
             try:
-                peft_kwargs = settings.peft_config_kwargs(arch, request.method)
+                peft_kwargs = settings.peft_config_kwargs(arch, request.method,
+                                                          output_layer_name(arch, request.checkpoint))
             except settings.NotExpressible as exc:
                 raise CellFailure("not-offered", str(exc)) from exc
         precision = settings.mixed_precision(self._choice(request.choices, "automodel_mixed_precision"),
@@ -273,6 +275,16 @@ def start_process_group(request: PlaceRequest) -> None:
         raise CellFailure("harness-error", f"layout {request.layout.name} reached the automodel stack "
                                            "outside a pool rank")
     dist.init_process_group("cpu:gloo,cuda:nccl", store=dist.HashStore(), rank=0, world_size=1)
+
+
+def output_layer_name(arch: Architecture, checkpoint: Path) -> str | None:
+    """The full name of the output layer of transformers' class for the checkpoint (built on the
+    meta device: no weights), which peft's all-linear leaves out; None where it has none."""
+    with torch.device("meta"):
+        model = auto_model_class(arch).from_config(load_config(arch, checkpoint),
+                                                   trust_remote_code=trust_remote_code(arch))
+    head = model.get_output_embeddings()
+    return next((name for name, module in model.named_modules() if module is head), None)
 
 
 def model_code(model) -> str:
