@@ -110,11 +110,27 @@ def classify(exc: BaseException) -> tuple[str, str]:
     message = trimmed(f"{type(exc).__name__}: {exc}")
     if is_oom(exc):
         return "oom", message
+    absent = absent_package(exc)
+    if absent:
+        return "stack-absent", trimmed(f"{message} (the stack under test imports {absent}, an optional "
+                                       f"package not installed here: install it to run this cell)")
     if raised_by_harness(exc):
         where = innermost_file(exc)
         return HARNESS_ERROR, trimmed(f"{message} (raised in harness/{where.relative_to(HARNESS_PACKAGE)}: "
                                       "a bug of the harness, not a verdict on the stack)")
     return "error", message
+
+
+def absent_package(exc: BaseException) -> str | None:
+    """The package a library failed to import because it is not installed at all (e.g. NeMo
+    AutoModel's own NemotronH asking for `mamba_ssm`): the environment's gap, not a verdict. A
+    missing module of an installed package (a broken release) stays the library's error."""
+    import importlib.util
+
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name or raised_by_harness(exc):
+        return None
+    top = exc.name.split(".")[0]
+    return top if importlib.util.find_spec(top) is None else None
 
 
 def format_traceback(exc: BaseException) -> str:

@@ -123,3 +123,18 @@ def test_next_token_labels_give_transformers_own_loss():
     mine = torch.nn.functional.cross_entropy(logits.flatten(0, 1), shifted.flatten(), ignore_index=-100,
                                              reduction="sum") / (shifted != -100).sum()
     torch.testing.assert_close(mine, model(input_ids=ids, labels=labels).loss)
+
+
+def test_the_output_layer_comes_from_transformers_class_without_weights(matrix, tmp_path):
+    """What peft's all-linear leaves out, named for AutoModel's exclude_modules (GPT-NeoX calls it embed_out)."""
+    from transformers import GPTNeoXConfig, LlamaConfig
+
+    from harness.stacks.automodel.stack import output_layer_name
+
+    for row, config, expected in (
+            ("GPTNeoXForCausalLM", GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, vocab_size=64), "embed_out"),
+            ("LlamaForCausalLM", LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, vocab_size=64), "lm_head")):
+        config.save_pretrained(tmp_path / row)
+        assert output_layer_name(matrix.architectures[row], tmp_path / row) == expected

@@ -31,6 +31,15 @@ def test_an_exception_raised_in_a_library_is_the_stacks():
     assert category == "error" and "FileNotFoundError" in message
 
 
+def test_a_library_importing_an_absent_package_skips_but_a_broken_release_fails():
+    import importlib
+
+    category, message = classify(_raised(lambda: importlib.import_module("mamba_ssm_surely_absent")))
+    assert category == "stack-absent" and "mamba_ssm_surely_absent" in message
+    category, _ = classify(_raised(lambda: importlib.import_module("torch.surely_absent_module")))
+    assert category == "error"
+
+
 def test_a_cell_failure_keeps_its_category_wherever_it_is_raised():
     assert classify(CellFailure("numerics", "curves differ")) == ("numerics", "curves differ")
 
