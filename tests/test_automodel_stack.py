@@ -15,6 +15,7 @@ import torch
 from harness.spec.cells import expand, prune_reason
 from harness.spec.load import load_matrix
 from harness.stacks.automodel import settings
+from harness.stacks.automodel.stack import output_layer_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,15 +127,14 @@ def test_next_token_labels_give_transformers_own_loss():
 
 
 def test_the_output_layer_comes_from_transformers_class_without_weights(matrix, tmp_path):
-    """What peft's all-linear leaves out, named for AutoModel's exclude_modules (GPT-NeoX calls it embed_out)."""
-    from transformers import GPTNeoXConfig, LlamaConfig
-
-    from harness.stacks.automodel.stack import output_layer_name
+    """What peft's all-linear leaves out, for AutoModel's exclude_modules; a classifier has none."""
+    from transformers import BertConfig, LlamaConfig
 
     for row, config, expected in (
-            ("GPTNeoXForCausalLM", GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                 num_attention_heads=2, vocab_size=64), "embed_out"),
             ("LlamaForCausalLM", LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                             num_attention_heads=2, vocab_size=64), "lm_head")):
+                                             num_attention_heads=2, vocab_size=64), "lm_head"),
+            ("BertForSequenceClassification", BertConfig(hidden_size=32, intermediate_size=64,
+                                                         num_hidden_layers=1, num_attention_heads=2,
+                                                         vocab_size=64), None)):
         config.save_pretrained(tmp_path / row)
         assert output_layer_name(matrix.architectures[row], tmp_path / row) == expected
