@@ -1,6 +1,9 @@
 # Two commands do all of the setup on a fresh clone (Python 3.11+ and make):
 #   make matrix   the main job: the tiny CPU matrix, a real checkpoint, records, rendered report
 #   make test     the harness's own tests plus a representative CPU slice of the matrix
+# The automodel stack (NeMo AutoModel, GPU only; README: The automodel stack):
+#   make automodel-wheels   its three wheels into AUTOMODEL_WHEELS (needs PyPI), for an offline GPU host
+#   make automodel-gpu      its single-device cells on a GPU host from those wheels (NAME: the output name)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -158,3 +161,21 @@ nightly-sim: setup
 	$(BIN)/python -m pip install -q "pytest-split>=0.9"
 	$(BIN)/compat-harness nightly-sim --shards $(SHARDS) --workdir $(NIGHTLY_DIR) \
 	  $(if $(PREVIOUS),--previous $(PREVIOUS)) -- -m cpu --tier tiny --layout single --arch $(NIGHTLY_ARCH)
+
+# The automodel stack (matrix `stacks.automodel`: NVIDIA NeMo AutoModel), GPU only: on a CPU every
+# cell skips as stack-absent. `automodel-wheels` downloads nemo-automodel 0.7.0, the transformers
+# 5.18.0 it pins and torchao 0.17.0 (linux x86_64) into AUTOMODEL_WHEELS (a wheel already there is
+# kept; 18.7 MiB in all, under the device tool's 64 MiB). `automodel-gpu` runs on a GPU host:
+# scripts/device-automodel.sh installs those wheels with --no-deps over the host's torch and peft
+# and runs every row's single-device cells into $OUT/NAME.jsonl, NAME.log and NAME-versions.txt
+# (NAME default automodel, OUT default /tmp/device-automodel). OUT, SHARD=K/N, JOBS, LAYOUTS, SELECT
+# and LIMIT_S reach the script when given on make's command line or in the environment (JOBS
+# otherwise: the script's 6, not this file's 2).
+AUTOMODEL_WHEELS ?= .whl/automodel
+NAME ?= automodel
+.PHONY: automodel-wheels automodel-gpu
+automodel-wheels:
+	bash scripts/automodel-wheels.sh $(AUTOMODEL_WHEELS)
+
+automodel-gpu: automodel-wheels
+	bash scripts/device-automodel.sh $(NAME) $(AUTOMODEL_WHEELS)

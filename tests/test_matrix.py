@@ -250,16 +250,22 @@ def test_registries_name_what_the_code_implements():
     # The checks are the modules of harness/checks/ that the runner can run; helpers are not checks.
     assert {"train", "parity"} <= set(parse.CHECKS) and "common" not in parse.CHECKS
     assert all(callable(importlib.import_module(f"harness.checks.{name}").run) for name in parse.CHECKS)
-    # The script choices are the native stack's: each one it reads is declared, its default is a
-    # declared value, and its code branches on a declared value (the other is the branch not taken).
-    assert set(NativeStack.choice_defaults) == set(matrix.CHOICES)
-    sources = "\n".join(p.read_text() for p in Path(placement.__file__).parent.rglob("*.py"))
-    code = sources
-    for name in matrix.CHOICES:
-        code = code.replace(f'"{name}": "{NativeStack.choice_defaults[name]}"', "")
-    for name, values in matrix.CHOICES.items():
-        assert NativeStack.choice_defaults[name] in values, name
-        assert any(f'== "{value}"' in code for value in values), name
+    # The script choices are the stacks' (those without a trainer of their own): each one a stack
+    # reads is declared, its default is a declared value, and the stack's code branches on a declared
+    # value (the other is the branch not taken).
+    from harness.stacks.automodel.stack import AutoModelStack
+
+    stacks = (NativeStack, AutoModelStack)
+    assert set().union(*(s.choice_defaults for s in stacks)) == set(matrix.CHOICES)
+    for stack in stacks:
+        package = Path(importlib.import_module(stack.__module__).__file__).parent
+        # a stack's own package, and the loop it trains with (harness/stacks/loop.py)
+        code = "\n".join(p.read_text() for p in [*package.rglob("*.py"), package.parent / "loop.py"])
+        for name, default in stack.choice_defaults.items():
+            code = code.replace(f'"{name}": "{default}"', "")
+        for name, default in stack.choice_defaults.items():
+            assert default in matrix.CHOICES[name], name
+            assert any(f'== "{value}"' in code for value in matrix.CHOICES[name]), name
 
 
 def test_a_warm_release_cache_loads_without_importing_torch_or_transformers(monkeypatch):

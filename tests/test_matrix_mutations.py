@@ -38,6 +38,10 @@ CELL_SHAPING = (
     "apis.*.tiers.*", "experts.*", "experts.*.layouts", "experts.*.layouts.*", "experts.*.checks",
     "experts.*.checks.*", "experts.*.tiers", "experts.*.tiers.*", "real_shapes.*",
     "real_shapes.*.architecture", "tiny_defaults.*", "tiny_defaults.*.*",
+    # a stack's cells: the stacks, and what each runs
+    "stacks", "stacks.*", *(f"stacks.*.{key}{tail}" for key in ("layouts", "methods", "checks", "tiers",
+                                                                 "multi_rank_checks", "implementations")
+                           for tail in ("", ".*")),
 )
 OTHER_TYPES = (0, -3, 2.5, "x", True, [], ["x"], {}, {"x": 1})
 

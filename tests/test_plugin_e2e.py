@@ -223,7 +223,7 @@ def test_a_stack_whose_packages_are_absent_skips_with_its_install_command(pytest
     axes.write_text(axes.read_text().replace('packages = ["trl", "accelerate", "datasets"]',
                                              'packages = ["trl", "no_such_package_for_the_test"]'))
     write_rows(matrix_dir, LLAMA_ROW)
-    outcome, records = run_matrix(pytester, matrix_dir, "--stack", "all", "--arch", "LlamaForCausalLM",
+    outcome, records = run_matrix(pytester, matrix_dir, "--stack", "native,trl", "--arch", "LlamaForCausalLM",
                                   "--tier", "tiny", "-m", "cpu", "--method", "sft", "-rs")
     outcome.assert_outcomes(passed=1, skipped=1, deselected=2)
     by_id = {r["cell_id"]: r for r in records}

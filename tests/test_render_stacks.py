@@ -114,12 +114,15 @@ def test_every_mark_of_the_trl_page_links_to_trl_evidence_on_the_family_page(bot
 
 def test_the_family_page_shows_both_stacks_side_by_side(both):
     family = both["models/llama-3.md"]
-    table = stacks_table(family, "LlamaForCausalLM")
+    table = {row: {k: v for k, v in marks.items() if k in ("native", "trl")}
+             for row, marks in stacks_table(family, "LlamaForCausalLM").items()}
     assert table["Verdict"] == {"native": "✓ supported", "trl": "✗ not supported: numerics"}
     assert table["fsdp2"] == {"native": "sft lora ✓", "trl": "sft ✓ · lora ✗ numerics"}
     assert table["single"] == {"native": "sft lora ✓", "trl": "sft lora ✓"}
     assert table["ep_test"] == {"native": "n/a", "trl": "n/a"}
-    assert "| | [`native`](../llm.md) | [`trl`](../stacks/trl.md) |" in family
+    # every declared stack has a column (the automodel stack two: its own class and force_hf)
+    assert ("| | [`native`](../llm.md) | [`automodel`](../stacks/automodel.md) | [`automodel · force_hf`]"
+            "(../stacks/automodel.md) | [`trl`](../stacks/trl.md) |") in family
     # trl's layouts that ran have their own sections, with the runs and the failure's message.
     section = family.split("### `fsdp2` on trl: LlamaForCausalLM")[1].split("\n### ")[0]
     assert TRL_FAILURE in section and "`trl:LlamaForCausalLM-lora-fsdp2-" in section
@@ -127,7 +130,8 @@ def test_the_family_page_shows_both_stacks_side_by_side(both):
     assert "### `fsdp2`: LlamaForCausalLM" in family  # native's section, as before
     # A row with no trl record still shows trl's column (it has runnable cells), marked not run.
     qwen = stacks_table(both["models/qwen3.md"], "Qwen3ForCausalLM")
-    assert qwen["fsdp2"] == {"native": "sft lora —", "trl": "sft lora —"}
+    assert {k: v for k, v in qwen["fsdp2"].items() if k in ("native", "trl")} == {"native": "sft lora —",
+                                                                                 "trl": "sft lora —"}
     assert "on trl:" not in both["models/qwen3.md"]  # no trl section: nothing ran
 
 
@@ -147,11 +151,11 @@ def test_records_of_an_undeclared_stack_are_counted_as_unused(matrix, tmp_path, 
     docs = render(matrix, tmp_path, rows, "stray.jsonl")
     note = ("1 record(s) name cells that are not in the current matrix (1 on stack `deepspeed`, "
             "which the matrix does not declare); they are not shown.")
-    assert note in docs["llm.md"] and note in docs["stacks/trl.md"]
+    assert note in docs["llm.md"] and note in docs["stacks/trl.md"] and note in docs["stacks/automodel.md"]
     assert "ds-run" not in docs["index.html"] and "ds-run" not in docs["models/llama-3.md"]
     assert "stacks/deepspeed.md" not in docs
     for name in native_only:
-        if name not in ("llm.md", "stacks/trl.md"):
+        if name not in ("llm.md", "stacks/trl.md", "stacks/automodel.md"):
             assert docs[name] == native_only[name], name
 
 

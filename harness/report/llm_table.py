@@ -24,8 +24,8 @@ import re
 from dataclasses import dataclass
 
 from harness.report import releases
-from harness.report.views import ArchView, Group
-from harness.spec.matrix import CUSTOM, REFERENCE_STACK, REMOTE_CODE
+from harness.report.views import STACK_OWN, ArchView, Group
+from harness.spec.matrix import CUSTOM, FORCE_HF, REFERENCE_STACK, REMOTE_CODE
 
 VERDICT_LAYOUT = "fsdp2"
 
@@ -61,8 +61,15 @@ def row_heading(view: ArchView) -> str:
 
 def implementation_label(view: ArchView) -> str:
     """Whose code a view's verdicts rest on, for a reader: "" for transformers' own classes,
-    'remote code @ REVISION' (the hub snapshot that ran), 'custom `pkg.module`'."""
+    'remote code @ REVISION' (the hub snapshot that ran), 'custom `pkg.module`', a stack's own class
+    or its switch to transformers' (force_hf)."""
     kind = view.implementation_kind
+    if view.implementation == FORCE_HF:
+        return "transformers' class, force_hf"
+    if kind == STACK_OWN:  # the stack's class where one ran, else what the row itself is
+        if view.ran:
+            return f"{view.stack}'s own class"
+        kind = view.arch.implementation_kind
     if kind == REMOTE_CODE:
         revision = view.code.get("revision")
         return f"remote code @ {revision[:10]}" if revision else "remote code"

@@ -34,7 +34,7 @@ import jinja2
 import pandas as pd
 
 from harness.failures import FAILURE_CATEGORIES
-from harness.report import releases
+from harness.report import claims_table, releases
 from harness.report.history import record_key
 from harness.report.llm_table import (
     HEADER,
@@ -52,7 +52,7 @@ from harness.report.llm_table import (
 from harness.report.machine_paths import strip_machine_paths
 from harness.report.records import REPO_ROOT
 from harness.report.releases import FAILED, RAN
-from harness.report.views import ArchView, Evidence, Group, arch_views, where_order
+from harness.report.views import KEY_SUFFIX, STACK_OWN, ArchView, Evidence, Group, arch_views, where_order
 from harness.spec.cells import expand
 from harness.spec.matrix import (
     AUTO_CLASSES,
@@ -457,6 +457,12 @@ def unused_records(matrix: Matrix, records: pd.DataFrame) -> tuple[int, str]:
     return unused, f" ({found}, which the matrix does not declare)"
 
 
+def second_implementation(spec: StackSpec) -> str:
+    """The implementation a stack's second view of each row shows: its own declared alternative
+    (automodel's force_hf), else the custom registry's class of a remote-code row."""
+    return next((name for name in spec.implementations if name != "default"), CUSTOM)
+
+
 def column_name(stack: str, implementation: str = "") -> str:
     """A column of the family pages' stacks tables: a stack, or a stack's custom implementation."""
     return f"{stack} · {implementation}" if implementation else stack
@@ -513,9 +519,15 @@ def implementation_lines(views: list[ArchView]) -> list[str]:
         elif kind == CUSTOM:
             lines[kind] = (f"custom registry: `{view.arch.implementation}` with `{view.arch.config_class}`"
                            + (f": {files}" if files else ""))
+        elif kind == STACK_OWN:
+            facts = [e.metrics.get(view.stack, {}) for e in view.evidence]
+            classes = sorted({f.get("model_class") for f in facts if f.get("own_class")} - {None})
+            lines[kind] = (f"{view.stack}'s own class" + (f": `{'`, `'.join(classes)}`" if classes else
+                                                          " (none ran: it has no class of its own, or "
+                                                          "nothing reached it)"))
         else:
             lines[kind] = "transformers' own class (the release each record names)"
-    order = (REMOTE_CODE, CUSTOM, TRANSFORMERS)
+    order = (REMOTE_CODE, CUSTOM, STACK_OWN, TRANSFORMERS)
     return [lines[k] for k in sorted(lines, key=order.index)]
 
 
@@ -600,10 +612,10 @@ def regression_items(views: list[ArchView]) -> list[dict]:
 
 
 def link_order(label: str) -> tuple:
-    """'12.fsdp2' after '12' and before '12c' (a custom view's) and '13': the link definitions
-    follow the table's rows."""
+    """'12.fsdp2' after '12' and before '12c' (a custom view's, or '12h' a force_hf view's) and '13':
+    the link definitions follow the table's rows."""
     key, _, layout = label.partition(".")
-    number = key.rstrip("c")
+    number = key.rstrip("".join(KEY_SUFFIX.values()))
     return (int(number), key != number, layout)
 
 
@@ -632,9 +644,11 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
     """Relative path -> text of every generated document. Pure: same inputs, same bytes."""
     unused, undeclared = unused_records(matrix, records)
     by_stack = {name: arch_views(matrix, records, name) for name in stack_order(matrix)}
-    custom = {name: arch_views(matrix, records, name, CUSTOM) for name in stack_order(matrix)}
-    # every column of the family pages' stacks tables: each stack, then each custom implementation
-    by_column = {**by_stack, **{column_name(name, CUSTOM): views for name, views in custom.items()}}
+    second = {name: second_implementation(matrix.stacks[name]) for name in stack_order(matrix)}
+    custom = {name: arch_views(matrix, records, name, second[name]) for name in stack_order(matrix)}
+    # every column of the family pages' stacks tables: each stack followed by its second implementation
+    by_column = {column: views for name in stack_order(matrix) for column, views in
+                 ((name, by_stack[name]), (column_name(name, second[name]), custom[name]))}
     views = by_stack[REFERENCE_STACK]
     others = {name: v for name, v in by_stack.items() if name != REFERENCE_STACK}
     pages = families(views)
@@ -685,6 +699,9 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
     for name, shown in others.items():
         docs[f"stacks/{name}.md"] = stack_page.render(
             **{**common, **stats(shown)}, **table(resting(name), "../"), **stack_text(matrix.stacks[name]))
+        if matrix.stacks[name].claims_file:  # the stack's own published table, with the records' verdicts
+            docs[f"stacks/{name}/llm.md"] = env.get_template("stack_llm.md.j2").render(
+                **claims_table.page_context(matrix, matrix.stacks[name], by_stack[name], custom[name]))
     family = env.get_template("family.md.j2")
     index = {v.name: i for i, v in enumerate(views)}
     for page in pages:

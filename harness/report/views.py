@@ -27,7 +27,7 @@ from harness.report.releases import FAIL, PASS, Outcome, Regression, Release
 from harness.report.results import latest
 from harness.spec.cells import Cell, PrunedCell, expand
 from harness.spec.constraints import violated_constraint
-from harness.spec.matrix import CUSTOM, REFERENCE_STACK, Architecture, Matrix
+from harness.spec.matrix import CUSTOM, FORCE_HF, REFERENCE_STACK, TRANSFORMERS, Architecture, Matrix
 
 # A verdict, per release and per group, is about a (cell, place, release): newest record of each.
 BY = ("where", "transformers", "env_peft")
@@ -137,6 +137,12 @@ class Verdict:
     categories: tuple[str, ...] = ()
 
 
+# The link-label suffix of a view of another implementation than the row's own.
+KEY_SUFFIX = {CUSTOM: "c", FORCE_HF: "h"}
+# A stack's own model class (e.g. NeMo AutoModel's, where its registry has one).
+STACK_OWN = "stack-own"
+
+
 @dataclass
 class ArchView:
     name: str
@@ -150,17 +156,23 @@ class ArchView:
     pruned: list[PrunedCell]  # the row's combinations that cannot run, with their reasons
     family_links: list[tuple[str, str]] = field(default_factory=list)
     stack: str = REFERENCE_STACK  # the stack whose cells (and records) the view shows
-    implementation: str = ""  # the cells' implementation axis ("" the row's own, "custom")
+    implementation: str = ""  # the cells' implementation axis ("" the row's own, "custom", "force_hf")
+    # A stack with classes of its own (StackSpec.implementations): its "" cells run its class.
+    stack_classes: bool = False
 
     @property
     def implementation_kind(self) -> str:
-        """Whose model code the view's cells run: transformers, remote-code or custom."""
-        return CUSTOM if self.implementation == CUSTOM else self.arch.implementation_kind
+        """Whose model code the view's cells run: transformers, remote-code, custom, or the stack's own."""
+        if self.implementation == CUSTOM:
+            return CUSTOM
+        if self.implementation == FORCE_HF:
+            return TRANSFORMERS
+        return STACK_OWN if self.stack_classes else self.arch.implementation_kind
 
     @property
     def key(self) -> str:
-        """The view's link labels in llm.md: the row's number, and a custom view's own beside it."""
-        return f"{self.number}{'c' if self.implementation else ''}"
+        """The view's link labels in llm.md: the row's number, and another implementation's beside it."""
+        return f"{self.number}{KEY_SUFFIX.get(self.implementation, '')}"
 
     @property
     def code(self) -> dict:
@@ -275,7 +287,8 @@ def arch_views(matrix: Matrix, records: pd.DataFrame, stack: str = REFERENCE_STA
                implementation: str = "") -> list[ArchView]:
     """One view per architecture row, in the matrix's (sorted) order, of one stack's cells and
     records (a record counts for a cell only when both name the same stack), and of one
-    implementation (the row's own, or the custom registry's class of a remote-code row)."""
+    implementation (the row's own, the custom registry's class of a remote-code row, or a stack's
+    force_hf)."""
     if not records.empty:
         records = records[(records["stack"] == stack) & (records["implementation"] == implementation)]
     evidence = evidence_by_cell(records)
@@ -306,5 +319,6 @@ def arch_views(matrix: Matrix, records: pd.DataFrame, stack: str = REFERENCE_STA
             verdict=verdict_for(required), required=required,
             per_release=per_release_outcomes(required),
             regression=releases.earliest(c.regression for c in required), pruned=own_pruned,
-            stack=stack, implementation=implementation))
+            stack=stack, implementation=implementation,
+            stack_classes=bool(matrix.stacks[stack].implementations) if stack in matrix.stacks else False))
     return views
