@@ -39,7 +39,6 @@ import torch
 
 from harness.ckpt.atomic import atomic_directory
 from harness.ckpt.implementations import load_config, trust_remote_code
-from harness.ckpt.models import load_adapter, load_model, reload_pretrained
 from harness.ckpt.tiny import auto_model_class
 from harness.failures import CellFailure
 from harness.spec.matrix import FORCE_HF, Architecture
@@ -49,6 +48,7 @@ from harness.stacks.base import PlaceRequest, Schedule
 from harness.stacks.method_settings import sft_frozen
 from harness.stacks.placed import DataParallel, Placed, Trainable
 from harness.stacks.proof import layout_kind
+from harness.stacks.reload import PlainReload
 from harness.stacks.result import TrainResult
 
 # The module prefix of AutoModel's own model classes (a class from anywhere else is transformers'
@@ -64,7 +64,7 @@ class _Built:
     peft_config: object = None
 
 
-class AutoModelStack:
+class AutoModelStack(PlainReload):
     """NeMo AutoModel: its model classes, its LoRA, its parallelizer and its Checkpointer."""
 
     name = "automodel"
@@ -212,16 +212,6 @@ class AutoModelStack:
             return
         with atomic_directory(target) as staging:  # a plain transformers model (e.g. merged by peft)
             model.save_pretrained(staging, max_shard_size=max_shard_size)
-
-    def load_pretrained(self, arch: Architecture, source: Path, device):
-        return reload_pretrained(arch, source, device)
-
-    def load_base(self, request: PlaceRequest):
-        torch.manual_seed(0)
-        return load_model(request.arch, request.checkpoint, request.dtype, request.device)
-
-    def load_adapter(self, request: PlaceRequest, source: Path):
-        return load_adapter(self.load_base(request), source)
 
     # --- what the stack does not declare (matrix stacks.automodel: checks, tiers) ----------------
 

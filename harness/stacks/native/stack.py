@@ -14,13 +14,12 @@ from pathlib import Path
 import torch
 
 from harness.ckpt.implementations import load_config
-from harness.ckpt.models import load_adapter, load_model, reload_pretrained
 from harness.data.batches import fixed_batch
-from harness.spec.matrix import Architecture
 from harness.stacks import loop
 from harness.stacks.base import PlaceRequest, Schedule
 from harness.stacks.native import placement, realshape, saving
 from harness.stacks.placed import Placed
+from harness.stacks.reload import PlainReload
 from harness.stacks.result import TrainResult
 
 
@@ -39,7 +38,7 @@ def disable_dropout(model) -> int:
     return count
 
 
-class NativeStack:
+class NativeStack(PlainReload):
     """torch's FSDP2 and DCP, transformers' from_pretrained (TP, EP at load), peft's LoRA."""
 
     name = "native"
@@ -74,11 +73,6 @@ class NativeStack:
     def eval_loss(self, placed: Placed, batch: dict, per_sequence: bool = False) -> float:
         return loop.eval_loss(placed, batch, per_sequence)
 
-    def load_base(self, request: PlaceRequest):
-        """The checkpoint as from_pretrained gives it, no method applied, on one device."""
-        torch.manual_seed(0)
-        return load_model(request.arch, request.checkpoint, request.dtype, request.device)
-
     def save_sharded(self, model, target: Path) -> None:
         saving.save_dcp(model, target)
 
@@ -91,14 +85,8 @@ class NativeStack:
     def save_pretrained(self, model, target: Path, max_shard_size: str) -> None:
         saving.export_hf(model, target, max_shard_size)
 
-    def load_pretrained(self, arch: Architecture, source: Path, device):
-        return reload_pretrained(arch, source, device)
-
     def save_adapter(self, model, target: Path) -> None:
         saving.save_adapter(model, target)
-
-    def load_adapter(self, request: PlaceRequest, source: Path):
-        return load_adapter(self.load_base(request), source)
 
     def align_for_parity(self, placed: Placed, request: PlaceRequest) -> dict:
         """Both sides of a parity comparison alike, as the matrix's choices say: dropout, adapter start."""

@@ -28,18 +28,17 @@ from transformers import AutoTokenizer, TrainerCallback
 
 from harness.ckpt.atomic import atomic_directory, collective_atomic_directory, verify
 from harness.ckpt.implementations import trust_remote_code
-from harness.ckpt.models import load_adapter, load_model, reload_pretrained
 from harness.failures import CellFailure
-from harness.spec.matrix import Architecture
 from harness.stacks.base import PlaceRequest, Schedule
 from harness.stacks.method_settings import lora_settings, sft_frozen
 from harness.stacks.placed import DataParallel, Placed, Trainable, base_model
 from harness.stacks.proof import layout_kind, prove_layout
+from harness.stacks.reload import PlainReload
 from harness.stacks.result import TrainResult
 from harness.stacks.trl import config, data
 
 
-class TrlStack:
+class TrlStack(PlainReload):
     """TRL's SFTTrainer: Accelerate prepares the layout, peft's LoRA through peft_config."""
 
     name = "trl"
@@ -185,16 +184,6 @@ class TrlStack:
 
     def save_adapter(self, model, target: Path) -> None:
         self._save(model, target)
-
-    def load_pretrained(self, arch: Architecture, source: Path, device):
-        return reload_pretrained(arch, source, device)
-
-    def load_base(self, request: PlaceRequest):
-        torch.manual_seed(0)
-        return load_model(request.arch, request.checkpoint, request.dtype, request.device)
-
-    def load_adapter(self, request: PlaceRequest, source: Path):
-        return load_adapter(self.load_base(request), source)
 
     def save_sharded(self, model, target: Path) -> None:
         """TRL has one save for a trained model, sharded or not: the trainer's save_model."""
