@@ -179,3 +179,22 @@ automodel-wheels:
 
 automodel-gpu: automodel-wheels
 	bash scripts/device-automodel.sh $(NAME) $(AUTOMODEL_WHEELS)
+
+# The version axis at work (harness/run/bisect.py, harness/run/release_watch.py). `release-watch`:
+# the newest releases of transformers, peft and torch against the last nightly's records
+# (WATCH_RECORDS), the tiny single-device slice under each new release and the one the records
+# ran, each pass -> fail bisected; reports/local/release-watch.md, and the issue the nightly opens
+# (its title on the first line) in reports/local/release-watch-issue.md when anything is new.
+# `release-watch-sim`: the same end to end on the CPU with a planted regression between two local
+# wheel sets (tests/test_release_watch_e2e.py: it makes two environments, a few minutes).
+WATCH_RECORDS ?= reports/records/nightly-gpu.jsonl
+WATCH_PACKAGES ?= transformers,peft,torch
+.PHONY: release-watch release-watch-sim
+release-watch: setup
+	mkdir -p reports/local
+	$(BIN)/compat-harness release-watch --records "$(WATCH_RECORDS)" --packages $(WATCH_PACKAGES) \
+	  --report reports/local/release-watch.md --issue-body reports/local/release-watch-issue.md \
+	  -n $(JOBS) -- -m cpu --tier tiny --layout single --arch $(SLICE)
+
+release-watch-sim: setup
+	COMPAT_HARNESS_ENV_TESTS=1 $(BIN)/pytest -q -p no:randomly tests/test_release_watch_e2e.py

@@ -116,6 +116,7 @@ def add_render(subparsers) -> None:
 
 
 def run_render(args) -> int:
+    from harness.report.bisects import load_findings
     from harness.report.history import load_frame
     from harness.report.render import render_docs, stale_files, write_docs
     from harness.report.results import load_results
@@ -124,7 +125,9 @@ def run_render(args) -> int:
     patterns = args.records if args.records is not None else default_committed_records()
     records = load_results(patterns)
     history = [load_frame(args.db)] if args.db and Path(args.db).exists() else []
-    docs = render_docs(load_matrix(args.matrix), records, history)
+    # the committed bisects go with the committed records
+    findings = load_findings() if args.records is None else []
+    docs = render_docs(load_matrix(args.matrix), records, history, findings)
     if args.check:
         stale = stale_files(args.out, docs)
         for rel in stale:
@@ -251,6 +254,165 @@ def run_prefetch(args) -> int:
     return 1 if failed else 0
 
 
+# --- bisect -----------------------------------------------------------------------------------
+
+def add_bisect(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bisect", help="the first release of a package that breaks a cell (runs each probed release)",
+        description="Binary search over a package's releases between a known-good and a known-bad one: "
+                    "each probed release runs the selection in its own environment (uv, kept under the "
+                    "harness cache), the other packages held at fixed releases. Every probe's records are "
+                    "kept, so a second bisect over the same range runs nothing again. The selection is one "
+                    "cell (--cell) or pytest's matrix options after `--` (default device: -m cpu).")
+    p.add_argument("--cell", metavar="ID", help="one cell id, e.g. LlamaForCausalLM-lora-single-tiny-train")
+    p.add_argument("--package", default="transformers", help="the package to bisect (default: %(default)s)")
+    p.add_argument("--good", required=True, metavar="RELEASE", help="a release where the selection passes")
+    p.add_argument("--bad", required=True, metavar="RELEASE", help="a later release where it fails")
+    p.add_argument("--with", dest="pins", action="append", default=[], metavar="PACKAGE==RELEASE",
+                   help="hold another package at a release (repeatable; default: transformers or peft as "
+                        "installed here, whichever is not bisected)")
+    p.add_argument("--pair", metavar="PACKAGE", help="also run the last good and first bad release against "
+                                                    "each --pair-versions release of PACKAGE")
+    p.add_argument("--pair-versions", default="", metavar="R1,R2", help="the releases of --pair to try")
+    p.add_argument("--wheels", type=Path, help="a wheel directory to use as the only index (offline hosts)")
+    p.add_argument("-n", "--jobs", type=int, default=1, help="pytest-xdist workers per probe")
+    p.add_argument("--report", type=Path, help="also write the answer (Markdown) to this file")
+    p.add_argument("--save", type=Path, metavar="FILE.json",
+                   help="also write the finding for the docs (committed ones: reports/bisects/; llm.md's "
+                        "transformers column names the first bad release of the cells it covers)")
+    p.add_argument("--matrix-dir", "--matrix", dest="matrix_dir", default=str(DEFAULT_MATRIX_DIR),
+                   help="matrix directory (default: %(default)s)")
+    p.add_argument("selection", nargs="*", help="pytest's matrix options, after `--`")
+    p.set_defaults(func=run_bisect, matrix_option="matrix_dir")
+
+
+def cell_selection(matrix, cell_id: str) -> list[str]:
+    """The pytest options that select exactly one cell of the matrix."""
+    from harness.spec.cells import SELECTION_OPTIONS, expand
+
+    cell = next((c for c in expand(matrix)[0] if c.id == cell_id), None)
+    if cell is None:
+        raise SelectionError(f"no runnable cell {cell_id!r} (`compat-harness cells` lists them)")
+    return [arg for option, axis in SELECTION_OPTIONS.items() for arg in (f"--{option}", cell.axis(axis))]
+
+
+def run_bisect(args) -> int:
+    from harness.run.bisect import BisectError, bisect, pair, report
+    from harness.run.envs import EnvError
+    from harness.spec.load import load_matrix
+    from harness.spec.matrix import installed_version
+
+    if bool(args.cell) == bool(args.selection):
+        print("ERROR: give one --cell ID or pytest's matrix options after `--`", file=sys.stderr)
+        return USAGE_ERROR
+    matrix = load_matrix(args.matrix_dir)
+    selection = cell_selection(matrix, args.cell) if args.cell else list(args.selection)
+    if not any(a == "-m" or a.startswith("-m") for a in selection):
+        selection = ["-m", "cpu", *selection]
+    others = {name: installed_version(name) for name in ("transformers", "peft") if name != args.package}
+    for pin in args.pins:
+        name, sep, version = pin.partition("==")
+        if not sep:
+            print(f"ERROR: --with {pin!r}: write PACKAGE==RELEASE", file=sys.stderr)
+            return USAGE_ERROR
+        others[name] = version
+    print(f"bisect {args.package} {args.good} (good) .. {args.bad} (bad), holding "
+          f"{', '.join(f'{k} {v}' for k, v in others.items())}; selection: {' '.join(selection)}")
+    try:
+        result = bisect(args.package, args.good, args.bad, selection, others=others, jobs=args.jobs,
+                        wheels=args.wheels)
+        text = report(result)
+        follows_text = ""
+        if args.pair:
+            versions = [v for v in args.pair_versions.split(",") if v]
+            if not versions:
+                print("ERROR: --pair needs --pair-versions R1,R2", file=sys.stderr)
+                return USAGE_ERROR
+            follows_text = pair(result, args.pair, versions, selection, others=others, jobs=args.jobs,
+                                wheels=args.wheels)
+            text += "\n\n" + follows_text
+    except (BisectError, EnvError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    print(text)
+    if args.report:
+        args.report.write_text(text + "\n")
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(finding(result, others, selection, follows_text), indent=1) + "\n")
+    return 0
+
+
+def finding(result, others: dict, selection: list[str], follows_text: str) -> dict:
+    """The bisect's answer as the docs read it (harness/report/bisects.py)."""
+    bad = result.probes[result.first_bad]
+    return {"package": result.package, "first_bad": result.first_bad, "last_good": result.last_good,
+            "cells": sorted({r["cell_id"] for r in bad.records if r["status"] in ("fail", "xfail")}),
+            "message": (bad.example or {}).get("message", "")[:500], "held": others, "selection": selection,
+            "runs": result.runs, "kept": result.reused, "seconds": round(result.seconds, 1),
+            "probed": {v: p.verdict for v, p in result.probes.items()}, "follows": follows_text}
+
+
+# --- release-watch ------------------------------------------------------------------------------
+
+def add_release_watch(subparsers) -> None:
+    p = subparsers.add_parser(
+        "release-watch", help="run the selection under every newer release than the last run's; bisect "
+                              "each pass -> fail; write a Markdown report",
+        description="Compares the newest releases on the package index (or --wheels) of transformers, peft, "
+                    "torch and the installed stacks' packages with the releases the newest run of --records "
+                    "ran. For each newer release it runs the selection (pytest's matrix options after `--`; "
+                    "default: the tiny single-device matrix on the CPU) under it and under the release the "
+                    "records ran, each in its own kept environment, and bisects every pass -> fail.")
+    p.add_argument("--records", action="append", default=[], metavar="GLOB",
+                   help="the last nightly's record files (repeatable; default: the committed records)")
+    p.add_argument("--packages", default="", metavar="P1,P2",
+                   help="the packages to watch (default: transformers, peft, torch and installed stacks')")
+    p.add_argument("--wheels", type=Path, help="a wheel directory to use as the only index (offline hosts)")
+    p.add_argument("-n", "--jobs", type=int, default=1, help="pytest-xdist workers per run")
+    p.add_argument("--report", type=Path, default=Path("release-watch.md"), help="where the report goes")
+    p.add_argument("--issue-body", type=Path, help="also write the issue the nightly opens: its title on "
+                                                   "the first line, then the body (nothing new: no file)")
+    p.add_argument("--matrix-dir", "--matrix", dest="matrix_dir", default=str(DEFAULT_MATRIX_DIR),
+                   help="matrix directory (default: %(default)s)")
+    p.add_argument("selection", nargs="*", help="pytest's matrix options, after `--`")
+    p.set_defaults(func=run_release_watch, matrix_option="matrix_dir")
+
+
+def run_release_watch(args) -> int:
+    from harness.report.results import expand_paths
+    from harness.run import release_watch
+    from harness.run.bisect import BisectError
+    from harness.run.envs import EnvError
+    from harness.spec.load import load_matrix
+
+    matrix = load_matrix(args.matrix_dir)
+    files = expand_paths(args.records) if args.records else [Path(p) for p in default_committed_records()]
+    records = release_watch.read_records(files)
+    selection = list(args.selection) or ["--tier", "tiny", "--layout", "single"]
+    if not any(a.startswith("-m") for a in selection):
+        selection = ["-m", "cpu", *selection]
+    packages = [p for p in args.packages.split(",") if p] or None
+    baseline = release_watch.last_run_versions(records, packages or release_watch.watched_packages())
+    note = (f"Against the newest run of {len(files)} record file(s): "
+            f"{', '.join(f'{k} {v}' for k, v in baseline.items()) or 'no releases named'}. "
+            f"Selection: `{' '.join(selection)}`.")
+    try:
+        items = release_watch.watch(records, selection, packages=packages, wheels=args.wheels, jobs=args.jobs,
+                                    cell_selection=lambda cell_id: cell_selection(matrix, cell_id))
+    except (BisectError, EnvError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    text = release_watch.report(items, note)
+    args.report.write_text(text)
+    print(text)
+    issue = release_watch.issue_body(items, text)
+    if args.issue_body and issue:
+        args.issue_body.write_text(f"{issue[0]}\n{issue[1]}")
+        print(f"issue: {issue[0]} ({args.issue_body})")
+    return 0
+
+
 def _nightly(name: str, command: str):
     """The nightly pipeline's subcommands live in harness/report/nightly.py; each reads --matrix-dir."""
     def add(subparsers) -> None:
@@ -279,7 +441,7 @@ def add_pool_worker(subparsers) -> None:
     add(subparsers)
 
 
-SUBCOMMANDS = (add_ingest, add_diff, add_render, add_cells, add_prefetch,
+SUBCOMMANDS = (add_ingest, add_diff, add_render, add_cells, add_prefetch, add_bisect, add_release_watch,
                _nightly("add_nightly_sim", "nightly-sim"), _nightly("add_nightly_merge", "nightly-merge"),
                _nightly("add_durations", "durations"), add_pool_worker)
 

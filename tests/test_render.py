@@ -3,6 +3,7 @@ linked to their evidence, escaped, free of machine paths, deterministic, checkab
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from html.parser import HTMLParser
@@ -234,6 +235,26 @@ def test_release_ranges_and_a_regression_marked_and_listed(matrix, tmp_path):
     assert [line.split(" | ")[0] for line in section.splitlines() if re.match(r"\| 5\.", line)] == [
         "| 5.24.0", "| 5.23.0", "| 5.17.0"]  # the full history, newest first
     assert "5.17–5.23 ✓ · 5.24 ✗ **regression**: fails from 5.24, passed on 5.23" in docs["models/llama-3.md"]
+
+
+def test_a_bisects_first_bad_release_is_named_in_the_rows_release_column(matrix, tmp_path):
+    """A finding of `compat-harness bisect --save` (reports/bisects/) for a cell of the row."""
+    from harness.report.bisects import load_findings
+    from harness.report.results import load_results
+
+    rows = release_records(matrix, "LlamaForCausalLM", "single", [
+        ("5.17.0", "pass", 1, cpu_env()), ("5.24.0", "fail", 3, cpu_env())])
+    bad = next(r["cell_id"] for r in rows if r["status"] == "fail")
+    (tmp_path / "bisects").mkdir()
+    (tmp_path / "bisects" / "llama.json").write_text(json.dumps({
+        "package": "transformers", "first_bad": "5.21.0", "last_good": "5.20.2", "cells": [bad],
+        "runs": 4, "seconds": 160.0, "held": {"peft": "0.21.2"}}))
+    findings = load_findings(tmp_path / "bisects")
+    docs = render_docs(matrix, load_results([write(tmp_path / "records.jsonl", rows)]), findings=findings)
+    llama = llm_table(docs["llm.md"])["LlamaForCausalLM"]
+    assert llama["transformers"][0] == ("5.17 ✓ · 5.24 ✗ regression · first bad transformers 5.21.0 "
+                                        "(bisect; last good 5.20.2)")
+    assert "first bad" not in llm_table(docs["llm.md"])["Qwen3ForCausalLM"]["transformers"][0]
 
 
 def test_a_failure_fixed_by_a_later_release_is_no_regression(matrix, tmp_path):

@@ -11,7 +11,8 @@ custom one, or both, each a row:
 - **Other layouts**: every other layout of the matrix, methods folded when they agree, e.g.
   `single ✓ · tp: sft ✓, lora ✗ numerics · ep ep4 n/a`;
 - **transformers**: the releases the row's required cells ran on, as ranges of equal outcome
-  (`harness.report.releases`), e.g. `5.17–5.23 ✓ · 5.24 ✗ regression`.
+  (`harness.report.releases`), e.g. `5.17–5.23 ✓ · 5.24 ✗ regression`, and the first bad
+  release wherever a bisect found one for a cell of the row (`harness.report.bisects`).
 
 Each mark is a Markdown reference link (`[tp ✓][12.tp]`, defined at the end of the page) to the
 layout's section on the row's family page, where the runs (versions, device, date) and the
@@ -24,6 +25,7 @@ import re
 from dataclasses import dataclass
 
 from harness.report import releases
+from harness.report.bisects import Finding, findings_for
 from harness.report.views import STACK_OWN, ArchView, Group
 from harness.spec.matrix import CUSTOM, FORCE_HF, REFERENCE_STACK, REMOTE_CODE
 
@@ -142,7 +144,7 @@ def examples_text(view: ArchView) -> str:
     return cell_text(text)
 
 
-def llm_row(view: ArchView, layouts: list[str], methods: list[str]) -> LlmRow:
+def llm_row(view: ArchView, layouts: list[str], methods: list[str], findings: list[Finding] = ()) -> LlmRow:
     links: dict[str, Link] = {}
 
     def link(layout: str | None) -> str:
@@ -172,6 +174,8 @@ def llm_row(view: ArchView, layouts: list[str], methods: list[str]) -> LlmRow:
     release_text = releases.spans_text(view.release_spans)
     if view.regression:
         release_text += " **regression**"
+    for finding in findings_for({c.cell.id for c in view.cells}, list(findings)):
+        release_text += f" · {finding.text}"
     label = implementation_label(view)
     return LlmRow(
         architecture=f"`{view.name}`",

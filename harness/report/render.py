@@ -35,6 +35,7 @@ import pandas as pd
 
 from harness.failures import FAILURE_CATEGORIES
 from harness.report import claims_table, releases
+from harness.report.bisects import Finding
 from harness.report.history import record_key
 from harness.report.llm_table import (
     HEADER,
@@ -640,7 +641,8 @@ def python_versions(records: pd.DataFrame) -> dict[str, str]:
 
 
 def render_docs(matrix: Matrix, records: pd.DataFrame,
-                history_frames: Iterable[pd.DataFrame] = ()) -> dict[str, str]:
+                history_frames: Iterable[pd.DataFrame] = (),
+                findings: Iterable[Finding] = ()) -> dict[str, str]:
     """Relative path -> text of every generated document. Pure: same inputs, same bytes."""
     unused, undeclared = unused_records(matrix, records)
     by_stack = {name: arch_views(matrix, records, name) for name in stack_order(matrix)}
@@ -674,7 +676,7 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
     def table(shown: list[ArchView], prefix: str = "") -> dict:
         """llm.md's table (and the regressions above it) of one stack's views; links prefixed
         with the way from the page to reports/."""
-        rows = [llm_row(v, layouts, methods) for v in shown]  # each view's own row
+        rows = [llm_row(v, layouts, methods, list(findings)) for v in shown]  # each view's own row
         regressions = regression_items(shown)
         found = [*(link for r in rows for link in r.links), *(r["link"] for r in regressions)]
         links = {link.label: Link(link.label, prefix + link.target) for link in found}
