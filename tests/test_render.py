@@ -252,8 +252,8 @@ def test_a_bisects_first_bad_release_is_named_in_the_rows_release_column(matrix,
     findings = load_findings(tmp_path / "bisects")
     docs = render_docs(matrix, load_results([write(tmp_path / "records.jsonl", rows)]), findings=findings)
     llama = llm_table(docs["llm.md"])["LlamaForCausalLM"]
-    assert llama["transformers"][0] == ("5.17 ✓ · 5.24 ✗ regression · first bad transformers 5.21.0 "
-                                        "(bisect; last good 5.20.2)")
+    assert llama["transformers"][0] == ("5.17 ✓ · 5.24 ✗ regression · single sft: first bad transformers "
+                                        "5.21.0 (bisect; last good 5.20.2, peft 0.21.2)")
     assert "first bad" not in llm_table(docs["llm.md"])["Qwen3ForCausalLM"]["transformers"][0]
 
 

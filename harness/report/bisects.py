@@ -30,7 +30,8 @@ class Finding:
 
     @property
     def text(self) -> str:
-        return f"first bad {self.package} {self.first_bad} (bisect; last good {self.last_good})"
+        held = "".join(f", {name} {version}" for name, version in self.held)
+        return f"first bad {self.package} {self.first_bad} (bisect; last good {self.last_good}{held})"
 
 
 def load_findings(directory: Path | str = DEFAULT_BISECTS) -> list[Finding]:

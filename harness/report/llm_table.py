@@ -175,7 +175,8 @@ def llm_row(view: ArchView, layouts: list[str], methods: list[str], findings: li
     if view.regression:
         release_text += " **regression**"
     for finding in findings_for({c.cell.id for c in view.cells}, list(findings)):
-        release_text += f" · {finding.text}"
+        where = sorted({f"{c.cell.layout} {c.cell.method}" for c in view.cells if c.cell.id in finding.cells})
+        release_text += f" · {', '.join(where)}: {finding.text}"
     label = implementation_label(view)
     return LlmRow(
         architecture=f"`{view.name}`",

@@ -159,9 +159,12 @@ def issue_body(items: list[PackageWatch], text: str) -> tuple[str, str] | None:
     if not items:
         return None
     regressions = sum(len(i.regressions) for i in items)
-    news = ", ".join(f"{i.package} {i.newest}" for i in items)
-    title = (f"Release watch: {regressions} regression(s) under {news}" if regressions
-             else f"Release watch: {news}, no regression")
+    breaking = ", ".join(f"{i.package} {i.newest}" for i in items if i.regressions)
+    quiet = ", ".join(f"{i.package} {i.newest}" for i in items if not i.regressions)
+    title = (f"Release watch: {regressions} regression(s) under {breaking}" if regressions
+             else f"Release watch: {quiet}, no regression")
+    if regressions and quiet:
+        title += f"; also new, no regression: {quiet}"
     return title, text
 
 
