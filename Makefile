@@ -182,8 +182,8 @@ automodel-gpu: automodel-wheels
 
 # The version axis at work (harness/run/bisect.py, harness/run/release_watch.py). `release-watch`:
 # the newest releases of transformers, peft and torch against the last nightly's records
-# (WATCH_RECORDS), the tiny single-device slice under each new release and the one the records
-# ran, each pass -> fail bisected; reports/local/release-watch.md, and the issue the nightly opens
+# (WATCH_RECORDS), the tiny single-device slice and the layout slice under each new release and
+# the one the records ran, each pass -> fail bisected; reports/local/release-watch.md, and the issue the nightly opens
 # (its title on the first line) in reports/local/release-watch-issue.md when anything is new.
 # `release-watch-sim`: the same end to end on the CPU with a planted regression between two local
 # wheel sets (tests/test_release_watch_e2e.py: it makes two environments, a few minutes).
@@ -194,7 +194,8 @@ release-watch: setup
 	mkdir -p reports/local
 	$(BIN)/compat-harness release-watch --records "$(WATCH_RECORDS)" --packages $(WATCH_PACKAGES) \
 	  --report reports/local/release-watch.md --issue-body reports/local/release-watch-issue.md \
-	  -n $(JOBS) -- -m cpu --tier tiny --layout single --arch $(SLICE)
+	  -n $(JOBS) --also "-m cpu --tier tiny --layout fsdp2,tp,fsdp2_tp,ep --check train,parity --arch $(LAYOUT_SLICE)" \
+	  -- -m cpu --tier tiny --layout single --arch $(SLICE)
 
 release-watch-sim: setup
 	COMPAT_HARNESS_ENV_TESTS=1 $(BIN)/pytest -q -p no:randomly tests/test_release_watch_e2e.py

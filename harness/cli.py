@@ -375,6 +375,9 @@ def add_release_watch(subparsers) -> None:
                                                    "the first line, then the body (nothing new: no file)")
     p.add_argument("--matrix-dir", "--matrix", dest="matrix_dir", default=str(DEFAULT_MATRIX_DIR),
                    help="matrix directory (default: %(default)s)")
+    p.add_argument("--also", action="append", default=[], metavar="OPTIONS",
+                   help="another selection to watch, pytest's matrix options in one string (repeatable), "
+                        "e.g. the layout slice: --also '--layout fsdp2,tp --check train,parity --arch X'")
     p.add_argument("selection", nargs="*", help="pytest's matrix options, after `--`")
     p.set_defaults(func=run_release_watch, matrix_option="matrix_dir")
 
@@ -389,17 +392,21 @@ def run_release_watch(args) -> int:
     matrix = load_matrix(args.matrix_dir)
     files = expand_paths(args.records) if args.records else [Path(p) for p in default_committed_records()]
     records = release_watch.read_records(files)
-    selection = list(args.selection) or ["--tier", "tiny", "--layout", "single"]
-    if not any(a.startswith("-m") for a in selection):
-        selection = ["-m", "cpu", *selection]
+    import functools
+    import shlex
+
+    selections = [list(args.selection) or ["--tier", "tiny", "--layout", "single"],
+                  *(shlex.split(text) for text in args.also)]
+    selections = [s if any(a.startswith("-m") for a in s) else ["-m", "cpu", *s] for s in selections]
     packages = [p for p in args.packages.split(",") if p] or None
     baseline = release_watch.last_run_versions(records, packages or release_watch.watched_packages())
     note = (f"Against the newest run of {len(files)} record file(s): "
             f"{', '.join(f'{k} {v}' for k, v in baseline.items()) or 'no releases named'}. "
-            f"Selection: `{' '.join(selection)}`.")
+            f"Selection: {'; '.join('`' + ' '.join(s) + '`' for s in selections)}.")
     try:
-        items = release_watch.watch(records, selection, packages=packages, wheels=args.wheels, jobs=args.jobs,
-                                    cell_selection=lambda cell_id: cell_selection(matrix, cell_id))
+        one_cell = functools.partial(cell_selection, matrix)
+        items = release_watch.watch(records, selections, packages=packages, wheels=args.wheels,
+                                    jobs=args.jobs, cell_selection=one_cell)
     except (BisectError, EnvError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1

@@ -93,10 +93,11 @@ def compare(before: list[dict], after: list[dict]) -> tuple[list[Change], list[C
     return regressions, fixes
 
 
-def watch(records: list[dict], selection: list[str], *, packages: list[str] | None = None,
+def watch(records: list[dict], selections: list[list[str]], *, packages: list[str] | None = None,
           wheels: Path | None = None, jobs: int = 1, cell_selection: Callable[[str], list[str]],
           log: Callable[[str], None] = print) -> list[PackageWatch]:
-    """Every watched package with a newer release than the last run's: its regressions and fixes."""
+    """Every watched package with a newer release than the last run's: its regressions and fixes over
+    every selection (e.g. the tiny single-device matrix, and the layout slice)."""
     packages = packages or watched_packages()
     baseline = last_run_versions(records, packages)
     pins = {p: v for p, v in baseline.items() if p in ("transformers", "peft")}
@@ -116,10 +117,13 @@ def watch(records: list[dict], selection: list[str], *, packages: list[str] | No
             continue
         log(f"{package}: {newest} is new (the last run had {previous})")
         item = PackageWatch(package, previous, newest)
-        before = probe({**pins, package: previous}, selection, jobs=jobs, wheels=wheels, log=log)
-        after = probe({**pins, package: newest}, selection, jobs=jobs, wheels=wheels, log=log)
-        item.cells = len(after.records)
-        item.regressions, item.fixes = compare(before.records, after.records)
+        for selection in selections:
+            before = probe({**pins, package: previous}, selection, jobs=jobs, wheels=wheels, log=log)
+            after = probe({**pins, package: newest}, selection, jobs=jobs, wheels=wheels, log=log)
+            item.cells += len(after.records)
+            regressions, fixes = compare(before.records, after.records)
+            item.regressions += regressions
+            item.fixes += fixes
         for change in item.regressions:
             found = bisect(package, previous, newest, ["-m", "cpu", *cell_selection(change.cell_id)],
                            others={k: v for k, v in pins.items() if k != package}, jobs=jobs, wheels=wheels,
