@@ -11,9 +11,10 @@ cell of a row AutoModel has no class of its own for loaded transformers' class, 
 What AutoModel says of the row (`query_capabilities` of its config: supports_tp, supports_ep, ...)
 goes into the record beside what ran, so the docs can set the declaration against the evidence.
 
-Training is the harness's loop (harness/stacks/loop.py) on the harness's batches, with the loss
-AutoModel's recipes compute (`recipe_loss`: its MaskedCrossEntropy on the logits, labels shifted
-as its datasets shift them), since several of its own classes compute none. Saving is
+Training is the harness's loop (harness/stacks/harness_loop.py) on the harness's batches, with the
+loss AutoModel's recipes compute (`loss_for` gives `recipe_loss`: its MaskedCrossEntropy on the
+logits, labels shifted as its datasets shift them), since several of its own classes compute none.
+Saving is
 AutoModel's Checkpointer: the adapter as its PEFT export (what users ship), the full model as its
 consolidated Hugging Face checkpoint. Loading back is plain transformers and peft on one device,
 which is the round trip AutoModel's users report broken.
@@ -30,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from collections import OrderedDict
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -44,7 +45,8 @@ from harness.failures import CellFailure
 from harness.spec.matrix import FORCE_HF, Architecture
 from harness.stacks import loop
 from harness.stacks.automodel import settings
-from harness.stacks.base import PlaceRequest, Schedule
+from harness.stacks.base import PlaceRequest
+from harness.stacks.harness_loop import HarnessLoop
 from harness.stacks.method_settings import sft_frozen
 from harness.stacks.placed import DataParallel, Placed, Trainable
 from harness.stacks.proof import layout_kind
@@ -64,7 +66,7 @@ class _Built:
     peft_config: object = None
 
 
-class AutoModelStack(PlainReload):
+class AutoModelStack(HarnessLoop, PlainReload):
     """NeMo AutoModel: its model classes, its LoRA, its parallelizer and its Checkpointer."""
 
     name = "automodel"
@@ -81,9 +83,6 @@ class AutoModelStack(PlainReload):
 
     def __init__(self) -> None:
         self._built: OrderedDict[int, _Built] = OrderedDict()
-
-    def _choice(self, choices: Mapping[str, str], name: str) -> str:
-        return choices.get(name, self.choice_defaults[name])
 
     # --- placing: AutoModel's from_pretrained ---------------------------------------------------
 
@@ -162,18 +161,9 @@ class AutoModelStack(PlainReload):
 
     # --- training: the harness's loop -----------------------------------------------------------
 
-    def steps(self, placed: Placed, schedule: Schedule) -> Generator[int, None, TrainResult]:
-        groups = self._choice(schedule.choices, "optimizer_groups")
-        norm = placed.global_grad_norm if placed.kind != "single" else loop.local_grad_norm
-        return loop.optimizer_steps(placed.model, schedule.batches,
-                                    loop.make_optimizer(placed.model, schedule.lr, groups), schedule.steps,
-                                    placed.dp, norm, schedule.per_sequence, loss_for(schedule.per_sequence))
-
-    def fit(self, placed: Placed, schedule: Schedule) -> TrainResult:
-        return loop.run_to_end(self.steps(placed, schedule))
-
-    def eval_loss(self, placed: Placed, batch: dict, per_sequence: bool = False) -> float:
-        return loop.eval_loss(placed, batch, per_sequence, loss_for(per_sequence))
+    def loss_for(self, per_sequence: bool):
+        """A classifier's own loss (one label per sequence), else AutoModel's recipe loss."""
+        return loop.model_loss if per_sequence else recipe_loss
 
     # --- saving: AutoModel's Checkpointer; loading: plain transformers and peft ------------------
 
@@ -246,11 +236,6 @@ def recipe_loss(model, batch: dict) -> torch.Tensor:
     logits = model(**inputs).logits
     return calculate_loss(MaskedCrossEntropy(), logits=logits, labels=labels,
                           num_label_tokens=int((labels != -100).sum()))
-
-
-def loss_for(per_sequence: bool):
-    """A classifier's own loss (one label per sequence), else AutoModel's recipe loss."""
-    return loop.model_loss if per_sequence else recipe_loss
 
 
 def start_process_group(request: PlaceRequest) -> None:

@@ -8,7 +8,7 @@ What the script chooses where a user's might differ is read from the matrix's `c
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -16,7 +16,8 @@ import torch
 from harness.ckpt.implementations import load_config
 from harness.data.batches import fixed_batch
 from harness.stacks import loop
-from harness.stacks.base import PlaceRequest, Schedule
+from harness.stacks.base import PlaceRequest
+from harness.stacks.harness_loop import HarnessLoop
 from harness.stacks.native import placement, realshape, saving
 from harness.stacks.placed import Placed
 from harness.stacks.reload import PlainReload
@@ -38,7 +39,7 @@ def disable_dropout(model) -> int:
     return count
 
 
-class NativeStack(PlainReload):
+class NativeStack(HarnessLoop, PlainReload):
     """torch's FSDP2 and DCP, transformers' from_pretrained (TP, EP at load), peft's LoRA."""
 
     name = "native"
@@ -51,27 +52,11 @@ class NativeStack(PlainReload):
         "parity_adapter_start": "same_values",
     }
 
-    def _choice(self, choices: Mapping[str, str], name: str) -> str:
-        return choices.get(name, self.choice_defaults[name])
-
     def place(self, request: PlaceRequest) -> Placed:
         req = placement.Request(request.arch, request.method, request.layout, request.checkpoint,
                                 request.dtype, request.ctx, device=request.device, experts=request.experts,
                                 replicas=self._choice(request.choices, "replicas_outside_fsdp"))
         return placement.place(req, request.api)
-
-    def steps(self, placed: Placed, schedule: Schedule) -> Generator[int, None, TrainResult]:
-        groups = self._choice(schedule.choices, "optimizer_groups")
-        norm = placed.global_grad_norm if placed.kind != "single" else loop.local_grad_norm
-        return loop.optimizer_steps(placed.model, schedule.batches,
-                                    loop.make_optimizer(placed.model, schedule.lr, groups), schedule.steps,
-                                    placed.dp, norm, schedule.per_sequence)
-
-    def fit(self, placed: Placed, schedule: Schedule) -> TrainResult:
-        return loop.run_to_end(self.steps(placed, schedule))
-
-    def eval_loss(self, placed: Placed, batch: dict, per_sequence: bool = False) -> float:
-        return loop.eval_loss(placed, batch, per_sequence)
 
     def save_sharded(self, model, target: Path) -> None:
         saving.save_dcp(model, target)
