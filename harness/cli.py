@@ -14,7 +14,9 @@ the subcommand does anything.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -297,7 +299,7 @@ def cell_selection(matrix, cell_id: str) -> list[str]:
 
 
 def run_bisect(args) -> int:
-    from harness.run.bisect import BisectError, bisect, pair, report
+    from harness.run.bisect import BisectError, bisect, pair, report, with_device
     from harness.run.envs import EnvError
     from harness.spec.load import load_matrix
     from harness.spec.matrix import installed_version
@@ -306,9 +308,7 @@ def run_bisect(args) -> int:
         print("ERROR: give one --cell ID or pytest's matrix options after `--`", file=sys.stderr)
         return USAGE_ERROR
     matrix = load_matrix(args.matrix_dir)
-    selection = cell_selection(matrix, args.cell) if args.cell else list(args.selection)
-    if not any(a == "-m" or a.startswith("-m") for a in selection):
-        selection = ["-m", "cpu", *selection]
+    selection = with_device(cell_selection(matrix, args.cell) if args.cell else list(args.selection))
     others = {name: installed_version(name) for name in ("transformers", "peft") if name != args.package}
     for pin in args.pins:
         name, sep, version = pin.partition("==")
@@ -339,18 +339,8 @@ def run_bisect(args) -> int:
         args.report.write_text(text + "\n")
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(json.dumps(finding(result, others, selection, follows_text), indent=1) + "\n")
+        args.save.write_text(json.dumps(result.finding(others, selection, follows_text), indent=1) + "\n")
     return 0
-
-
-def finding(result, others: dict, selection: list[str], follows_text: str) -> dict:
-    """The bisect's answer as the docs read it (harness/report/bisects.py)."""
-    bad = result.probes[result.first_bad]
-    return {"package": result.package, "first_bad": result.first_bad, "last_good": result.last_good,
-            "cells": sorted({r["cell_id"] for r in bad.records if r["status"] in ("fail", "xfail")}),
-            "message": (bad.example or {}).get("message", "")[:500], "held": others, "selection": selection,
-            "runs": result.runs, "kept": result.reused, "seconds": round(result.seconds, 1),
-            "probed": {v: p.verdict for v, p in result.probes.items()}, "follows": follows_text}
 
 
 # --- release-watch ------------------------------------------------------------------------------
@@ -383,21 +373,17 @@ def add_release_watch(subparsers) -> None:
 
 
 def run_release_watch(args) -> int:
-    from harness.report.results import expand_paths
+    from harness.report.results import expand_paths, read_records
     from harness.run import release_watch
-    from harness.run.bisect import BisectError
+    from harness.run.bisect import BisectError, with_device
     from harness.run.envs import EnvError
     from harness.spec.load import load_matrix
 
     matrix = load_matrix(args.matrix_dir)
     files = expand_paths(args.records) if args.records else [Path(p) for p in default_committed_records()]
-    records = release_watch.read_records(files)
-    import functools
-    import shlex
-
-    selections = [list(args.selection) or ["--tier", "tiny", "--layout", "single"],
-                  *(shlex.split(text) for text in args.also)]
-    selections = [s if any(a.startswith("-m") for a in s) else ["-m", "cpu", *s] for s in selections]
+    records = [sourced.record for sourced in read_records(files)]  # a corrupt line: a warning, skipped
+    selections = [with_device(s) for s in (list(args.selection) or ["--tier", "tiny", "--layout", "single"],
+                                           *(shlex.split(text) for text in args.also))]
     packages = [p for p in args.packages.split(",") if p] or None
     baseline = release_watch.last_run_versions(records, packages or release_watch.watched_packages())
     note = (f"Against the newest run of {len(files)} record file(s): "

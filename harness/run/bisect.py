@@ -83,6 +83,11 @@ class Probe:
     seconds: float
     path: Path
 
+    def narrowed(self, cell_id: str) -> Probe:
+        """This probe's records of one cell, as a probe of that cell alone (kept: nothing reruns)."""
+        records = [r for r in self.records if r["cell_id"] == cell_id]
+        return Probe(self.pins, verdict_of(records), records, True, 0.0, self.path)
+
     @property
     def example(self) -> dict | None:
         """The first failing record (a bad probe), else the first record."""
@@ -98,6 +103,11 @@ def verdict_of(records: list[dict]) -> str:
     return UNTESTABLE
 
 
+def with_device(selection: list[str]) -> list[str]:
+    """pytest's options with a device marker: the CPU unless the selection names one (-m)."""
+    return selection if any(arg.startswith("-m") for arg in selection) else ["-m", "cpu", *selection]
+
+
 def selection_key(selection: list[str]) -> str:
     return hashlib.sha256(json.dumps(selection).encode()).hexdigest()[:12]
 
@@ -107,6 +117,7 @@ def store_dir(selection: list[str]) -> Path:
 
 
 def read_records(path: Path) -> list[dict]:
+    """A probe's records (written by the harness in its environment, complete or not kept)."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -124,10 +135,12 @@ def probe(pins: dict[str, str], selection: list[str], *, jobs: int = 1, wheels: 
     env = ensure_env(wanted, wheels=wheels, log=log)
     partial = path.with_suffix(".partial")
     partial.unlink(missing_ok=True)
-    code = run_cells(env, selection, partial, jobs=jobs)
-    if code not in (0, 1) or not partial.is_file():
-        raise BisectError(f"pytest under {wanted.label} exited {code} without a verdict (2: usage, 3: a "
-                          f"harness error, 5: nothing selected); selection {' '.join(selection)}")
+    done = run_cells(env, selection, partial, jobs=jobs)
+    if done.returncode not in (0, 1) or not partial.is_file():
+        output = (done.stdout + done.stderr).strip()[-1500:]
+        raise BisectError(f"pytest under {wanted.label} exited {done.returncode} without a verdict (2: "
+                          f"usage, 3: a harness error, 5: nothing selected); selection "
+                          f"{' '.join(selection)}: {output}")
     partial.rename(path)  # only a complete run is kept
     records = read_records(path)
     return Probe(pins, verdict_of(records), records, False, time.perf_counter() - start, path)
@@ -151,10 +164,21 @@ class BisectResult:
     def reused(self) -> int:
         return sum(p.reused for p in [*self.probes.values(), *self.pairs.values()])
 
+    def finding(self, held: dict[str, str], selection: list[str], follows_text: str = "") -> dict:
+        """The answer as the docs read it (harness/report/bisects.py; `bisect --save`)."""
+        bad = self.probes[self.first_bad]
+        return {"package": self.package, "first_bad": self.first_bad, "last_good": self.last_good,
+                "cells": sorted({r["cell_id"] for r in bad.records if r["status"] in FAILED_STATUSES}),
+                "message": (bad.example or {}).get("message", "")[:500], "held": held, "selection": selection,
+                "runs": self.runs, "kept": self.reused, "seconds": round(self.seconds, 1),
+                "probed": {v: p.verdict for v, p in self.probes.items()}, "follows": follows_text}
+
 
 def bisect(package: str, good: str, bad: str, selection: list[str], *, others: dict[str, str] | None = None,
-           jobs: int = 1, wheels: Path | None = None, log: Callable[[str], None] = print) -> BisectResult:
-    """Binary search for the first bad release of `package` between `good` and `bad`."""
+           jobs: int = 1, wheels: Path | None = None, known: dict[str, Probe] | None = None,
+           log: Callable[[str], None] = print) -> BisectResult:
+    """Binary search for the first bad release of `package` between `good` and `bad`; `known` holds
+    probes already made of some releases (the release watch's, of the two ends)."""
     start = time.perf_counter()
     others = {k: v for k, v in (others or {}).items() if k != package}
     releases = releases_between(package, good, bad, wheels)
@@ -164,7 +188,8 @@ def bisect(package: str, good: str, bad: str, selection: list[str], *, others: d
 
     def run(index: int) -> Probe:
         version = releases[index]
-        found = probe({package: version, **others}, selection, jobs=jobs, wheels=wheels, log=log)
+        found = (known or {}).get(version) or probe({package: version, **others}, selection, jobs=jobs,
+                                                    wheels=wheels, log=log)
         result.probes[version] = found
         example = found.example or {}
         kept = " (kept records)" if found.reused else ""

@@ -15,14 +15,21 @@ The report is Markdown: what is new, the regressions with their first bad releas
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.version import Version
 
-from harness.run.bisect import FAILED_STATUSES, BisectError, bisect, index_versions, probe
+from harness.run.bisect import (
+    FAILED_STATUSES,
+    BisectError,
+    Probe,
+    bisect,
+    index_versions,
+    probe,
+    with_device,
+)
 from harness.spec.matrix import installed_version
 
 # What the watch looks at: the libraries under test, and the stacks' own packages where installed.
@@ -117,6 +124,7 @@ def watch(records: list[dict], selections: list[list[str]], *, packages: list[st
             continue
         log(f"{package}: {newest} is new (the last run had {previous})")
         item = PackageWatch(package, previous, newest)
+        ends: dict[str, dict[str, Probe]] = {}  # per regressed cell: its records under both releases
         for selection in selections:
             before = probe({**pins, package: previous}, selection, jobs=jobs, wheels=wheels, log=log)
             after = probe({**pins, package: newest}, selection, jobs=jobs, wheels=wheels, log=log)
@@ -124,10 +132,13 @@ def watch(records: list[dict], selections: list[list[str]], *, packages: list[st
             regressions, fixes = compare(before.records, after.records)
             item.regressions += regressions
             item.fixes += fixes
+            for change in regressions:
+                ends[change.cell_id] = {previous: before.narrowed(change.cell_id),
+                                        newest: after.narrowed(change.cell_id)}
         for change in item.regressions:
-            found = bisect(package, previous, newest, ["-m", "cpu", *cell_selection(change.cell_id)],
+            found = bisect(package, previous, newest, with_device(cell_selection(change.cell_id)),
                            others={k: v for k, v in pins.items() if k != package}, jobs=jobs, wheels=wheels,
-                           log=log)
+                           known=ends[change.cell_id], log=log)
             change.first_bad, change.bisect_probes = found.first_bad, len(found.probes)
         out.append(item)
     return out
@@ -171,9 +182,3 @@ def issue_body(items: list[PackageWatch], text: str) -> tuple[str, str] | None:
         title += f"; also new, no regression: {quiet}"
     return title, text
 
-
-def read_records(paths: Iterable[Path]) -> list[dict]:
-    out = []
-    for path in paths:
-        out += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return out
