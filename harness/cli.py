@@ -384,8 +384,8 @@ def run_release_watch(args) -> int:
     records = [sourced.record for sourced in read_records(files)]  # a corrupt line: a warning, skipped
     selections = [with_device(s) for s in (list(args.selection) or ["--tier", "tiny", "--layout", "single"],
                                            *(shlex.split(text) for text in args.also))]
-    packages = [p for p in args.packages.split(",") if p] or None
-    baseline = release_watch.last_run_versions(records, packages or release_watch.watched_packages())
+    packages = [p for p in args.packages.split(",") if p] or release_watch.watched_packages(matrix)
+    baseline = release_watch.last_run_versions(records, packages)
     note = (f"Against the newest run of {len(files)} record file(s): "
             f"{', '.join(f'{k} {v}' for k, v in baseline.items()) or 'no releases named'}. "
             f"Selection: {'; '.join('`' + ' '.join(s) + '`' for s in selections)}.")

@@ -30,15 +30,17 @@ from harness.run.bisect import (
     probe,
     with_device,
 )
-from harness.spec.matrix import installed_version
+from harness.spec.matrix import Matrix, installed_version
 
 # What the watch looks at: the libraries under test, and the stacks' own packages where installed.
 CORE_PACKAGES = ("transformers", "peft", "torch")
-STACK_PACKAGES = ("trl", "accelerate", "nemo-automodel")
 
 
-def watched_packages() -> list[str]:
-    return [*CORE_PACKAGES, *(p for p in STACK_PACKAGES if installed_version(p))]
+def watched_packages(matrix: Matrix) -> list[str]:
+    """The libraries under test, then every package a declared stack needs (matrix `stacks.*.packages`)
+    that is installed here."""
+    stacks = dict.fromkeys(p for spec in matrix.stacks.values() for p in spec.packages)
+    return [*CORE_PACKAGES, *(p for p in stacks if installed_version(p))]
 
 
 def last_run_versions(records: Iterable[dict], packages: list[str]) -> dict[str, str]:
@@ -100,12 +102,11 @@ def compare(before: list[dict], after: list[dict]) -> tuple[list[Change], list[C
     return regressions, fixes
 
 
-def watch(records: list[dict], selections: list[list[str]], *, packages: list[str] | None = None,
+def watch(records: list[dict], selections: list[list[str]], *, packages: list[str],
           wheels: Path | None = None, jobs: int = 1, cell_selection: Callable[[str], list[str]],
           log: Callable[[str], None] = print) -> list[PackageWatch]:
     """Every watched package with a newer release than the last run's: its regressions and fixes over
     every selection (e.g. the tiny single-device matrix, and the layout slice)."""
-    packages = packages or watched_packages()
     baseline = last_run_versions(records, packages)
     pins = {p: v for p, v in baseline.items() if p in ("transformers", "peft")}
     out = []
