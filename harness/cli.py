@@ -23,7 +23,7 @@ from pathlib import Path
 
 from harness.report.results import DEFAULT_RECORDS_GLOB, CorruptRecordWarning
 from harness.spec.cells import SELECTION_OPTIONS, SelectionError
-from harness.spec.matrix import DEFAULT_MATRIX_DIR, MatrixError
+from harness.spec.matrix import DEFAULT_MATRIX_DIR, REPO_ROOT, MatrixError
 
 # The exit code of a usage mistake, argparse's own: a wrong argument or a wrong matrix.
 USAGE_ERROR = 2
@@ -406,6 +406,66 @@ def run_release_watch(args) -> int:
     return 0
 
 
+# --- lock ----------------------------------------------------------------------------------------
+
+def add_lock(subparsers) -> None:
+    p = subparsers.add_parser(
+        "lock", help="make, check or verify the lock files of the release sets (locks/NAME.txt)",
+        description="Without options: (re)make the lock file of each named release set of "
+                    "matrix/releases.toml "
+                    "(default: every set) and of the checkpoint packages, with uv pip compile (needs the "
+                    "package index). --check: each set's lock pins the releases the set holds (offline). "
+                    "--verify SET: this environment holds exactly the lock's releases; the stamp that "
+                    "records name (env.lock) is written then.")
+    p.add_argument("sets", nargs="*", help="release set names (default: every set)")
+    p.add_argument("--check", action="store_true", help="check the lock files against releases.toml only")
+    p.add_argument("--verify", metavar="SET", help="compare this environment with SET's lock and stamp it")
+    p.add_argument("--matrix-dir", "--matrix", dest="matrix_dir", default=str(DEFAULT_MATRIX_DIR),
+                   help="matrix directory (default: %(default)s)")
+    p.set_defaults(func=run_lock, matrix_option="matrix_dir")
+
+
+def run_lock(args) -> int:
+    from harness.lockfile import lock_path, write_stamp
+    from harness.run import locks
+    from harness.spec.load import load_matrix
+
+    matrix = load_matrix(args.matrix_dir)
+    named = args.sets + ([args.verify] if args.verify else [])
+    unknown = [name for name in named if name not in matrix.release_sets]
+    if unknown:
+        print(f"ERROR: matrix/releases.toml has no release set {', '.join(unknown)} "
+              f"(sets: {', '.join(matrix.release_sets)})", file=sys.stderr)
+        return 2
+    try:
+        if args.verify:
+            path = locks.check_set(matrix.release_sets[args.verify])
+            found = locks.verify_installed(path)
+            if found.mismatched:
+                print(f"ERROR: this environment is not {path.name}: " + "; ".join(found.mismatched),
+                      file=sys.stderr)
+                return 1
+            stamp = write_stamp(Path(sys.prefix), args.verify, path)
+            print(f"{sys.prefix}: exactly the {found.packages} releases of {path.name} "
+                  f"(sha256 {stamp['sha256']}); "
+                  f"torch {found.torch} from the host, {locks.python_label()}")
+            return 0
+        chosen = [matrix.release_sets[n] for n in args.sets] or list(matrix.release_sets.values())
+        for release_set in chosen:
+            if args.check:
+                print(f"{locks.check_set(release_set).name}: pins {', '.join(release_set.pins)}")
+            else:
+                path = locks.compile_set(release_set, lock_path(release_set.name))
+                print(f"{path.relative_to(REPO_ROOT)}: {len(locks.pinned_versions(path))} packages")
+        if not args.check and not args.sets:
+            path = locks.compile_checkpoints(lock_path(locks.CHECKPOINTS))
+            print(f"{path.relative_to(REPO_ROOT)}: {len(locks.pinned_versions(path))} packages")
+    except locks.LockError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _nightly(name: str, command: str):
     """The nightly pipeline's subcommands live in harness/report/nightly.py; each reads --matrix-dir."""
     def add(subparsers) -> None:
@@ -435,6 +495,7 @@ def add_pool_worker(subparsers) -> None:
 
 
 SUBCOMMANDS = (add_ingest, add_diff, add_render, add_cells, add_prefetch, add_bisect, add_release_watch,
+               add_lock,
                _nightly("add_nightly_sim", "nightly-sim"), _nightly("add_nightly_merge", "nightly-merge"),
                _nightly("add_durations", "durations"), add_pool_worker)
 

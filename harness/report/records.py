@@ -37,12 +37,16 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness.lockfile import installed_lock
 from harness.spec.matrix import installed_version
 
 SCHEMA_VERSION = 4
 STATUSES = ("pass", "fail", "skip", "xfail", "n/a")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_RESULTS = REPO_ROOT / "reports" / "records" / "local.jsonl"
+# A run given no --results writes its own file here (gitignored), named by its run id: plain
+# `pytest` runs never append to a file that a job renders a report from (`make matrix` writes
+# and renders reports/local/matrix.jsonl, removed before each run), nor to each other's.
+LOCAL_RECORDS = REPO_ROOT / "reports" / "local" / "records"
 # Recorded in every env beside torch, transformers and peft: what the TRL stack runs on.
 STACK_PACKAGES = ("trl", "accelerate", "datasets", "nemo_automodel", "torchao")
 
@@ -50,6 +54,11 @@ STACK_PACKAGES = ("trl", "accelerate", "datasets", "nemo_automodel", "torchao")
 def new_run_id() -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def default_results(run_id: str) -> Path:
+    """Where a run given no --results writes its records: a file of its own, named by its run id."""
+    return LOCAL_RECORDS / f"{run_id}.jsonl"
 
 
 @functools.cache
@@ -111,6 +120,9 @@ def environment(device_type: str, world_size: int = 1, backend: str | None = Non
         "world_size": world_size,
         "backend": backend,
         "platform": f"{sys.platform}-{platform.machine()}",
+        # the lock file this environment was installed from (set, file, sha256; None: not from one),
+        # so two runs of the same releases whose other packages differ can be told apart
+        "lock": installed_lock(),
     }
 
 

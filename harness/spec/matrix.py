@@ -454,10 +454,21 @@ class ReleaseSet:
     transformers: str = toml_key(STR, "One exact transformers release.")
     peft: str = toml_key(STR, "One exact peft release.")
     gate: bool = toml_key(BOOL, "A gate runs in `make test`; other sets are evidence only.", default=False)
+    default: bool = toml_key(
+        BOOL, "The set `make setup` installs (exactly one set): the newest recorded releases.", default=False)
+    also: dict = toml_key(
+        TABLE, "Other packages held at exact releases, package -> release (e.g. accelerate and trl, as the "
+        "set's records ran them); everything else is whatever its lock file (locks/NAME.txt) froze.",
+        default_factory=dict)
 
     @property
-    def pins(self) -> tuple[str, str]:
-        return (f"transformers=={self.transformers}", f"peft=={self.peft}")
+    def releases(self) -> dict[str, str]:
+        """Every package the set holds at an exact release, transformers and peft first."""
+        return {"transformers": self.transformers, "peft": self.peft, **self.also}
+
+    @property
+    def pins(self) -> tuple[str, ...]:
+        return tuple(f"{name}=={version}" for name, version in self.releases.items())
 
 
 @dataclass(frozen=True)

@@ -469,6 +469,11 @@ def _release_set(file: str, name: str, body: dict) -> ReleaseSet:
     check_table(file, path, body, RELEASE_SET_SCHEMA)
     for package in ("transformers", "peft"):
         _version(file, f"{path}.{package}", body[package])
+    for package, version in body.get("also", {}).items():
+        if not isinstance(version, str):
+            raise MatrixError(file, f"{path}.also.{package}", version,
+                              'must be one exact release, e.g. "1.15.0"')
+        _version(file, f"{path}.also.{package}", version, "1.15.0")
     return ReleaseSet(name=name, **body)
 
 
@@ -733,6 +738,12 @@ def parse_matrix(files: list[Path]) -> tuple[Matrix, dict[str, dict[str, str]]]:
     claims = {n: _claim(f, n, b, real_shapes) for n, (f, b) in sections["claims"].items()}
     gpus = {n: _gpu(f, n, b) for n, (f, b) in sections["gpus"].items()}
     release_sets = {n: _release_set(f, n, b) for n, (f, b) in sections["release_sets"].items()}
+    defaults = [n for n, s in release_sets.items() if s.default]
+    if release_sets and len(defaults) != 1:
+        file = sections["release_sets"][(defaults or list(release_sets))[-1]][0]
+        raise MatrixError(file, "release_sets.*.default", defaults or None,
+                          "exactly one release set must say `default = true`: the one `make setup` installs "
+                          "from its lock (locks/NAME.txt)")
     choices = {n: _choice(f, n, b) for n, (f, b) in sections["choices"].items()}
     matrix = Matrix(
         architectures=architectures,

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One way to install an environment of a release set: exactly its lock file, nothing resolved today.
+#
+#   scripts/install-env.sh VENV SET        e.g. .venv newest (make setup), .venvs/gpu-image (make gates)
+#
+# 1. torch from the host: TORCH (default torch==2.13.0: pip takes the CPU build from this machine's
+#    disk). On a GPU image, make the venv with --system-site-packages and TORCH= (empty) to keep its
+#    own build.
+# 2. locks/SET.txt with --no-deps --require-hashes: every other package at its locked release (uv,
+#    itself installed first from its line of the lock).
+# 3. this project, editable, without its dependencies and without build isolation (the lock holds
+#    setuptools), so nothing is resolved or fetched besides the lock.
+# 4. `compat-harness lock --verify SET`: the installed distributions against the lock, and the stamp
+#    that every record names (env.lock).
+# WHEELS=DIR installs from that directory only (an offline host; `make wheels` fills it).
+# VENV_ARGS: extra options for `python -m venv` (e.g. --system-site-packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${1:?usage: install-env.sh VENV SET}
+set_name=${2:?usage: install-env.sh VENV SET}
+lock="locks/$set_name.txt"
+[ -f "$lock" ] || { echo "install-env: $lock not found: run \`compat-harness lock $set_name\`" >&2; exit 2; }
+: "${PYTHON:=python3}" "${TORCH=torch==2.13.0}"
+index=()
+[ -n "${WHEELS:-}" ] && index=(--no-index --find-links "$WHEELS")
+rm -rf "$venv"
+# shellcheck disable=SC2086
+"$PYTHON" -m venv ${VENV_ARGS:-} "$venv"
+pip=("$venv/bin/python" -m pip install -q "${index[@]}")
+[ -n "$TORCH" ] && "${pip[@]}" "$TORCH"
+# uv installs the rest (seconds where pip takes minutes); it comes first, alone, from the lock's own line.
+"${pip[@]}" --no-deps --require-hashes -r <(awk '/^uv==/ {p = 1; print; next} p && /^ / {print; next} {p = 0}' "$lock")
+uv=("$venv/bin/uv" pip install -q --python "$venv/bin/python" "${index[@]}")
+"${uv[@]}" --no-deps --require-hashes -r "$lock"
+"${uv[@]}" --no-deps --no-build-isolation -e .
+"$venv/bin/compat-harness" lock --verify "$set_name"
