@@ -343,66 +343,110 @@ def run_bisect(args) -> int:
     return 0
 
 
-# --- release-watch ------------------------------------------------------------------------------
+# --- release-bump (and release-watch, its report-only mode) -------------------------------------
 
-def add_release_watch(subparsers) -> None:
-    p = subparsers.add_parser(
-        "release-watch", help="run the selection under every newer release than the last run's; bisect "
-                              "each pass -> fail; write a Markdown report",
-        description="Compares the newest releases on the package index (or --wheels) of transformers, peft, "
-                    "torch and the installed stacks' packages with the releases the newest run of --records "
-                    "ran. For each newer release it runs the selection (pytest's matrix options after `--`; "
-                    "default: the tiny single-device matrix on the CPU) under it and under the release the "
-                    "records ran, each in its own kept environment, and bisects every pass -> fail.")
-    p.add_argument("--records", action="append", default=[], metavar="GLOB",
-                   help="the last nightly's record files (repeatable; default: the committed records)")
-    p.add_argument("--packages", default="", metavar="P1,P2",
-                   help="the packages to watch (default: transformers, peft, torch and installed stacks')")
-    p.add_argument("--wheels", type=Path, help="a wheel directory to use as the only index (offline hosts)")
+def _bump_arguments(p, report_only: bool) -> None:
+    p.add_argument("--packages", default="", metavar="P[==R],...",
+                   help="the packages to bump, in order (default: transformers, peft, torch and the default "
+                        "set's `also`); P==R tries release R instead of the newest")
+    p.add_argument("--selection", action="append", default=[], metavar="OPTIONS",
+                   help="a selection to measure, pytest's matrix options in one string (repeatable; default: "
+                        "`make -s selections`, what make test and make matrix run)")
+    p.add_argument("--wheels", type=Path, help="a wheel directory: releases come from it (and it is the only "
+                                               "index with COMPAT_HARNESS_OFFLINE=1)")
     p.add_argument("-n", "--jobs", type=int, default=1, help="pytest-xdist workers per run")
-    p.add_argument("--report", type=Path, default=Path("release-watch.md"), help="where the report goes")
-    p.add_argument("--issue-body", type=Path, help="also write the issue the nightly opens: its title on "
-                                                   "the first line, then the body (nothing new: no file)")
+    p.add_argument("--no-bisect", action="store_true",
+                   help="take the two releases as each regression's range")
+    p.add_argument("--report", type=Path, help="also write the report here (report-only: default "
+                                               "reports/local/release-bump.md)")
+    p.add_argument("--issue-body", type=Path,
+                   help="also write the PR's (or issue's) title on the first line, "
+                                                   "then the report (nothing new: no file)")
+    if not report_only:
+        p.add_argument("--dry-run", action="store_true", help="measure and write the report only")
+        p.add_argument("--no-branch", action="store_true",
+                       help="write the proposal into the working tree instead of a new branch")
+        p.add_argument("--branch", help="the branch's name (default: release-bump/<pkg>-<release>[-...])")
     p.add_argument("--matrix-dir", "--matrix", dest="matrix_dir", default=str(DEFAULT_MATRIX_DIR),
                    help="matrix directory (default: %(default)s)")
-    p.add_argument("--also", action="append", default=[], metavar="OPTIONS",
-                   help="another selection to watch, pytest's matrix options in one string (repeatable), "
-                        "e.g. the layout slice: --also '--layout fsdp2,tp --check train,parity --arch X'")
-    p.add_argument("selection", nargs="*", help="pytest's matrix options, after `--`")
-    p.set_defaults(func=run_release_watch, matrix_option="matrix_dir")
 
 
-def run_release_watch(args) -> int:
-    from harness.report.results import expand_paths, read_records
-    from harness.run import release_watch
-    from harness.run.bisect import BisectError, with_device
+def add_release_bump(subparsers) -> None:
+    p = subparsers.add_parser(
+        "release-bump", help="measure newer releases against the default release set's lock and propose the "
+                             "bump (lock, releases.toml, limits, records, docs) on a branch",
+        description="For each watched package with a newer release, makes the candidate lock of the default "
+                    "release set, runs the selections under both locks (kept by their digests), compares "
+                    "them "
+                    "cell by cell, bisects each pass -> fail, and writes the proposal on a new branch from "
+                    "HEAD: the new lock, matrix/releases.toml, a known limit per regression, the limits it "
+                    "retires narrowed, both runs' records, the re-rendered docs and a Markdown report.")
+    _bump_arguments(p, report_only=False)
+    p.set_defaults(func=run_release_bump, matrix_option="matrix_dir", report_only=False)
+    w = subparsers.add_parser("release-watch", help="release-bump's report-only mode (nothing proposed)")
+    _bump_arguments(w, report_only=True)
+    w.set_defaults(func=run_release_bump, matrix_option="matrix_dir", report_only=True)
+
+
+def run_release_bump(args) -> int:
+    from harness.run import bump_report, proposal, release_bump, selections
+    from harness.run.bisect import BisectError
     from harness.run.envs import EnvError
+    from harness.run.limit_edits import EditError
+    from harness.run.lock_runs import RunError
+    from harness.run.locks import LockError, default_set
     from harness.spec.load import load_matrix
 
     matrix = load_matrix(args.matrix_dir)
-    files = expand_paths(args.records) if args.records else [Path(p) for p in default_committed_records()]
-    records = [sourced.record for sourced in read_records(files)]  # a corrupt line: a warning, skipped
-    selections = [with_device(s) for s in (list(args.selection) or ["--tier", "tiny", "--layout", "single"],
-                                           *(shlex.split(text) for text in args.also))]
-    packages = [p for p in args.packages.split(",") if p] or release_watch.watched_packages(matrix)
-    baseline = release_watch.last_run_versions(records, packages)
-    note = (f"Against the newest run of {len(files)} record file(s): "
-            f"{', '.join(f'{k} {v}' for k, v in baseline.items()) or 'no releases named'}. "
-            f"Selection: {'; '.join('`' + ' '.join(s) + '`' for s in selections)}.")
+    release_set = default_set(matrix)
+    report_only = args.report_only or args.dry_run
     try:
-        one_cell = functools.partial(cell_selection, matrix)
-        items = release_watch.watch(records, selections, packages=packages, wheels=args.wheels,
-                                    jobs=args.jobs, cell_selection=one_cell)
-    except (BisectError, EnvError) as exc:
+        packages = (release_bump.parse_packages(args.packages, release_set) if args.packages else
+                    [(p, None) for p in release_bump.watched_packages(release_set)])
+        chosen = ([selections.normalize(shlex.split(s)) for s in args.selection] if args.selection
+                  else selections.from_makefile())
+    except (ValueError, selections.SelectionsError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    print(f"release set `{release_set.name}`: {len(chosen)} selection(s); packages: "
+          f"{', '.join(p + ('==' + v if v else '') for p, v in packages)}")
+    try:
+        result = release_bump.bump(matrix, packages, chosen, wheels=args.wheels, jobs=args.jobs,
+                                   cell_selection=functools.partial(cell_selection, matrix),
+                                   bisect_enabled=not args.no_bisect)
+    except (BisectError, EnvError, RunError, LockError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
-    text = release_watch.report(items, note)
-    args.report.write_text(text)
-    print(text)
-    issue = release_watch.issue_body(items, text)
-    if args.issue_body and issue:
-        args.issue_body.write_text(f"{issue[0]}\n{issue[1]}")
-        print(f"issue: {issue[0]} ({args.issue_body})")
+    result.command = "compat-harness release-bump " + shlex.join(
+        ["--packages", ",".join(f"{s.package}=={s.candidate.newest}" for s in result.proposed)
+         or args.packages or "", *(a for s in args.selection for a in ("--selection", s)),
+         *(["--wheels", str(args.wheels)] if args.wheels else []), "-n", str(args.jobs)])
+    text = bump_report.report(result)
+    for line in bump_report.summary(result):
+        print(line)
+    if args.issue_body and result.proposed:
+        args.issue_body.parent.mkdir(parents=True, exist_ok=True)
+        args.issue_body.write_text(f"{bump_report.title(result)}\n{text}")
+    written = args.report or (Path("reports/local/release-bump.md") if report_only or not result.proposed
+                              else None)
+    if written:
+        written.parent.mkdir(parents=True, exist_ok=True)
+        written.write_text(text)
+        print(f"report: {written}")
+    if report_only or not result.proposed:
+        return 0
+    try:
+        if args.no_branch:
+            proposal.write(REPO_ROOT, result, text, proposal.head_sha())
+            print(f"proposal written into the working tree; report: {proposal.report_path(result)}")
+        else:
+            branch = args.branch or result.branch
+            commit = proposal.on_branch(result, text, branch)
+            print(f"proposal: branch {branch} (commit {commit}); report: {proposal.report_path(result)}")
+    except (proposal.ProposalError, EditError, OSError, ValueError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    print(bump_report.title(result))
     return 0
 
 
@@ -494,7 +538,7 @@ def add_pool_worker(subparsers) -> None:
     add(subparsers)
 
 
-SUBCOMMANDS = (add_ingest, add_diff, add_render, add_cells, add_prefetch, add_bisect, add_release_watch,
+SUBCOMMANDS = (add_ingest, add_diff, add_render, add_cells, add_prefetch, add_bisect, add_release_bump,
                add_lock,
                _nightly("add_nightly_sim", "nightly-sim"), _nightly("add_nightly_merge", "nightly-merge"),
                _nightly("add_durations", "durations"), add_pool_worker)

@@ -1,8 +1,9 @@
 """The bisect and the release watch, on their own decisions: which releases lie between, where a
 binary search with untestable releases lands, what a failure follows, what a run's records say.
 
-The end-to-end runs (real environments, real cells) are tests/test_release_watch_e2e.py (marker
-`envs`: minutes, run by `make release-watch-sim` and the nightly, not by `make unit`).
+The end-to-end runs (real environments, real cells) are tests/test_release_watch_e2e.py (opt-in:
+COMPAT_HARNESS_ENV_TESTS=1, minutes, run by `make release-watch-sim`); the release bump's own decisions are
+tests/test_release_bump.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import pytest
 
 from harness.cli import main
 from harness.run import bisect as bisect_module
-from harness.run import release_watch
 from harness.run.bisect import BAD, GOOD, UNTESTABLE, follows, index_versions, releases_between, verdict_of
 from harness.run.envs import Pins, find_links
 
@@ -102,34 +102,6 @@ def test_environments_are_keyed_by_exact_releases(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     assert find_links(tmp_path / "w", offline=True)[:3] == ["--no-index", "--find-links", str(tmp_path / "w")]
     assert "--no-index" not in find_links(None)
-
-
-def test_the_last_runs_releases_and_the_changes_between_two_runs():
-    records = [
-        {"run_id": "old", "timestamp": "2026-11-01", "env": {"transformers": "5.17.0", "peft": "0.21.0"}},
-        {"run_id": "new", "timestamp": "2026-12-01", "env": {"transformers": "5.23.0", "peft": "0.21.2",
-                                                              "torch": "2.13.0+cpu"}},
-    ]
-    assert release_watch.last_run_versions(records, ["transformers", "peft", "torch", "trl"]) == {
-        "transformers": "5.23.0", "peft": "0.21.2", "torch": "2.13.0"}
-    before = [{"cell_id": "a", "status": "pass"}, {"cell_id": "b", "status": "fail", "message": "old bug"},
-              {"cell_id": "c", "status": "pass"}]
-    after = [{"cell_id": "a", "status": "xfail", "message": "new bug"}, {"cell_id": "b", "status": "pass"},
-             {"cell_id": "c", "status": "pass"}]
-    regressions, fixes = release_watch.compare(before, after)
-    assert [(c.cell_id, c.message) for c in regressions] == [("a", "new bug")]
-    assert [(c.cell_id, c.message) for c in fixes] == [("b", "old bug")]
-
-
-def test_the_report_and_the_issue_it_becomes():
-    item = release_watch.PackageWatch("transformers", "5.23.0", "5.24.0", cells=6)
-    item.regressions = [release_watch.Change("Llama4-sft", "pass", "fail", "no image_outputs", "5.24.0", 2)]
-    text = release_watch.report([item], "Against ...")
-    assert "## transformers 5.24.0 (the last run had 5.23.0)" in text
-    assert "**regression** `Llama4-sft`: first bad release **transformers 5.24.0**" in text
-    title, body = release_watch.issue_body([item], text)
-    assert title == "Release watch: 1 regression(s) under transformers 5.24.0" and body == text
-    assert release_watch.issue_body([], "nothing") is None
 
 
 def test_bisect_refuses_a_selection_that_is_not_one_cell_and_names_unknown_cells(capsys):

@@ -164,3 +164,73 @@ def run_cells(env: Env, selection: list[str], results: Path, *, jobs: int = 1) -
     command = [str(env.python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO_ROOT / "matrix"),
                *(["-n", str(jobs)] if jobs > 1 else []), *selection, "--results", str(results)]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+
+
+# --- environments made from a lock file (the release bump) ------------------------------------------
+
+def locked_key(lock: Path, torch: str, extra_locks: tuple[Path, ...] = ()) -> str:
+    """The directory name of a lock's environment: the lock's digest, and a hash of everything else it
+    holds (torch, this project's pyproject.toml, the checkpoint packages' lock), so an edit of any of
+    them makes a new one and an unchanged lock finds the one made before."""
+    from harness.lockfile import digest
+
+    parts = (REPO_ROOT / "pyproject.toml").read_bytes() + torch.encode()
+    parts += b"".join(Path(p).read_bytes() for p in extra_locks)
+    return f"lock-{digest(lock)}_{hashlib.sha256(parts).hexdigest()[:10]}"
+
+
+def locked_install_commands(path: Path, lock: Path, torch: str, wheels: Path | None,
+                            extra_locks: tuple[Path, ...] = ()) -> list[list[str]]:
+    """As scripts/install-env.sh installs a release set, so that a bump measures what `make setup`
+    would install: torch from the host with pip (the CPU build lies on this machine's disk, where uv
+    does not look), then the lock with --no-deps --require-hashes (nothing resolved today), the
+    checkpoint packages' lock likewise, and this project editable without its dependencies."""
+    python = str(path / "bin" / "python")
+    links = find_links(wheels, offline())
+    uv = uv_binary()
+    install = ([uv, "pip", "install", "-q", "--python", python, *links] if uv
+               else [python, "-m", "pip", "install", "-q", *links])
+    commands = [[sys.executable, "-m", "venv", str(path)]]
+    if torch:
+        commands.append([python, "-m", "pip", "install", "-q", *links, torch])
+    for locked in (lock, *extra_locks):
+        commands.append([*install, "--no-deps", "--require-hashes", "-r", str(locked)])
+    commands.append([*install, "--no-deps", "--no-build-isolation", "-e", str(REPO_ROOT)])
+    return commands
+
+
+def ensure_locked_env(lock: Path, *, set_name: str, torch: str | None = None, wheels: Path | None = None,
+                      root: Path | None = None, log: Callable[[str], None] = print) -> Env:
+    """The environment of a lock file (a release set's, or a release bump's candidate), made once and
+    kept by the lock's digest; it carries the lock stamp (harness/lockfile.py), so its records name
+    the lock (`env.lock`) as `make setup`'s do. `set_name` is the release set the lock is of."""
+    from filelock import FileLock
+
+    from harness.lockfile import lock_path, pinned_versions, write_stamp
+
+    start = time.perf_counter()
+    torch = torch_spec() if torch is None else torch
+    checkpoints = lock_path("checkpoints")
+    extra = (checkpoints,) if checkpoints.is_file() else ()
+    path = (root or envs_root()) / locked_key(lock, torch, extra)
+    held = {name: ",".join(sorted(v)) for name, v in pinned_versions(lock).items()
+            if name in ("transformers", "peft")}
+    pins = Pins.of(held)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if (path / STAMP).is_file():
+            return Env(path, pins, False, time.perf_counter() - start)
+        shutil.rmtree(path, ignore_errors=True)  # a half-made one (a maker that died)
+        log(f"making an environment from {lock} ({pins.label}, {torch or 'no torch'}) in {path}")
+        for command in locked_install_commands(path, lock, torch, wheels, extra):
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                shutil.rmtree(path, ignore_errors=True)
+                output = (done.stderr or done.stdout).strip()[-1500:]
+                raise EnvError(f"{' '.join(command[:4])} ... for {lock} failed (exit {done.returncode}): "
+                               f"{output}")
+        write_stamp(path, set_name, lock)
+        seconds = time.perf_counter() - start
+        stamp = {"lock": str(lock), "torch": torch, "seconds": round(seconds, 1)}
+        (path / STAMP).write_text(json.dumps(stamp))
+    return Env(path, pins, True, seconds)

@@ -168,3 +168,44 @@ def verify_installed(path: Path) -> Verified:
 
 def python_label() -> str:
     return f"python {sys.version.split()[0]}"
+
+
+def candidate_lock(release_set: ReleaseSet, overrides: dict[str, str], *, torch: str | None = None,
+                   find_links: list[Path] | None = None) -> Path:
+    """The lock of `release_set` with `overrides` (a release bump's candidate), made once and kept under
+    the harness cache, keyed by the set's own lock, the overrides, torch and pyproject.toml: a second
+    bump with the same candidate measures the same environment. `find_links` are wheel directories uv
+    resolves from as well as the index (a planted or offline release; offline with
+    COMPAT_HARNESS_OFFLINE=1: from them alone)."""
+    import hashlib
+    import json
+    import os
+
+    from harness.cache import cache_root
+    from harness.lockfile import digest
+
+    torch = torch or torch_spec()
+    base = lock_path(release_set.name)
+    key = hashlib.sha256(json.dumps([digest(base) if base.is_file() else "", sorted(overrides.items()), torch,
+                                     hashlib.sha256((REPO_ROOT / "pyproject.toml").read_bytes()).hexdigest()])
+                         .encode()).hexdigest()[:16]
+    out = cache_root() / "bump" / "locks" / key / f"{release_set.name}.txt"
+    if out.is_file():
+        return out
+    saved = {name: os.environ.get(name) for name in ("UV_FIND_LINKS", "UV_OFFLINE")}
+    dirs = [str(d) for d in find_links or []]
+    try:
+        if dirs:
+            os.environ["UV_FIND_LINKS"] = ",".join([*dirs, *filter(None, [saved["UV_FIND_LINKS"]])])
+        if os.environ.get("COMPAT_HARNESS_OFFLINE") == "1":
+            os.environ["UV_OFFLINE"] = "1"
+        partial = out.with_suffix(".partial")
+        compile_set(release_set, partial, overrides=overrides, torch=torch)
+        partial.rename(out)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return out
