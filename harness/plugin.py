@@ -26,7 +26,7 @@ import pytest
 
 from harness.ckpt.implementations import OPT_IN_ENV, OPT_IN_FLAG
 from harness.failures import HARNESS_ERROR
-from harness.report.records import DEFAULT_RESULTS, new_run_id
+from harness.report.records import LOCAL_RECORDS, default_results, new_run_id
 from harness.spec.cells import (
     SELECTION_OPTIONS,
     Cell,
@@ -48,6 +48,12 @@ MARKERS = {
     "slow": "a cell or test that takes more than a few seconds",
 }
 DEVICES = ("cpu", "cuda")
+# user_properties keys a cell's reports carry to the controller (xdist sends them along): its
+# row, and its record's (status, category).
+ARCH_PROPERTY = "compat_harness_arch"
+RECORD_PROPERTY = "compat_harness"
+# The xdist group of the cells that run on gloo ranks (see CellItem).
+RANKS_GROUP = "gloo-ranks"
 # pytest's own code for "internal error": jobs that accept exit 1 (failing cells are findings)
 # still stop on it.
 HARNESS_ERROR_EXIT = 3
@@ -65,7 +71,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--matrix-dir", default=None,
                     help=f"directory of matrix TOML files (default {DEFAULT_MATRIX_DIR})")
     group.addoption("--results", default=None,
-                    help=f"JSONL file records are appended to (default {DEFAULT_RESULTS})")
+                    help=f"JSONL file records are appended to (default: a file of this run's own, "
+                         f"{LOCAL_RECORDS}/<run id>.jsonl)")
     group.addoption("--run-id", default=None, help="run id stored in every record")
     group.addoption(OPT_IN_FLAG, action="store_true", default=False,
                     help=f"run the hub remote code that rows marked trust_remote_code = true find in the "
@@ -175,10 +182,18 @@ class CellItem(pytest.Item):
         super().__init__(**kwargs)
         self.cell = cell
         self.device = device
+        # The verdict table's row, known before the cell runs: a cell that fails before it writes
+        # its record (an exception out of the runner) still counts in the table.
+        self.user_properties.append((ARCH_PROPERTY, cell.architecture))
         matrix = self.config.stash[MATRIX_KEY]
         self.add_marker("gpu" if device == "cuda" else "cpu")
         if device == "cuda" and matrix.layouts[cell.layout].world_size > 1:
             self.add_marker("multigpu")
+        if device == "cpu" and matrix.layouts[cell.layout].world_size > 1:
+            # Under `-n N --dist loadgroup` (scripts/run-selections.sh) every gloo cell runs on one
+            # xdist worker: one set of rank pools starts (each rank imports torch and transformers),
+            # not one per worker, and the ranks of two cells never share a few cores at once.
+            self.add_marker(pytest.mark.xdist_group(RANKS_GROUP))
         if cell.tier != "tiny":
             self.add_marker("real")
             self.add_marker("slow")
@@ -204,9 +219,8 @@ class CellItem(pytest.Item):
             env=environment(self.device, layout.world_size, backend_for(self.device, layout.world_size)),
             run_id=self.config.getoption("run_id"),
         )
-        append_record(self.config.getoption("results") or DEFAULT_RESULTS, record)
-        self.user_properties.append(("compat_harness", (self.cell.architecture, outcome.status,
-                                                        outcome.category)))
+        append_record(results_path(self.config), record)
+        self.user_properties.append((RECORD_PROPERTY, (outcome.status, outcome.category)))
         label = f"[{outcome.category}] {outcome.message}"
         if outcome.status == "skip":
             pytest.skip(label)
@@ -226,6 +240,11 @@ class CellItem(pytest.Item):
         return self.path, None, f"matrix cell {self.name}"
 
 
+def results_path(config: pytest.Config):
+    """--results, or this run's own file (the run id is the controller's under xdist)."""
+    return config.getoption("results") or default_results(config.getoption("run_id"))
+
+
 def backend_for(device: str, world_size: int) -> str | None:
     """The process-group backend a cell ran on: the pool uses gloo on CPU and NCCL on CUDA."""
     if world_size == 1:
@@ -238,19 +257,27 @@ class CellFailed(Exception):
 
 
 class VerdictSummary:
-    """Counts each architecture's cell verdicts; under xdist it runs on the controller."""
+    """Counts each architecture's cell verdicts; under xdist it runs on the controller.
+
+    Each cell counts as pytest counts its item, so that the table and pytest's summary line
+    agree: a cell whose record passed but whose item failed (a stale known limit, pytest's
+    strict XPASS) is a failure here too, never a pass. The record's category says why.
+    """
 
     def __init__(self, config: pytest.Config):
         self.config = config
         self.counts: dict[str, Counter] = defaultdict(Counter)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call":
+        properties = dict(report.user_properties)
+        arch = properties.get(ARCH_PROPERTY)
+        # the call phase holds the verdict; setup and teardown count only when they end the item
+        # (pytest reports an error there, or a skip in setup)
+        if arch is None or (report.when != "call" and report.passed):
             return
-        for key, value in report.user_properties:
-            if key == "compat_harness":
-                arch, status, category = value
-                self.counts[arch][status if status == "pass" else f"{status}:{category}"] += 1
+        if report.when == "teardown" and report.skipped:
+            return
+        self.counts[arch][verdict_key(report, properties.get(RECORD_PROPERTY))] += 1
 
     def harness_errors(self) -> int:
         return sum(c[f"fail:{HARNESS_ERROR}"] for c in self.counts.values())
@@ -270,6 +297,29 @@ class VerdictSummary:
             session.exitstatus = HARNESS_ERROR_EXIT
 
 
+STALE_LIMIT = "known-limit-stale"
+NO_RECORD = "no-record"
+
+
+def verdict_key(report: pytest.TestReport, record: tuple[str, str | None] | None) -> str:
+    """One cell's key in the table: pytest's outcome, with the record's category when there is one.
+
+    "pass" | "fail:<category>" | "xfail:<category>" | "skip:<category>". A failed item whose
+    record passed is "fail:known-limit-stale"; an item that ended before its cell wrote a
+    record (no device for it, an exception out of the runner) has the category "no-record".
+    """
+    status, category = record or (None, None)
+    if report.passed:
+        return "pass"
+    if report.failed:
+        if status == "pass":
+            return f"fail:{STALE_LIMIT}"
+        return f"fail:{category or NO_RECORD}"
+    if hasattr(report, "wasxfail"):
+        return f"xfail:{category}"
+    return f"skip:{category or NO_RECORD}"
+
+
 def write_summary(tr, summary: dict[str, Counter], config: pytest.Config) -> None:
     tr.section("compat-harness verdicts")
     width = max(len(a) for a in summary)
@@ -285,5 +335,5 @@ def write_summary(tr, summary: dict[str, Counter], config: pytest.Config) -> Non
             verdict = "PARTIAL"
         detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         tr.write_line(f"{arch:<{width}}  {verdict:<7}  {detail}")
-    results = config.getoption("results") or DEFAULT_RESULTS
+    results = results_path(config)
     tr.write_line(f"records: {results} (run id {config.getoption('run_id')})")

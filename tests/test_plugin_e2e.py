@@ -140,6 +140,27 @@ def test_stale_known_limit_fails_the_item(pytester, matrix_dir):
     outcome.assert_outcomes(failed=1, deselected=1)
     assert records[0]["status"] == "pass"
     outcome.stdout.fnmatch_lines(["*remove that known_limits entry*"])
+    # the verdict table counts the cell as pytest does (failed, as a strict XPASS), never as a pass
+    outcome.stdout.fnmatch_lines(["*compat-harness verdicts*",
+                                  "LlamaForCausalLM*FAIL*1 fail:known-limit-stale",
+                                  "*1 failed, 1 deselected*"])
+    outcome.stdout.no_re_match_line(r"LlamaForCausalLM +\w+ +(.*, )?\d+ pass(,|$)")
+
+
+def test_records_of_a_run_without_results_go_to_a_file_of_its_own(pytester, matrix_dir, monkeypatch):
+    """A plain run never appends to a file another run (or `make matrix`'s report) reads."""
+    from harness.report import records as records_module
+
+    monkeypatch.setattr(records_module, "LOCAL_RECORDS", pytester.path / "local-records")
+    write_rows(matrix_dir, UNKNOWN_TYPE_ROW)  # two cells that write a record without training
+    args = (str(matrix_dir), "--matrix-dir", str(matrix_dir), "-p", "no:cacheprovider", "-m", "cpu",
+            "--tier", "tiny", "--layout", "single", "--check", "train")
+    for run_id in ("run-a", "run-b"):
+        pytester.runpytest_inprocess(*args, "--run-id", run_id).assert_outcomes(skipped=2, deselected=2)
+    files = sorted((pytester.path / "local-records").iterdir())
+    assert [f.name for f in files] == ["run-a.jsonl", "run-b.jsonl"]
+    for path in files:
+        assert {json.loads(line)["run_id"] for line in path.read_text().splitlines()} == {path.stem}
 
 
 def test_diverging_training_is_numerics(pytester, matrix_dir):

@@ -12,7 +12,9 @@ CELL = Cell("LlamaForCausalLM", "lora", "single", "tiny", "train")
 
 
 def _writer(path: str, worker: int, count: int) -> None:
-    env = environment("cpu")
+    # A fixed env: what is under test is the append, and environment() would import torch,
+    # transformers and peft in every spawned writer (seconds each, nothing to do with interleaving).
+    env = {"python": "3.11", "device_type": "cpu"}
     for i in range(count):
         # A long message makes a torn write visible as a broken JSON line.
         record = make_record(CELL, "pass", message=f"w{worker}-{i}-" + "x" * 20000, env=env, run_id="r")
