@@ -129,11 +129,11 @@ MATRIX_RESULTS ?= reports/local/matrix.jsonl
 # A failing cell is a finding the report must show, so exit 1 (cells failed) does not stop the
 # job before rendering; usage and internal errors (exit 2-4) still do.
 CELLS_DONE = || { rc=$$?; [ $$rc -eq 1 ] || [ $$rc -eq 5 ]; }
-# The slow real cells first, so that the tiny cells fill in around them on the other worker (DIST=load:
-# as measured above; scripts/run-selections.sh).
+# The slow real cells first, so that the tiny cells fill in around them on the other worker
+# (scripts/run-selections.sh: one session, --dist load as measured above).
 matrix: setup real
 	@rm -f $(MATRIX_RESULTS)
-	BIN=$(BIN) JOBS=$(JOBS) DIST=load scripts/run-selections.sh matrix \
+	BIN=$(BIN) JOBS=$(JOBS) scripts/run-selections.sh matrix \
 	  "matrix -m cpu --tier real --layout single --arch $(MATRIX_REAL_ARCH)" \
 	  "matrix -m cpu --tier tiny --layout $(MATRIX_LAYOUTS) $(if $(MATRIX_LAYOUT_ARCH),--arch $(MATRIX_LAYOUT_ARCH))" \
 	  "matrix -m cpu --tier tiny --layout single" \

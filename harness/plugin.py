@@ -190,9 +190,9 @@ class CellItem(pytest.Item):
         if device == "cuda" and matrix.layouts[cell.layout].world_size > 1:
             self.add_marker("multigpu")
         if device == "cpu" and matrix.layouts[cell.layout].world_size > 1:
-            # Under `-n N --dist loadgroup` (scripts/run-selections.sh) every gloo cell runs on one
-            # xdist worker: one set of rank pools starts (each rank imports torch and transformers),
-            # not one per worker, and the ranks of two cells never share a few cores at once.
+            # Under `-n N --dist loadgroup` (scripts/run-selections.sh DIST=loadgroup) every gloo cell
+            # runs on one xdist worker: one set of rank pools starts (each rank imports torch and
+            # transformers), not one per worker. Ignored under the default --dist load.
             self.add_marker(pytest.mark.xdist_group(RANKS_GROUP))
         if cell.tier != "tiny":
             self.add_marker("real")

@@ -13,19 +13,24 @@
 #
 # The run passes `--stack all` so that every listed cell is collectable, whichever stack its
 # selection named (a selection without --stack collects the reference stack only); only the
-# listed node ids run. Multi-rank cells run on one xdist worker (DIST=loadgroup, the default: the
-# plugin puts the gloo cells in one xdist group), so that one set of rank pools starts, not one
-# per worker.
+# listed node ids run.
 #
-# Environment: BIN (the venv's bin, default .venv/bin), JOBS (default 2), DIST (xdist's --dist,
-# default loadgroup), CELLS_DIR (where the
-# lists go, default reports/local/cells: NAME.<k> per selection and NAME.txt). Exit status: a
+# DIST (xdist's --dist) is `load` by default. `DIST=loadgroup` runs every gloo cell on one xdist
+# worker (the plugin puts them in one xdist group), so one set of rank pools starts instead of one
+# per worker; but a worker runs its cells in list order, so the worker holding the group may run
+# slow single-device cells first (the real tier's, minutes each on 2 cores) and the whole group
+# waits behind them (seen on a 2-core host shared with other jobs, 2026-12-07). Not the default
+# until a quiet measurement says it pays.
+#
+# Environment: BIN (the venv's bin, default .venv/bin), JOBS (default 2), DIST (default load),
+# CELLS_DIR (where the lists go, default reports/local/cells: NAME.<k> per selection and NAME.txt).
+# Exit status: a
 # failing collection's (a usage error stops before anything runs), else the run's; 5 when the
 # selections hold no cell (an empty list must never reach pytest: `pytest @empty` would run its
 # default paths, the whole matrix).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-: "${BIN:=.venv/bin}" "${JOBS:=2}" "${DIST:=loadgroup}" "${CELLS_DIR:=reports/local/cells}"
+: "${BIN:=.venv/bin}" "${JOBS:=2}" "${DIST:=load}" "${CELLS_DIR:=reports/local/cells}"
 name=${1:?usage: run-selections.sh NAME SELECTION... [-- PYTEST_ARGS...]}
 shift
 selections=()
