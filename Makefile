@@ -91,8 +91,12 @@ slice: setup real
 # slice, the layout slice and TRL's single-device slice in one session per set, in the set's own venv
 # (uv, under .venvs/), or in this venv for the set it is installed from (scripts/gate-slices.sh).
 GATE_VENVS ?= .venvs
-GATES = BIN=$(BIN) PYTHON=$(PYTHON) TORCH="$(TORCH)" JOBS=$(JOBS) SLICE=$(SLICE) LAYOUT_SLICE=$(LAYOUT_SLICE) \
-  TRL_SLICE=$(TRL_SLICE) GATE_VENVS=$(GATE_VENVS) RECORDS_DIR=$(TEST_RECORDS) scripts/gate-slices.sh
+# What every gate set runs, the slowest first (so that quick cells fill in around them).
+GATE_SELECTIONS = matrix -m cpu --tier tiny --layout fsdp2,tp,fsdp2_tp,ep --check train,parity --arch $(LAYOUT_SLICE);\
+  matrix -m cpu --stack trl --tier tiny --layout single --arch $(TRL_SLICE);\
+  matrix -m cpu --tier tiny --layout single --arch $(SLICE)
+GATES = BIN=$(BIN) PYTHON=$(PYTHON) TORCH="$(TORCH)" JOBS=$(JOBS) GATE_SELECTIONS="$(strip $(GATE_SELECTIONS))" \
+  GATE_VENVS=$(GATE_VENVS) RECORDS_DIR=$(TEST_RECORDS) scripts/gate-slices.sh
 gates: setup
 	$(GATES)
 
@@ -131,12 +135,12 @@ MATRIX_RESULTS ?= reports/local/matrix.jsonl
 CELLS_DONE = || { rc=$$?; [ $$rc -eq 1 ] || [ $$rc -eq 5 ]; }
 # The slow real cells first, so that the tiny cells fill in around them on the other worker
 # (scripts/run-selections.sh: one session, --dist load as measured above).
+MATRIX_SELECTIONS = matrix -m cpu --tier real --layout single --arch $(MATRIX_REAL_ARCH);\
+  matrix -m cpu --tier tiny --layout $(MATRIX_LAYOUTS) $(if $(MATRIX_LAYOUT_ARCH),--arch $(MATRIX_LAYOUT_ARCH));\
+  matrix -m cpu --tier tiny --layout single
 matrix: setup real
 	@rm -f $(MATRIX_RESULTS)
-	BIN=$(BIN) JOBS=$(JOBS) scripts/run-selections.sh matrix \
-	  "matrix -m cpu --tier real --layout single --arch $(MATRIX_REAL_ARCH)" \
-	  "matrix -m cpu --tier tiny --layout $(MATRIX_LAYOUTS) $(if $(MATRIX_LAYOUT_ARCH),--arch $(MATRIX_LAYOUT_ARCH))" \
-	  "matrix -m cpu --tier tiny --layout single" \
+	BIN=$(BIN) JOBS=$(JOBS) scripts/run-selections.sh matrix "$(strip $(MATRIX_SELECTIONS))" \
 	  -- --tb=line -rN --results $(MATRIX_RESULTS) $(CELLS_DONE)
 	$(BIN)/compat-harness render --records $(MATRIX_RESULTS) --out reports/local
 	@echo "report: reports/local/llm.md and reports/local/index.html"
@@ -237,10 +241,5 @@ release-watch-sim: setup
 # Every matrix selection `make test` (slice, gates: scripts/gate-slices.sh) and `make matrix` run, one a
 # line, from the same variables: what `compat-harness release-bump` measures (`make -s selections`).
 selections:
-	@printf '%s\n' "$(strip $(SLICE_SELECTIONS))" | tr ';' '\n' | sed 's/^ *//'
-	@echo "matrix -m cpu --tier tiny --layout fsdp2,tp,fsdp2_tp,ep --check train,parity --arch $(LAYOUT_SLICE)"
-	@echo "matrix -m cpu --stack trl --tier tiny --layout single --arch $(TRL_SLICE)"
-	@echo "matrix -m cpu --tier tiny --layout single --arch $(SLICE)"
-	@echo "matrix -m cpu --tier real --layout single --arch $(MATRIX_REAL_ARCH)"
-	@echo "matrix -m cpu --tier tiny --layout $(MATRIX_LAYOUTS) $(if $(MATRIX_LAYOUT_ARCH),--arch $(MATRIX_LAYOUT_ARCH))"
-	@echo "matrix -m cpu --tier tiny --layout single"
+	@printf '%s\n' "$(strip $(SLICE_SELECTIONS));$(strip $(GATE_SELECTIONS));$(strip $(MATRIX_SELECTIONS))" | \
+	  tr ';' '\n' | sed 's/^ *//'

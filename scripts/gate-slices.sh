@@ -13,20 +13,16 @@
 # slice) join its session, or run in a session of their own in $BIN when no gate set is the
 # default environment's.
 #
-# Called by `make gates` (and `make slice-gates`) with BIN, PYTHON, TORCH, JOBS, SLICE,
-# LAYOUT_SLICE, TRL_SLICE, RECORDS_DIR (each session's records: gate-NAME.jsonl, fresh per run)
+# Called by `make gates` (and `make slice-gates`) with BIN, PYTHON, TORCH, JOBS, GATE_SELECTIONS
+# (the Makefile's, ;-separated), RECORDS_DIR (each session's records: gate-NAME.jsonl, fresh per run)
 # and optionally DEFAULT_ENV_SELECTIONS in the environment.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${BIN:=.venv/bin}" "${PYTHON:=python3}" "${TORCH:=torch==2.13.0}" "${JOBS:=2}"
-: "${SLICE:?}" "${LAYOUT_SLICE:?}" "${TRL_SLICE:?}" "${GATE_VENVS:=.venvs}"
+: "${GATE_SELECTIONS:?}" "${GATE_VENVS:=.venvs}"
 : "${RECORDS_DIR:=reports/local/test}" "${DEFAULT_ENV_SELECTIONS:=}"
-# What every gate set runs, the slowest first (so that quick cells fill in around them).
-GATE_SELECTIONS=(
-  "matrix -m cpu --tier tiny --layout fsdp2,tp,fsdp2_tp,ep --check train,parity --arch $LAYOUT_SLICE"
-  "matrix -m cpu --stack trl --tier tiny --layout single --arch $TRL_SLICE"
-  "matrix -m cpu --tier tiny --layout single --arch $SLICE"
-)
+gate_selections=()
+IFS=';' read -r -a gate_selections <<< "$GATE_SELECTIONS"
 default_env_selections=()
 IFS=';' read -r -a default_env_selections <<< "$DEFAULT_ENV_SELECTIONS"
 mkdir -p "$RECORDS_DIR"
@@ -46,7 +42,7 @@ run_set() {  # NAME BIN [SELECTION ...]: the gate selections (after the given on
   shift 2
   rm -f "$results"
   # stdin from /dev/null: the loop reads the sets from its own
-  BIN="$bin" JOBS="$JOBS" scripts/run-selections.sh "gate-$name" "$@" "${GATE_SELECTIONS[@]}" \
+  BIN="$bin" JOBS="$JOBS" scripts/run-selections.sh "gate-$name" "$@" "${gate_selections[@]}" \
     -- --results "$results" < /dev/null
   record $?
 }

@@ -99,9 +99,27 @@ class RankSpec:
     node_rank: int = 0
 
 
+def start_method(device_type: str) -> str:
+    """How a rank process starts. CPU ranks fork from a forkserver that imported torch, transformers
+    and peft once (`forkserver_preload`): a fresh interpreter per rank paid those imports again for
+    every rank of every pool, 10-30 s a rank on a 2-core host, which made pool starts the largest
+    cost of the CPU layout slices. CUDA ranks stay spawned (nothing CUDA-initialised is ever
+    shared). COMPAT_HARNESS_RANK_START=spawn (or fork, forkserver) chooses another."""
+    return os.environ.get("COMPAT_HARNESS_RANK_START") or ("forkserver" if device_type == "cpu" else "spawn")
+
+
+def _context(spec: RankSpec):
+    method = start_method(spec.device_type)
+    context = mp.get_context(method)
+    if method == "forkserver":
+        # read when the server starts (the first CPU rank of this process); later calls are no-ops
+        context.set_forkserver_preload(["torch", "torch.distributed", *spec.preload])
+    return context
+
+
 def spawn_rank(rank: int, local_rank: int, spec: RankSpec, log_path: Path):
     """Start one rank process; (process, the parent's end of its pipe)."""
-    context = mp.get_context("spawn")
+    context = _context(spec)
     parent_end, child_end = context.Pipe()
     proc = context.Process(target=_worker_main, name=f"compat-pool-rank{rank}", daemon=True,
                            args=(rank, local_rank, spec, child_end, str(log_path)))
