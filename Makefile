@@ -23,9 +23,11 @@ export OMP_NUM_THREADS ?= 1
 PYTEST_OK = || [ $$? -eq 5 ]
 
 # The real-tier slice: a pretrained checkpoint from a package, LoRA on the QA set (train: start loss,
-# held-out loss falls), the adapter round trip, and the fixed-prompt answer before and after reload.
+# held-out loss falls) and the fixed-prompt answer before save and after reload. Its peft_roundtrip
+# runs in `make matrix`: it repeats the adapter round trip that the gates check bit for bit on every
+# SLICE row, on other weights, and at 80 s it was the slowest cell of `make test` (2 cores).
 REAL_SLICE ?= LlamaForCausalLM
-REAL_SLICE_CHECKS ?= train,peft_roundtrip,generate
+REAL_SLICE_CHECKS ?= train,generate
 
 .PHONY: setup test lint unit slice gates slice-gates docs-check browser matrix real clean
 
@@ -57,7 +59,7 @@ browser:
 # After `real`: the tests of the real checkpoints' packages would otherwise skip on a fresh clone for
 # want of an install that `make test` does anyway.
 unit: setup real browser
-	$(BIN)/pytest -q -n $(JOBS) tests $(PYTEST_OK)
+	$(BIN)/pytest -q -n $(JOBS) --dist worksteal tests $(PYTEST_OK)
 
 # Layouts in the slice: gloo ranks on the CPU, `train` and `parity` for both methods under every
 # layout (ep only for the MoE row) and every declared call and experts kernel, so every layout is

@@ -15,14 +15,13 @@
 # selection named (a selection without --stack collects the reference stack only); only the
 # listed node ids run.
 #
-# DIST (xdist's --dist) is `load` by default. `DIST=loadgroup` runs every gloo cell on one xdist
-# worker (the plugin puts them in one xdist group), so one set of rank pools starts instead of one
-# per worker; but a worker runs its cells in list order, so the worker holding the group may run
-# slow single-device cells first (the real tier's, minutes each on 2 cores) and the whole group
-# waits behind them (seen on a 2-core host shared with other jobs, 2026-12-07). Not the default
-# until a quiet measurement says it pays.
+# DIST (xdist's --dist) is `worksteal` by default: a worker that runs out of cells takes the
+# pending ones of the other, so a few slow cells (the real tier's, a minute each on 2 cores) do not
+# leave one worker idle at the end while the other still has a queue. (`loadgroup`, every gloo cell
+# on one worker, queued the whole group behind the real cells; since CPU ranks fork from a
+# preloaded forkserver, a pool start is cheap and needs no grouping.)
 #
-# Environment: BIN (the venv's bin, default .venv/bin), JOBS (default 2), DIST (default load),
+# Environment: BIN (the venv's bin, default .venv/bin), JOBS (default 2), DIST (default worksteal),
 # CELLS_DIR (where the lists go, default reports/local/cells: NAME.<k> per selection and NAME.txt).
 # Exit status: a
 # failing collection's (a usage error stops before anything runs), else the run's; 5 when the
@@ -30,7 +29,7 @@
 # default paths, the whole matrix).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-: "${BIN:=.venv/bin}" "${JOBS:=2}" "${DIST:=load}" "${CELLS_DIR:=reports/local/cells}"
+: "${BIN:=.venv/bin}" "${JOBS:=2}" "${DIST:=worksteal}" "${CELLS_DIR:=reports/local/cells}"
 name=${1:?usage: run-selections.sh NAME SELECTION... [-- PYTEST_ARGS...]}
 shift
 selections=()

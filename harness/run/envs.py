@@ -131,31 +131,39 @@ def install_commands(path: Path, pins: Pins, wheels: Path | None, torch: str) ->
             [str(path / "bin" / "python"), "-m", "pip", "install", "-q", *links, *packages]]
 
 
-def ensure_env(pins: Pins, *, root: Path | None = None, wheels: Path | None = None,
-               log: Callable[[str], None] = print) -> Env:
-    """The environment of `pins`, made if it is not there yet (one maker at a time: a file lock)."""
+def _made_once(path: Path, pins: Pins, label: str, commands: list[list[str]], stamp: dict,
+               log: Callable[[str], None], after: Callable[[], None] = lambda: None) -> Env:
+    """The environment at `path`, made by `commands` if it is not there yet: one maker at a time (a file
+    lock), a half-made one (a maker that died) removed, the stamp written last."""
     from filelock import FileLock
 
     start = time.perf_counter()
-    torch = torch_spec()
-    path = (root or envs_root()) / pins.key(torch)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if (path / STAMP).is_file():
             return Env(path, pins, False, time.perf_counter() - start)
-        shutil.rmtree(path, ignore_errors=True)  # a half-made one (a maker that died)
-        log(f"making an environment for {pins.label} ({torch}) in {path}")
-        for command in install_commands(path, pins, wheels, torch):
+        shutil.rmtree(path, ignore_errors=True)
+        log(f"making an environment {label} in {path}")
+        for command in commands:
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 shutil.rmtree(path, ignore_errors=True)
                 output = (done.stderr or done.stdout).strip()[-1500:]
-                raise EnvError(f"{' '.join(command[:3])} ... for {pins.label} failed (exit "
-                               f"{done.returncode}): {output}")
+                raise EnvError(f"{' '.join(command[:4])} ... {label} failed (exit {done.returncode}): "
+                               f"{output}")
+        after()
         seconds = time.perf_counter() - start
-        (path / STAMP).write_text(json.dumps({"pins": dict(pins.versions), "torch": torch,
-                                              "seconds": round(seconds, 1)}))
+        (path / STAMP).write_text(json.dumps({**stamp, "seconds": round(seconds, 1)}))
     return Env(path, pins, True, seconds)
+
+
+def ensure_env(pins: Pins, *, root: Path | None = None, wheels: Path | None = None,
+               log: Callable[[str], None] = print) -> Env:
+    """The environment of `pins`, made if it is not there yet."""
+    torch = torch_spec()
+    path = (root or envs_root()) / pins.key(torch)
+    return _made_once(path, pins, f"for {pins.label} ({torch})", install_commands(path, pins, wheels, torch),
+                      {"pins": dict(pins.versions), "torch": torch}, log)
 
 
 def run_cells(env: Env, selection: list[str], results: Path, *, jobs: int = 1) -> subprocess.CompletedProcess:
@@ -204,11 +212,8 @@ def ensure_locked_env(lock: Path, *, set_name: str, torch: str | None = None, wh
     """The environment of a lock file (a release set's, or a release bump's candidate), made once and
     kept by the lock's digest; it carries the lock stamp (harness/lockfile.py), so its records name
     the lock (`env.lock`) as `make setup`'s do. `set_name` is the release set the lock is of."""
-    from filelock import FileLock
-
     from harness.lockfile import lock_path, pinned_versions, write_stamp
 
-    start = time.perf_counter()
     torch = torch_spec() if torch is None else torch
     checkpoints = lock_path("checkpoints")
     extra = (checkpoints,) if checkpoints.is_file() else ()
@@ -216,21 +221,7 @@ def ensure_locked_env(lock: Path, *, set_name: str, torch: str | None = None, wh
     held = {name: ",".join(sorted(v)) for name, v in pinned_versions(lock).items()
             if name in ("transformers", "peft")}
     pins = Pins.of(held)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if (path / STAMP).is_file():
-            return Env(path, pins, False, time.perf_counter() - start)
-        shutil.rmtree(path, ignore_errors=True)  # a half-made one (a maker that died)
-        log(f"making an environment from {lock} ({pins.label}, {torch or 'no torch'}) in {path}")
-        for command in locked_install_commands(path, lock, torch, wheels, extra):
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                shutil.rmtree(path, ignore_errors=True)
-                output = (done.stderr or done.stdout).strip()[-1500:]
-                raise EnvError(f"{' '.join(command[:4])} ... for {lock} failed (exit {done.returncode}): "
-                               f"{output}")
-        write_stamp(path, set_name, lock)
-        seconds = time.perf_counter() - start
-        stamp = {"lock": str(lock), "torch": torch, "seconds": round(seconds, 1)}
-        (path / STAMP).write_text(json.dumps(stamp))
-    return Env(path, pins, True, seconds)
+    return _made_once(path, pins, f"from {lock} ({pins.label}, {torch or 'no torch'})",
+                      locked_install_commands(path, lock, torch, wheels, extra),
+                      {"lock": str(lock), "torch": torch}, log,
+                      after=lambda: write_stamp(path, set_name, lock))
