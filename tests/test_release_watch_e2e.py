@@ -174,6 +174,7 @@ def test_release_bump_proposes_a_planted_release_with_its_limits(tmp_path):
     # (a) the default environment is the lock's: peft 0.21.2, whatever the wheelhouse offers
     assert {r["env"]["peft"] for r in baseline} == {peft.__version__}
     assert {r["env"]["lock"]["sha256"] for r in baseline} == {base_digest}
+    (held,) = {r["env"]["transformers"] for r in baseline}  # the release the default set holds
     # the candidate ran the planted release (its peft.__version__ is the installed files': 0.21.2)
     lock = show("locks/newest.txt")
     assert "peft==0.21.3" in lock
@@ -187,8 +188,8 @@ def test_release_bump_proposes_a_planted_release_with_its_limits(tmp_path):
         or 'peft = "<0.21.3", reason = "planted: a limit whose cell passes"' in arch
     )
     assert (
-        'method = "lora", layout = "single", check = "train", transformers = "==5.24.0", peft = ">=0.21.3", '
-        'reason = "release-bump: first bad peft 0.21.3, last good 0.21.2, with transformers 5.24.0: '
+        f'method = "lora", layout = "single", check = "train", transformers = "=={held}", peft = ">=0.21.3", '
+        f'reason = "release-bump: first bad peft 0.21.3, last good 0.21.2, with transformers {held}: '
         "RuntimeError: planted regression"
     ) in arch
     report = next(f for f in files if f.startswith("reports/release-bump/"))
