@@ -422,8 +422,9 @@ def run_release_bump(args) -> int:
          or args.packages or "", *(a for s in args.selection for a in ("--selection", s)),
          *(["--wheels", str(args.wheels)] if args.wheels else []), "-n", str(args.jobs)])
     text = bump_report.report(result)
+    print("--- summary (one line per watched package)")
     for line in bump_report.summary(result):
-        print(line)
+        print(f"  {line}")
     if args.issue_body and result.proposed:
         args.issue_body.parent.mkdir(parents=True, exist_ok=True)
         args.issue_body.write_text(f"{bump_report.title(result)}\n{text}")
