@@ -26,7 +26,9 @@ STAMP = "compat-harness-lock.json"
 # The packages of a torch build that the lock leaves to the host: torch itself and what only its
 # CUDA build pulls in (the CPU build needs none of them).
 TORCH_BUILD = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
-_PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+# `name==version` at the start of a requirement line, then its environment marker (if any) up to
+# the line continuation of the hashes.
+_PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;([^\\]*))?")
 
 
 def lock_path(set_name: str, lock_dir: Path | None = None) -> Path:
@@ -43,14 +45,22 @@ def digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+def pins(path: Path) -> list[tuple[str, str, str]]:
+    """Every pinned line of the lock: (normalized name, release, environment marker or "")."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        found = _PINNED.match(line)
+        if found:
+            out.append((normalize(found.group(1)), found.group(2), (found.group(3) or "").strip()))
+    return out
+
+
 def pinned_versions(path: Path) -> dict[str, set[str]]:
     """Every package the lock pins, name -> its releases (a universal lock may pin two releases of one
     package for different Pythons, each behind a marker)."""
     out: dict[str, set[str]] = {}
-    for line in Path(path).read_text().splitlines():
-        found = _PINNED.match(line)
-        if found:
-            out.setdefault(normalize(found.group(1)), set()).add(found.group(2))
+    for name, version, _ in pins(path):
+        out.setdefault(name, set()).add(version)
     return out
 
 

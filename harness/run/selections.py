@@ -5,14 +5,15 @@ prints one selection a line (pytest's matrix arguments, from the same variables 
 use), so a bump measures exactly what the gates will judge once the lock is bumped, and a change of
 a slice reaches the bump without a second list to keep in step.
 
-Several selections run in ONE session, as scripts/run-selections.sh does for `make matrix`: each is
-collected alone (`--collect-only -q`: seconds, no torch), the node ids are concatenated (a cell in
-two selections once) and `pytest @list` runs them, so the xdist workers and the gloo rank pools
-start once, not once per selection.
+Several selections run in ONE session through scripts/run-selections.sh, as `make test` and
+`make matrix` run theirs: each is collected alone, the node ids are concatenated (a cell in two
+selections once) and `pytest @list` runs them, so the xdist workers and the gloo rank pools start
+once, not once per selection.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import tempfile
@@ -67,42 +68,15 @@ def from_makefile(repo: Path = REPO_ROOT, make: str = "make") -> list[list[str]]
     return selections
 
 
-def collect(python: Path, selection: list[str]) -> list[str]:
-    """The node ids of one selection, collected in the environment of `python`."""
-    command = [str(python), "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", *selection]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
-    if done.returncode not in (0, 5):
-        raise SelectionsError(
-            f"collecting `{' '.join(selection)}` failed (exit {done.returncode}): "
-            f"{(done.stdout + done.stderr).strip()[-1500:]}"
-        )
-    return [line.strip() for line in done.stdout.splitlines() if "::" in line]
-
-
 def run_session(
     python: Path, selections: list[list[str]], results: Path, *, jobs: int = 1
 ) -> subprocess.CompletedProcess:
-    """Every selection's cells in one pytest session (records to `results`); pytest's return code (1:
-    cells failed; 5: nothing selected, and then nothing runs: `pytest @empty` would run everything)."""
-    ids = list(dict.fromkeys(node for selection in selections for node in collect(python, selection)))
-    if not ids:
-        return subprocess.CompletedProcess([], 5, "no cell in the selections", "")
+    """Every selection's cells in one pytest session (records to `results`), by scripts/run-selections.sh
+    in the environment of `python`: the same collection, list and xdist distribution as `make test`'s
+    sessions. pytest's return code (1: cells failed; 5: nothing selected, and then nothing runs)."""
     with tempfile.TemporaryDirectory() as tmp:
-        listed = Path(tmp) / "cells.txt"
-        listed.write_text("".join(f"{node}\n" for node in ids))
-        # --stack all: every listed cell is collectable whichever stack its selection named
-        command = [
-            str(python),
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            f"@{listed}",
-            "--stack",
-            "all",
-            *(["-n", str(jobs), "--dist", "loadgroup"] if jobs > 1 else []),
-            "--results",
-            str(results),
-        ]
-        return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+        env = {**os.environ, "BIN": str(Path(python).parent), "JOBS": str(jobs), "CELLS_DIR": tmp}
+        command = ["bash", str(REPO_ROOT / "scripts" / "run-selections.sh"), "bump",
+                   *(" ".join(selection) for selection in selections),
+                   "--", "-p", "no:cacheprovider", "--results", str(results)]
+        return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
