@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import shlex
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -511,6 +513,51 @@ def run_lock(args) -> int:
     return 0
 
 
+def add_release_history(subparsers) -> None:
+    p = subparsers.add_parser(
+        "release-history", help="record what a transformers release offers in matrix/release_history.json",
+        description="Read the installed transformers' model types, experts kernels and DistributedConfig "
+                    "fields (harness/spec/release_facts.py) and record them as that release's line of "
+                    "matrix/release_history.json, which says for every measured release what it offered. "
+                    "--trees ROOT: do it for every transformers tree under ROOT (unpacked releases, "
+                    "harness/run/overlay.py), each in a process of its own.")
+    p.add_argument("--trees", metavar="ROOT", help="record every transformers-<version> tree under ROOT")
+    p.add_argument("--matrix-dir", "--matrix", dest="matrix_dir", default=str(DEFAULT_MATRIX_DIR),
+                   help="matrix directory (default: %(default)s)")
+    p.set_defaults(func=run_release_history)
+
+
+def run_release_history(args) -> int:
+    from harness.spec.release_facts import as_history_facts, release_facts
+    from harness.spec.release_history import dump_history, load_history
+
+    if args.trees:
+        from harness.run.overlay import OverlayError, plan, pythonpath, trees
+
+        failed = 0
+        for tree in [t for t in trees(Path(args.trees)) if t.name == "transformers"]:
+            try:
+                chosen = plan(Path(args.trees), {"transformers": tree.version})
+            except OverlayError as exc:
+                print(f"transformers {tree.version}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            env = {**os.environ, "PYTHONPATH": pythonpath(chosen)}
+            done = subprocess.run([sys.executable, "-m", "harness.cli", "release-history",
+                                   "--matrix-dir", args.matrix_dir], env=env, capture_output=True, text=True)
+            print(done.stdout.strip() or done.stderr.strip()[-600:])
+            failed += done.returncode != 0
+        return 1 if failed else 0
+    facts = release_facts(())
+    history = load_history(args.matrix_dir)
+    history.record(facts.transformers, as_history_facts(facts))
+    path = dump_history(history, args.matrix_dir)
+    print(f"transformers {facts.transformers}: {len(facts.model_types)} model types, experts kernels "
+          f"{', '.join(sorted(facts.experts_kernels))}; DistributedConfig fields "
+          f"{', '.join(sorted(facts.distributed_config_fields)) or '(no DistributedConfig)'} -> {path.name}")
+    return 0
+
+
 def _nightly(name: str, command: str):
     """The nightly pipeline's subcommands live in harness/report/nightly.py; each reads --matrix-dir."""
     def add(subparsers) -> None:
@@ -540,7 +587,7 @@ def add_pool_worker(subparsers) -> None:
 
 
 SUBCOMMANDS = (add_ingest, add_diff, add_render, add_cells, add_prefetch, add_bisect, add_release_bump,
-               add_lock,
+               add_lock, add_release_history,
                _nightly("add_nightly_sim", "nightly-sim"), _nightly("add_nightly_merge", "nightly-merge"),
                _nightly("add_durations", "durations"), add_pool_worker)
 

@@ -45,6 +45,9 @@ FAILURE_CATEGORIES = (
     "crash",
     "timeout",
     "error",
+    # a documented call failed on a release at or after the removal transformers announced for it
+    # (matrix `apis.NAME.removed`): still a failure, rendered "removed in RELEASE"
+    "api-removed",
     # the model built from a config holds parameters nothing initialised (NaN, inf, absurd values):
     # a finding about the model code (harness/ckpt/tiny.py), distinct from a training failure
     "init",

@@ -210,7 +210,7 @@ model_type = "future_model_type"
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        ("", 'fix the typo; if a newer transformers has it, declare min_transformers = "<its first'),
+        ("", 'fix the typo; if a release newer than those has it, declare min_transformers = "<its first'),
         ('min_transformers = "5.0.0"\n', "though the row's min_transformers = '5.0.0' says it should"),
     ],
 )

@@ -109,18 +109,25 @@ def test_ep_needs_moe():
     assert info.value.category == "layout-unsupported"
 
 
-def test_choose_api_follows_the_declared_releases():
+def test_choose_api_offers_a_call_from_its_first_release_on():
+    """A call is offered from `since` on, on every later release (no upper bound exists to hide a
+    release that breaks it); before `since` a variant cell is a `not-offered` skip that names it."""
     import transformers
+    from packaging.version import Version
 
-    here = transformers.__version__
-    apis = {"old": Api("old", "", "old()", (f"<{here}",)), "now": Api("now", "", "now()", (f"=={here}",)),
-            "any": Api("any", "", "any()")}
-    layout = Layout("tp", "", 2, {"tp": 2}, apis=("old", "now", "any"))
+    here = Version(transformers.__version__)
+    later = f"{here.major}.{here.minor + 1}.0"
+    apis = {"new": Api("new", "", "new()", since=later, needs=("ep_size",)),
+            "now": Api("now", "", "now()", since=str(here)), "any": Api("any", "", "any()"),
+            "old": Api("old", "", "old()", since="5.0.0")}
+    layout = Layout("tp", "", 2, {"tp": 2}, apis=("new", "now", "any"))
     assert choose_api(apis, layout).name == "now", "the first call this release offers"
     assert choose_api(apis, layout, "any").name == "any", "a variant runs its own call"
+    assert choose_api(apis, layout, "old").name == "old", "offered once, offered on every later release"
     with pytest.raises(CellFailure) as info:
-        choose_api(apis, layout, "old")
-    assert info.value.category == "not-offered" and "old()" in info.value.message
+        choose_api(apis, layout, "new")
+    assert info.value.category == "not-offered" and "new()" in info.value.message
+    assert f"introduced in {later}" in info.value.message and "ep_size" in info.value.message
     assert choose_api(apis, Layout("single", "", 1, {})) is None
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from harness.ckpt.hub_cache import cached_snapshot
 from harness.failures import CellFailure
 from harness.spec.matrix import CUSTOM, REMOTE_CODE, TRANSFORMERS, Architecture
+from harness.spec.release_check import row_gap
 
 OPT_IN_ENV = "COMPAT_HARNESS_TRUST_REMOTE_CODE"
 OPT_IN_FLAG = "--trust-remote-code"
@@ -143,13 +144,10 @@ def config_class(arch: Architecture):
         # The documented call: AutoConfig resolves the snapshot's auto_map (or a stock config
         # class, for remote model code over a native config) and registers it for saving.
         return type(transformers.AutoConfig.from_pretrained(code.path, trust_remote_code=True))
-    try:
-        return CONFIG_MAPPING[arch.model_type]
-    except KeyError:
-        needs = f" (needs >= {arch.min_transformers})" if arch.min_transformers else ""
-        raise CellFailure("needs-newer-transformers",
-                          f"{arch.name}: transformers {transformers.__version__} does not recognise model "
-                          f"type {arch.model_type!r}{needs}") from None
+    gap = row_gap(arch)
+    if gap is not None:  # a release older than the newest measured one, which could build the row
+        raise CellFailure("needs-newer-transformers", f"{arch.name}: {gap}")
+    return CONFIG_MAPPING[arch.model_type]
 
 
 def load_config(arch: Architecture, path):

@@ -349,10 +349,18 @@ def known_limit_rows(matrix: Matrix) -> list[dict]:
     return rows
 
 
+def api_releases(api) -> str:
+    """The releases that offer a call: from the one that introduced it, every later one."""
+    text = f"from {api.since}" if api.since else "every release"
+    if api.removed:
+        text += f"; removal announced for {api.removed['release']} ([changelog]({api.removed['url']}))"
+    return text
+
+
 def api_rows(matrix: Matrix) -> list[dict]:
     """The documented calls that apply each multi-rank layout, in the order a plain cell tries them."""
     return [{"layout": layout.name, "api": name, "call": matrix.apis[name].call,
-             "releases": " or ".join(matrix.apis[name].transformers) or "every release",
+             "releases": api_releases(matrix.apis[name]),
              "variant": "plain cells" if i == 0 else f"variant `+{name}`" + (
                  "" if matrix.apis[name].checks else " (fallback only)")}
             for layout in matrix.layouts.values() for i, name in enumerate(layout.apis)]

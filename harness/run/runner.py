@@ -33,7 +33,8 @@ from harness.run.pool import get_pool
 from harness.run.ranks import PoolTaskError
 from harness.spec.cells import Cell, cell_architecture
 from harness.spec.load import load_matrix, matrix_files
-from harness.spec.matrix import Matrix
+from harness.spec.matrix import REFERENCE_STACK, Matrix
+from harness.stacks.native.placement import choose_api
 from harness.stacks.registry import missing_packages
 
 DEFAULT_CELL_TIMEOUT_S = 300.0
@@ -175,6 +176,47 @@ def code_of(matrix: Matrix, cell: Cell) -> dict:
         return {"kind": arch.implementation_kind, "unknown": f"{type(exc).__name__}: {exc}"}
 
 
+def asked_call(matrix: Matrix, cell: Cell) -> dict:
+    """What the cell asks for, named by its record whatever the outcome: the documented call that
+    applies its layout (reference stack) and, on an MoE row, the experts kernel ("default":
+    transformers' own choice; a record that ran says which that was)."""
+    out: dict = {}
+    layout = matrix.layouts[cell.layout]
+    if cell.stack == REFERENCE_STACK and layout.world_size > 1:
+        try:
+            api = choose_api(matrix.apis, layout, cell.variant)
+        except CellFailure:  # not offered here: the skip names the call it would have run
+            api = matrix.apis.get(cell.variant)
+        if api is not None:
+            out.update(api=api.name, api_call=api.call)
+    if cell_architecture(matrix, cell).moe:
+        kernel = matrix.experts.get(cell.variant)
+        out["experts_implementation"] = kernel.value if kernel else "default"
+    return out
+
+
+def call_verdict(matrix: Matrix, asked: dict, category: str, message: str) -> tuple[str, str]:
+    """A failure of a documented call, said precisely: on a release at or after a removal transformers
+    announced it is `api-removed`; where the release lacks a field the call passes, the message says
+    so (the library's own message stays first)."""
+    api = matrix.apis.get(asked.get("api", ""))
+    if api is None or category in SKIP_CATEGORIES or category in (HARNESS_ERROR, "matrix-error"):
+        return category, message
+    import transformers
+    from packaging.version import Version
+
+    from harness.spec.release_facts import release_facts
+
+    release = transformers.__version__
+    missing = [f for f in api.needs if f not in release_facts(()).distributed_config_fields]
+    if missing:
+        message += f" [DistributedConfig of transformers {release} has no {', '.join(missing)}]"
+    if api.removed and Version(release) >= Version(api.removed["release"]):
+        return "api-removed", (f"removed in {api.removed['release']} (announced: {api.removed['url']}): "
+                               f"{message}")
+    return category, message
+
+
 def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
     outcome = _run_cell(matrix, cell, device)
     outcome.code = code_of(matrix, cell)
@@ -190,11 +232,13 @@ def _run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
         None,
     )
     start = time.perf_counter()
+    asked = asked_call(matrix, cell)
     try:
         metrics = run_check(matrix, cell, device)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a categorised record
         category, message = classify(exc)
-        duration = {**getattr(exc, "metrics", {}), "duration_s": time.perf_counter() - start}
+        category, message = call_verdict(matrix, asked, category, message)
+        duration = {**asked, **getattr(exc, "metrics", {}), "duration_s": time.perf_counter() - start}
         if category in SKIP_CATEGORIES:
             return Outcome("skip", category, message, metrics=duration)
         status = "xfail" if limit and limit.category == category != HARNESS_ERROR else "fail"
@@ -205,7 +249,7 @@ def _run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
         else:
             text = format_traceback(exc)
         return Outcome(status, category, message, text, metrics=duration)
-    metrics["duration_s"] = time.perf_counter() - start
+    metrics = {**asked, **metrics, "duration_s": time.perf_counter() - start}
     stale = None
     if limit:
         stale = (f"{cell.id} passed, but {arch.source_file} declares a known limit for it "

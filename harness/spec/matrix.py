@@ -372,9 +372,19 @@ class Api:
     name: str
     summary: str = toml_key(STR, "One line for the docs.")
     call: str = toml_key(STR, "The call as a user writes it (records and docs quote it).")
-    transformers: tuple[str, ...] = toml_key(
-        LIST_STR, "The releases of transformers that offer it (any of these specifiers; empty: every "
-                  "release).", default=())
+    since: str | None = toml_key(
+        STR, "The transformers release that introduced the call (none: every release). From it on the call "
+             "runs on every release: a break is a failure with the library's message, never a skip. Where "
+             "`needs` names fields, matrix/release_history.json must show them first in this release.",
+        default=None)
+    needs: tuple[str, ...] = toml_key(
+        LIST_STR, "The DistributedConfig fields the call passes, read from each release "
+                  "(harness/spec/release_facts.py); a record run where they are missing says so.", default=())
+    removed: dict = toml_key(
+        TABLE, "A removal transformers announced: {release = \"5.N.0\", url = \"<changelog entry>\"}. "
+               "From that release a failure of the call is `api-removed` (still run, so a restore shows "
+               "as a pass).",
+        default_factory=dict)
     docs: str = toml_key(STR, "Where the libraries document it (an https:// URL).", default="")
     checks: tuple[str, ...] = toml_key(
         LIST_STR, "The checks its variant cells run (the plain cells run under every check).",
@@ -399,9 +409,6 @@ class ExpertsKernel:
     checks: tuple[str, ...] = toml_key(
         LIST_STR, "The checks its variant cells run.", default=("train", "parity"))
     tiers: tuple[str, ...] = toml_key(LIST_STR, "The tiers its variant cells run on.", default=("tiny",))
-    transformers: tuple[str, ...] = toml_key(
-        LIST_STR, "The releases of transformers that have it (any of these specifiers; empty: every "
-                  "release).", default=())
     devices: tuple[str, ...] = toml_key(
         LIST_STR, "The device types it runs on (DEVICE_TYPES).", default=DEVICE_TYPES)
 

@@ -223,12 +223,6 @@ def _version_spec(file: str, key: str, value: str) -> None:
                           'is not a version specifier; write e.g. "<5.1" or ">=5.0,<5.13"') from None
 
 
-def _specs(file: str, path: str, specs: list[str]) -> tuple[str, ...]:
-    for i, spec in enumerate(specs):
-        _version_spec(file, f"{path}[{i}]", spec)
-    return tuple(specs)
-
-
 def _lora_targets(file: str, key: str, targets: str | list) -> None:
     """peft's target_modules: a keyword, one regular expression, or a list of module names."""
     if isinstance(targets, str):
@@ -444,8 +438,17 @@ def _api(file: str, name: str, body: dict, names: dict[str, tuple]) -> Api:
         _words(file, f"{path}.{key}", body.get(key, []))
     if "docs" in body:
         _url(file, f"{path}.docs", body["docs"])
+    if "since" in body:
+        _version(file, f"{path}.since", body["since"], "5.19.0")
+    _words(file, f"{path}.needs", body.get("needs", []))
+    removed = body.get("removed", {})
+    if removed:
+        if sorted(removed) != ["release", "url"]:
+            raise MatrixError(file, f"{path}.removed", removed,
+                              'must be {release = "5.N.0", url = "<the changelog entry that announced it>"}')
+        _version(file, f"{path}.removed.release", removed["release"], "5.20.0")
+        _url(file, f"{path}.removed.url", removed["url"])
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in body.items()}
-    fields["transformers"] = _specs(file, f"{path}.transformers", body.get("transformers", []))
     return Api(name=name, **fields)
 
 
@@ -460,7 +463,6 @@ def _experts_kernel(file: str, name: str, body: dict, names: dict[str, tuple]) -
     for i, device in enumerate(body.get("devices", [])):
         _must_be_one_of(file, f"{path}.devices[{i}]", device, DEVICE_TYPES)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in body.items()}
-    fields["transformers"] = _specs(file, f"{path}.transformers", body.get("transformers", []))
     return ExpertsKernel(name=name, **fields)
 
 

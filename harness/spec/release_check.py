@@ -1,14 +1,19 @@
 """The matrix checked against the installed transformers, at load: model types, the keys of `tiny`
-and `real_shapes` configs, the class each row's auto class builds, TP style names, experts kernels.
+and `real_shapes` configs, the class each row's auto class builds, TP style names.
 
 The facts come from harness/spec/release_facts.py (asked once per release, cached), so this stays fast.
 
-How the harness knows that a newer transformers has a model type: it cannot read other releases'
-lists at load time (nothing is downloaded), so the row declares it. `min_transformers` names the
-first release that has the type: below it the type may be missing and the row's cells skip as
-`needs-newer-transformers`; from it on the type must exist. A type that the installed release does
-not have, on a row that declares neither `min_transformers` nor `trust_remote_code`, is a typo until
-the row says otherwise, and the error names both fixes.
+Loading never fails because of the installed release. A release may lack what a row names: its
+model type, a config key, the class its auto class builds, a TP style. Whether that is a typo or
+something other releases have is a question about other releases, answered by what was measured
+in them (matrix/release_history.json, harness/spec/release_history.py):
+- on a release older than the newest measured one, a row the release cannot build is a gap: the
+  row's cells skip as `needs-newer-transformers`, naming the fact that decided it (`row_gap`,
+  asked again when a cell builds its config);
+- on the newest measured release or a newer one, the same thing is the matrix's mistake: a
+  MatrixError naming the file, the key and the fix (a typo, or `min_transformers` for a type that
+  only an unmeasured newer release has).
+Experts kernels and documented calls are per-cell facts (harness/stacks/native/placement.py).
 
 A remote-code row (`trust_remote_code = true`) may name a model type that transformers does not
 have (the hub code defines it). Where transformers does have the type, its auto class must not
@@ -18,44 +23,102 @@ build the row's declared class natively: then the row is not remote code on this
 from __future__ import annotations
 
 import difflib
+import functools
+from pathlib import Path
 
-from harness.spec.matrix import Architecture, Matrix, MatrixError, version_in
+from harness.spec.matrix import Architecture, Matrix, MatrixError
 from harness.spec.release_facts import ConfigFacts, ModelTypeFacts, ReleaseFacts, release_facts
+from harness.spec.release_history import ReleaseHistory, load_history
 
 
-def check_release(matrix: Matrix, files: dict[str, dict[str, str]]) -> None:
-    """Raise MatrixError for the first value the installed transformers contradicts.
+def check_release(matrix: Matrix, files: dict[str, dict[str, str]], facts: ReleaseFacts | None = None,
+                  history: ReleaseHistory | None = None) -> None:
+    """Raise MatrixError for the first value the installed transformers contradicts where no release
+    explains it (see the module docstring).
 
-    `files` maps a section and an entry's name to the file that defines it (for messages).
+    `files` maps a section and an entry's name to the file that defines it (for messages). `facts`
+    and `history` default to the installed release's and the committed ones.
     """
-    facts = release_facts(arch.model_type for arch in matrix.architectures.values())
+    if facts is None:
+        facts = release_facts(arch.model_type for arch in matrix.architectures.values())
+    if history is None:
+        history = _history(matrix.files[0]) if matrix.files else ReleaseHistory()
+    newest = not _older_than_measured(facts.transformers, history)
     for arch in matrix.architectures.values():
-        found = _model_type(arch, facts)
-        if found is None:
-            continue
-        _builds(arch, found, facts.transformers)
-        _config_keys(arch.source_file, f"architectures.{arch.name}.tiny", arch.tiny, found.config,
-                     facts.transformers)
-        _config_keys(arch.source_file, f"architectures.{arch.name}.real_config", arch.real_config,
-                     found.config, facts.transformers)
-    for arch in matrix.architectures.values():
-        _tp_styles(arch, facts)
+        try:
+            found = _model_type(arch, facts, history)
+            if found is None:
+                continue
+            _builds(arch, found, facts.transformers)
+            _config_keys(arch.source_file, f"architectures.{arch.name}.tiny", arch.tiny, found.config,
+                         facts.transformers)
+            _config_keys(arch.source_file, f"architectures.{arch.name}.real_config", arch.real_config,
+                         found.config, facts.transformers)
+            _tp_styles(arch, facts)
+        except MatrixError:
+            if newest:
+                raise
+    for name, kernel in matrix.experts.items():
+        if kernel.value not in facts.experts_kernels and not history.first("experts_kernels", kernel.value):
+            raise MatrixError(files["experts"][name], f"experts.{name}.value", kernel.value,
+                              f"is not an experts implementation of transformers {facts.transformers}, nor of "
+                              "any release in matrix/release_history.json", sorted(facts.experts_kernels))
     for name, shape in matrix.real_shapes.items():
         found = facts.types.get(matrix.architectures[shape.architecture].model_type)
         if found is not None:
-            _config_keys(shape.source_file, f'real_shapes."{name}".config', shape.config, found.config,
-                         facts.transformers)
-    for name, kernel in matrix.experts.items():
-        offered = version_in(facts.transformers, kernel.transformers)
-        if offered and kernel.value not in facts.experts_kernels:
-            raise MatrixError(files["experts"][name], f"experts.{name}.value", kernel.value,
-                              f"is not an experts implementation of transformers {facts.transformers} "
-                              "(or limit the kernel to the releases that have it with `transformers`)",
-                              sorted(facts.experts_kernels))
+            try:
+                _config_keys(shape.source_file, f'real_shapes."{name}".config', shape.config, found.config,
+                             facts.transformers)
+            except MatrixError:
+                if newest:
+                    raise
 
 
-def _model_type(arch: Architecture, facts: ReleaseFacts) -> ModelTypeFacts | None:
-    """The facts of the row's model type, or None where the release may lack it (declared so)."""
+def row_gap(arch: Architecture) -> str | None:
+    """Why the installed release cannot build the row as the matrix declares it (None: it can): the
+    fact that decided, for a `needs-newer-transformers` skip. Only a release older than the newest
+    measured one can have a gap; on the others the same fact stopped the load."""
+    facts = release_facts([arch.model_type])
+    history = _history(arch.source_file)
+    try:
+        found = _model_type(arch, facts, history)
+        if found is None:
+            return _absent_type(arch, facts, history)
+        _builds(arch, found, facts.transformers)
+        _config_keys(arch.source_file, f"architectures.{arch.name}.tiny", arch.tiny, found.config,
+                     facts.transformers)
+        _tp_styles(arch, facts)
+    except MatrixError as exc:
+        return f"{exc.key} = {exc.value!r}: {exc.problem}"
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _history(matrix_file: str) -> ReleaseHistory:
+    """The release history beside a matrix file (read once per process)."""
+    return load_history(Path(matrix_file).parent)
+
+
+def _older_than_measured(release: str, history: ReleaseHistory) -> bool:
+    from packaging.version import Version
+
+    newest = history.newest()
+    return newest is not None and Version(release) < Version(newest)
+
+
+def _absent_type(arch: Architecture, facts: ReleaseFacts, history: ReleaseHistory) -> str | None:
+    """The gap of a row whose model type the release lacks (None: it has it, or the row brings it)."""
+    if arch.model_type in facts.model_types or arch.trust_remote_code or arch.implementation:
+        return None
+    later = history.later_with("model_types", arch.model_type, facts.transformers)
+    where = (f"; the first measured release with it is {later} (matrix/release_history.json)" if later
+             else f"; min_transformers = {arch.min_transformers!r}" if arch.min_transformers else "")
+    return f"transformers {facts.transformers} has no model type {arch.model_type!r}{where}"
+
+
+def _model_type(arch: Architecture, facts: ReleaseFacts, history: ReleaseHistory) -> ModelTypeFacts | None:
+    """The facts of the row's model type, or None where the release lacks it and another release
+    (measured, or the row's min_transformers) explains why."""
     from packaging.version import Version
 
     if arch.model_type in facts.model_types:
@@ -63,6 +126,8 @@ def _model_type(arch: Architecture, facts: ReleaseFacts) -> ModelTypeFacts | Non
     if arch.trust_remote_code or arch.implementation:
         return None  # the hub's code or the custom registry defines it (harness/spec/custom_check.py)
     release = facts.transformers
+    if history.later_with("model_types", arch.model_type, release):
+        return None
     if arch.min_transformers and Version(release) < Version(arch.min_transformers):
         return None
     close = difflib.get_close_matches(arch.model_type, sorted(facts.model_types), n=1)
@@ -74,9 +139,11 @@ def _model_type(arch: Architecture, facts: ReleaseFacts) -> ModelTypeFacts | Non
                           f"row's min_transformers = {arch.min_transformers!r} says it should; fix "
                           "model_type or min_transformers")
     raise MatrixError(arch.source_file, key, arch.model_type,
-                      f"transformers {release} has no model type {arch.model_type!r}{hint}: fix the typo; "
-                      "if a newer transformers has it, declare min_transformers = \"<its first release>\"; "
-                      "if it exists only as hub remote code, set trust_remote_code = true")
+                      f"transformers {release} has no model type {arch.model_type!r}{hint}, nor has any "
+                      "release in matrix/release_history.json: fix the typo; if a release newer than those "
+                      "has it, declare min_transformers = \"<its first release>\" (or record that release: "
+                      "compat-harness release-history); if it exists only as hub remote code, set "
+                      "trust_remote_code = true")
 
 
 def _builds(arch: Architecture, found: ModelTypeFacts, release: str) -> None:

@@ -1,6 +1,6 @@
 """What the installed transformers offers, as plain data: its model types, the arguments each
-config class takes, the class each auto class builds for a model type, its TP styles and its MoE
-experts kernels.
+config class takes, the class each auto class builds for a model type, its TP styles, its MoE
+experts kernels and the fields of its `DistributedConfig` (what its documented layout calls take).
 
 The matrix names things that only transformers can confirm (harness/spec/release_check.py checks
 them at load). Asking transformers costs seconds, because it imports torch, and listing the
@@ -29,7 +29,7 @@ from pathlib import Path
 from harness.cache import cache_root
 
 # Bump when what is recorded (or how) changes: older files are then ignored.
-FORMAT = 1
+FORMAT = 2
 # The auto classes a row may name, each with transformers' table of model type -> class name.
 AUTO_MAPPINGS = {
     "AutoModelForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
@@ -62,6 +62,7 @@ class ReleaseFacts:
     model_types: frozenset[str]
     tp_styles: frozenset[str]
     experts_kernels: frozenset[str]
+    distributed_config_fields: frozenset[str]
     # Only the model types that were asked about and that this release has.
     types: dict[str, ModelTypeFacts]
 
@@ -139,7 +140,8 @@ def _facts(data: dict, wanted: set[str]) -> ReleaseFacts:
                                {a: tuple(names) for a, names in data["types"][t]["builds"].items()})
              for t in sorted(wanted) if t in data["types"]}
     return ReleaseFacts(data["transformers"], frozenset(data["model_types"]), frozenset(data["tp_styles"]),
-                        frozenset(data["experts_kernels"]), types)
+                        frozenset(data["experts_kernels"]), frozenset(data["distributed_config_fields"]),
+                        types)
 
 
 def _config_from(raw: dict) -> ConfigFacts:
@@ -155,7 +157,8 @@ def _compute_release() -> dict:
 
     return {"format": FORMAT, "transformers": transformers.__version__,
             "model_types": sorted(CONFIG_MAPPING_NAMES), "tp_styles": _tp_styles(),
-            "experts_kernels": _experts_kernels(), "types": {}}
+            "experts_kernels": _experts_kernels(),
+            "distributed_config_fields": _distributed_config_fields(), "types": {}}
 
 
 def _tp_styles() -> list[str]:
@@ -173,6 +176,25 @@ def _experts_kernels() -> list[str]:
     for registry in EXPERTS_REGISTRIES:
         names |= set(getattr(modeling_utils, registry, {}).keys())
     return sorted(names)
+
+
+def _distributed_config_fields() -> list[str]:
+    """The keyword arguments `DistributedConfig` takes (none: a release without the class)."""
+    import dataclasses
+
+    try:
+        from transformers.distributed import DistributedConfig
+    except ImportError:
+        return []
+    if dataclasses.is_dataclass(DistributedConfig):
+        return sorted(f.name for f in dataclasses.fields(DistributedConfig))
+    return sorted(name for name in inspect.signature(DistributedConfig.__init__).parameters if name != "self")
+
+
+def as_history_facts(facts: ReleaseFacts) -> dict[str, frozenset[str]]:
+    """The facts harness/spec/release_history.py keeps for every measured release."""
+    return {"model_types": facts.model_types, "experts_kernels": facts.experts_kernels,
+            "distributed_config_fields": facts.distributed_config_fields}
 
 
 def _add_types(data: dict, wanted: set[str]) -> None:

@@ -46,7 +46,7 @@ import torch
 from harness.ckpt.implementations import config_class, load_config, trust_remote_code
 from harness.ckpt.tiny import auto_model_class
 from harness.failures import CellFailure
-from harness.spec.matrix import Api, Architecture, Layout, Method, release_in
+from harness.spec.matrix import Api, Architecture, Layout, Method
 from harness.stacks.native.methods import apply_method
 from harness.stacks.native.model_names import check_tp_plan
 from harness.stacks.placed import (
@@ -64,14 +64,26 @@ LAYOUT_KINDS = ("single", "fsdp2", "tp", "fsdp2_tp", "ep")
 # --- what kind of layout, which call applies it -------------------------------------------------
 
 def offered(api: Api) -> bool:
-    """Whether the installed transformers offers this call (the matrix declares its releases)."""
-    return release_in("transformers", *api.transformers)
+    """Whether the installed transformers offers this call: every release from the one that introduced
+    it (`since`) on. A later release that breaks it runs it and fails with its own message."""
+    import transformers
+    from packaging.version import Version
+
+    return api.since is None or Version(transformers.__version__) >= Version(api.since)
+
+
+def not_offered_reason(api: Api) -> str:
+    import transformers
+
+    return (f"transformers {transformers.__version__} does not offer {api.call}: it was introduced in "
+            f"{api.since}" + (f" (the first release whose DistributedConfig has {', '.join(api.needs)}, "
+                              "matrix/release_history.json)" if api.needs else ""))
 
 
 def choose_api(apis: dict[str, Api], layout: Layout, variant: str = "") -> Api | None:
     """The call a cell runs: its variant's, else the first of the layout's that this release offers.
 
-    None for a one-rank layout. A call the release does not offer is a `not-offered` skip.
+    None for a one-rank layout. A call the release does not offer yet is a `not-offered` skip.
     """
     if layout.world_size == 1:
         return None
@@ -80,15 +92,14 @@ def choose_api(apis: dict[str, Api], layout: Layout, variant: str = "") -> Api |
     if variant in apis:
         api = apis[variant]
         if not offered(api):
-            raise CellFailure("not-offered", f"transformers {transformers.__version__} does not offer "
-                                             f"{api.call} (the matrix declares it for transformers "
-                                             f"{' or '.join(api.transformers)})")
+            raise CellFailure("not-offered", not_offered_reason(api))
         return api
     for name in layout.apis:
         if offered(apis[name]):
             return apis[name]
     raise CellFailure("not-offered", f"transformers {transformers.__version__} offers none of the calls the "
-                                     f"matrix declares for layout {layout.name}: {', '.join(layout.apis)}")
+                                     f"matrix declares for layout {layout.name}: "
+                                     + "; ".join(not_offered_reason(apis[n]) for n in layout.apis))
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -110,9 +121,22 @@ def _require_experts_interface(arch: Architecture, path, experts: str) -> None:
     """A kernel is offered only by a model class that routes its experts through transformers'
     experts interface (transformers' own test, before anything is built); else `not-offered`."""
     import transformers
+
+    from harness.spec.release_facts import release_facts
+    from harness.spec.release_history import load_history
+
+    release = transformers.__version__
+    if experts not in release_facts(()).experts_kernels:
+        before = load_history().offered_before("experts_kernels", experts, release)
+        if before is None:  # never offered up to this release: not yet a call users can make
+            later = load_history().later_with("experts_kernels", experts, release)
+            raise CellFailure("not-offered", f"transformers {release}'s experts registry has no {experts!r}"
+                                             + (f" (first measured in {later}, matrix/release_history.json)"
+                                                if later else ""))
+        # offered by `before`: the call runs, and transformers says what happened to it
     config = load_config(arch, path)
     cls = auto_model_class(arch)._model_mapping[type(config)]
-    if not cls._can_set_experts_implementation():
+    if not getattr(cls, "_can_set_experts_implementation", lambda: False)():
         raise CellFailure("not-offered", f"{cls.__name__} does not route its experts through transformers' "
                                          f"experts interface in transformers {transformers.__version__}, so "
                                          f"experts_implementation={experts!r} is not offered for it")
