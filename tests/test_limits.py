@@ -236,3 +236,18 @@ def test_which_answers_a_measured_set_and_brackets_an_unmeasured_one(tmp_path, m
     # peft 0.21.0 is its own line: 5.17 failed there, whatever peft 0.21.2 did
     other = answer(Question("LlamaForCausalLM", {"transformers": "5.17.0", "peft": "0.21.0"}), evidence, [])
     assert "✗ fail (error)" in other and "peft 0.21.2" not in other
+
+
+def test_a_stale_limit_is_told_the_narrower_entries_while_other_releases_fail(tmp_path, matrix_dir):
+    """The pytest failure of a cell passing under a limit (runner + plugin) names the entries to write,
+    never "remove the entry" while other releases still fail."""
+    from harness.report.limits import stale_advice
+
+    matrix = matrix_with(matrix_dir, LORA_TP.format(spec='transformers = ">=5.17", peft = "<=0.21.2"'))
+    records = write(tmp_path / "r.jsonl", [r for r in SWEPT if r["status"] != "pass"])
+    advice = stale_advice(matrix, "LlamaForCausalLM", 0, record("pass", "5.20.2"), [records], None)
+    assert 'transformers = ">=5.21.0", peft = "==0.21.2"' in advice
+    assert 'transformers = ">=5.17.0", peft = "==0.21.0"' in advice
+    assert "remove" not in advice
+    nothing_fails = stale_advice(matrix, "LlamaForCausalLM", 0, record("pass", "5.20.2"), [], None)
+    assert "remove that known_limits entry" in nothing_fails

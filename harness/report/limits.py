@@ -354,6 +354,26 @@ def check_limits(matrix: Matrix, evidence: list[Observation]) -> LimitsReport:
     return LimitsReport(out, undeclared)
 
 
+def stale_advice(matrix: Matrix, architecture: str, index: int | None, record: dict,
+                 paths: list[Path] | None = None, bisects: Path | str | None = DEFAULT_BISECTS) -> str:
+    """For a cell that passed under a limit (the runner's stale limit): the entries to write instead,
+    from the committed records, the bisect findings and this pass. "" where that cannot be said."""
+    arch = matrix.architectures.get(architecture)
+    passed = observation(record, "this run")
+    if arch is None or index is None or passed is None:
+        return ""
+    try:
+        evidence = [*load_evidence(evidence_files() if paths is None else paths, bisects), passed]
+    except Exception as exc:  # noqa: BLE001 - the verdict stands; only the advice is missing
+        return f"\n(the committed records could not be read for the narrower specifiers: {exc})"
+    limit = arch.known_limits[index]
+    named = [o for o in evidence if o.architecture == architecture and names(limit, o)]
+    failures = [o for o in named if o.failed and o.category in (None, limit.category)]
+    entries, _ = narrowest(failures, [o for o in named if not o.failed])
+    item = LimitEvidence(architecture, index, arch.source_file, limit, failures, suggestion=entries)
+    return "\n" + suggestion_text(item)
+
+
 # --- the text -----------------------------------------------------------------------------------
 
 def releases_text(observations: list[Observation]) -> str:
