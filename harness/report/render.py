@@ -587,7 +587,13 @@ def claim_rows(matrix: Matrix, views: list[ArchView]) -> list[dict]:
     return rows
 
 
-def regression_items(views: list[ArchView]) -> list[dict]:
+def bisect_text(view: ArchView, groups, findings: Iterable[Finding]) -> str:
+    """The bisect findings that name the regressed cells: the package and release where it turned."""
+    cells = {c.cell.id for g in groups for c in g.cells if c.regression}
+    return "; ".join(f.text for f in findings if cells & set(f.cells))
+
+
+def regression_items(views: list[ArchView], findings: Iterable[Finding] = ()) -> list[dict]:
     """The regressions listed at the top of llm.md: per row, the layouts that regressed, the first
     failing release seen (and the last passing one), a failing message, the evidence link."""
     items = []
@@ -606,6 +612,7 @@ def regression_items(views: list[ArchView]) -> list[dict]:
         heading = layout_heading(layout, view.name, view.stack, view.implementation)
         items.append({
             "view": view, "first": first.first_failing.label(), "last": first.last_passing.label(),
+            "text": first.text, "bisect": bisect_text(view, groups, findings),
             "layouts": ", ".join(f"`{lay}` ({', '.join(ms)})" for lay, ms in layouts.items()),
             "example": example,
             "link": Link(f"{view.key}.{layout}", f"{family_page(view)}#{github_anchor(heading)}")})
@@ -677,7 +684,7 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
         """llm.md's table (and the regressions above it) of one stack's views; links prefixed
         with the way from the page to reports/."""
         rows = [llm_row(v, layouts, methods, list(findings)) for v in shown]  # each view's own row
-        regressions = regression_items(shown)
+        regressions = regression_items(shown, list(findings))
         found = [*(link for r in rows for link in r.links), *(r["link"] for r in regressions)]
         links = {link.label: Link(link.label, prefix + link.target) for link in found}
         return {"header": markdown_row(HEADER), "rule": markdown_row(("---",) * len(HEADER)),
