@@ -122,6 +122,7 @@ def run_render(args) -> int:
     from harness.report.history import load_frame
     from harness.report.render import render_docs, stale_files, write_docs
     from harness.report.results import load_results
+    from harness.report.sweeps import load_sweeps
     from harness.spec.load import load_matrix
 
     patterns = args.records if args.records is not None else default_committed_records()
@@ -129,7 +130,9 @@ def run_render(args) -> int:
     history = [load_frame(args.db)] if args.db and Path(args.db).exists() else []
     # the committed bisects go with the committed records
     findings = load_findings() if args.records is None else []
-    docs = render_docs(load_matrix(args.matrix), records, history, findings)
+    # and the committed sweeps' grids (their records are among the committed ones)
+    sweeps = load_sweeps() if args.records is None else []
+    docs = render_docs(load_matrix(args.matrix), records, history, findings, sweeps)
     if args.check:
         stale = stale_files(args.out, docs)
         for rel in stale:

@@ -251,3 +251,30 @@ def test_a_stale_limit_is_told_the_narrower_entries_while_other_releases_fail(tm
     assert "remove" not in advice
     nothing_fails = stale_advice(matrix, "LlamaForCausalLM", 0, record("pass", "5.20.2"), [], None)
     assert "remove that known_limits entry" in nothing_fails
+
+
+def test_a_sweeps_grid_is_on_the_family_page_and_its_full_range_in_llm_md(tmp_path, matrix_dir):
+    """reports/sweeps/NAME: cells x releases of the swept package on the family page, the others held;
+    llm.md says every release in between ran. A record of another torch is left out of the grid."""
+    from harness.report.render import render_docs
+    from harness.report.results import load_results
+    from harness.report.sweeps import load_sweeps
+
+    matrix = matrix_with(matrix_dir, LORA_TP.format(spec='transformers = ">=5.21.0", peft = "==0.21.2"'))
+    sweep = tmp_path / "sweeps" / "tf-lora-tp"
+    releases = ["5.20.2", "5.21.0", "5.22.0"]
+    for version, status in zip(releases, ("pass", "xfail", "xfail"), strict=True):
+        write(sweep / f"transformers-{version}.jsonl", [record(status, version)])
+    write(sweep / "transformers-5.22.0-other-torch.jsonl", [record("pass", "5.22.0", torch="2.11.0+cu130")])
+    (sweep / "sweep.json").write_text(
+        json.dumps({"package": "transformers", "held": {"peft": "0.21.2"}, "releases": releases})
+    )
+    sweeps = load_sweeps(tmp_path / "sweeps")
+    docs = render_docs(matrix, load_results(sorted(sweep.glob("*.jsonl"))), sweeps=sweeps)
+    page = docs["models/llama.md"]
+    assert "### Sweep `tf-lora-tp`: every transformers release, peft 0.21.2, torch 2.13.0+cpu, cpu" in page
+    assert "| cell | 5.20.2 | 5.21 | 5.22 |" in page
+    assert "| `LlamaForCausalLM-lora-tp-tiny-train` | ✓ | ✗ error | ✗ error |" in page
+    assert "every transformers release 5.20.2–5.22.0 ran (sweep tf-lora-tp" in docs["llm.md"]
+    without = render_docs(matrix, load_results(sorted(sweep.glob("*.jsonl"))))
+    assert "Sweep" not in without["models/llama.md"]  # no sweep given: the page says nothing of one
