@@ -161,10 +161,18 @@ def fields_of_id(cell_id: str) -> dict | None:
             "variant": "default", "stack": REFERENCE_STACK, "implementation": "default"}
 
 
+def _shown(path: str) -> str:
+    """A record file as the docs name it: relative to the repository where it lies inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def load_evidence(paths: Iterable[Path | str],
                   bisects: Path | str | None = DEFAULT_BISECTS) -> list[Observation]:
     sourced = read_records(list(paths))
-    found = latest_observations((s.record, f"{s.path}:{s.line}") for s in sourced)
+    found = latest_observations((s.record, f"{_shown(s.path)}:{s.line}") for s in sourced)
     cells = {o.cell_id: {k: getattr(o, k) for k in ("architecture", "method", "layout", "tier", "check",
                                                     "variant", "stack", "implementation")} for o in found}
     if bisects is not None and Path(bisects).is_dir():
