@@ -107,9 +107,11 @@ gates: setup
 slice-gates: setup real
 	DEFAULT_ENV_SELECTIONS="$(strip $(SLICE_SELECTIONS))" $(GATES)
 
-# The committed docs must be what the committed records give.
+# The committed docs must be what the committed records give, and every known limit must cover the
+# releases where its cells failed and none where they passed (`limits --check`, a few seconds).
 docs-check: setup
 	$(BIN)/compat-harness render --check
+	$(BIN)/compat-harness limits --check
 
 # Every phase runs, each a make target of its own, even when one fails; at the end one line per phase
 # (`phase unit: ok in 212 s`), and the exit status is non-zero when any failed (scripts/test-phases.sh).

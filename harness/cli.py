@@ -37,10 +37,10 @@ LOCAL_RECORDS = "local"
 
 
 def default_committed_records() -> list[str]:
-    from harness.report.results import expand_paths
+    """reports/records/*.jsonl (without the local ones) and every sweep's reports/sweeps/**/*.jsonl."""
+    from harness.report.limits import evidence_files
 
-    return [str(p) for p in expand_paths([DEFAULT_RECORDS_GLOB])
-            if not p.name.startswith(LOCAL_RECORDS)]
+    return [str(p) for p in evidence_files()]
 
 
 # --- ingest ---------------------------------------------------------------------------------
@@ -124,6 +124,7 @@ def run_render(args) -> int:
     from harness.report.history import load_frame
     from harness.report.render import render_docs, stale_files, write_docs
     from harness.report.results import load_results
+    from harness.report.sweeps import load_sweeps
     from harness.spec.load import load_matrix
 
     patterns = args.records if args.records is not None else default_committed_records()
@@ -131,7 +132,9 @@ def run_render(args) -> int:
     history = [load_frame(args.db)] if args.db and Path(args.db).exists() else []
     # the committed bisects go with the committed records
     findings = load_findings() if args.records is None else []
-    docs = render_docs(load_matrix(args.matrix), records, history, findings)
+    # and the committed sweeps' grids (their records are among the committed ones)
+    sweeps = load_sweeps() if args.records is None else []
+    docs = render_docs(load_matrix(args.matrix), records, history, findings, sweeps)
     if args.check:
         stale = stale_files(args.out, docs)
         for rel in stale:
@@ -144,6 +147,84 @@ def run_render(args) -> int:
         return 0
     write_docs(args.out, docs)
     print(f"wrote {len(docs)} documents to {args.out} from {len(records)} records")
+    return 0
+
+
+# --- limits ---------------------------------------------------------------------------------
+
+def add_limits(subparsers) -> None:
+    p = subparsers.add_parser(
+        "limits", help="known limits against the records: where their cells failed and passed")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when a limit covers a measured pass, or a failure of a limit's cells lies "
+                        "outside every limit; print the narrowest specifiers to write")
+    p.add_argument("--records", nargs="+", default=None, metavar="GLOB",
+                   help="record files or globs (default: reports/records/*.jsonl, reports/sweeps/**/*.jsonl)")
+    p.add_argument("--bisects", default=None, help="bisect findings directory (default: reports/bisects)")
+    p.add_argument("--matrix", "--matrix-dir", dest="matrix", default=str(DEFAULT_MATRIX_DIR),
+                   help="matrix directory (default: %(default)s)")
+    p.set_defaults(func=run_limits, matrix_option="matrix")
+
+
+def _evidence(args):
+    from harness.report.bisects import DEFAULT_BISECTS
+    from harness.report.limits import load_evidence
+
+    patterns = args.records if args.records is not None else default_committed_records()
+    return load_evidence(patterns, args.bisects or DEFAULT_BISECTS)
+
+
+def run_limits(args) -> int:
+    from harness.report.limits import check_limits, report_text
+    from harness.spec.load import load_matrix
+
+    report = check_limits(load_matrix(args.matrix), _evidence(args))
+    print(report_text(report, verbose=not args.check))
+    return 1 if args.check and not report.ok else 0
+
+
+# --- which ----------------------------------------------------------------------------------
+
+def add_which(subparsers) -> None:
+    p = subparsers.add_parser(
+        "which", help="what the committed records say of a row on a set of releases (installed, or --with)")
+    p.add_argument("--arch", required=True, help="the row (architecture class name)")
+    p.add_argument("--method", default=None)
+    p.add_argument("--layout", default=None)
+    p.add_argument("--stack", default="native")
+    p.add_argument("--with", dest="releases", nargs="+", default=[], metavar="PKG==VERSION",
+                   help="the releases to ask about (default: the installed transformers and peft); "
+                        "torch==... narrows to one torch build")
+    p.add_argument("--records", nargs="+", default=None, metavar="GLOB")
+    p.add_argument("--bisects", default=None)
+    p.add_argument("--matrix", "--matrix-dir", dest="matrix", default=str(DEFAULT_MATRIX_DIR))
+    p.set_defaults(func=run_which, matrix_option="matrix")
+
+
+def run_which(args) -> int:
+    from harness.report.bisects import DEFAULT_BISECTS, load_findings
+    from harness.report.which import Question, answer
+    from harness.spec.load import load_matrix
+    from harness.spec.matrix import installed_version
+
+    matrix = load_matrix(args.matrix)
+    if args.arch not in matrix.architectures:
+        print(f"ERROR: --arch {args.arch}: no such row in {args.matrix}", file=sys.stderr)
+        return USAGE_ERROR
+    releases = {"transformers": installed_version("transformers"), "peft": installed_version("peft")}
+    for item in args.releases:
+        name, sep, version = item.partition("==")
+        if not sep or name not in ("transformers", "peft", "torch") or not version:
+            print(f"ERROR: --with {item}: write transformers==X, peft==X or torch==X", file=sys.stderr)
+            return USAGE_ERROR
+        releases[name] = version
+    if not releases.get("transformers"):
+        print("ERROR: transformers is not installed here: name it with --with transformers==X",
+              file=sys.stderr)
+        return USAGE_ERROR
+    asked = {k: v for k, v in releases.items() if v}
+    question = Question(args.arch, asked, args.method, args.layout, args.stack)
+    print(answer(question, _evidence(args), load_findings(args.bisects or DEFAULT_BISECTS)))
     return 0
 
 
@@ -586,8 +667,8 @@ def add_pool_worker(subparsers) -> None:
     add(subparsers)
 
 
-SUBCOMMANDS = (add_ingest, add_diff, add_render, add_cells, add_prefetch, add_bisect, add_release_bump,
-               add_lock, add_release_history,
+SUBCOMMANDS = (add_ingest, add_diff, add_render, add_limits, add_which, add_cells, add_prefetch, add_bisect,
+               add_release_bump, add_lock, add_release_history,
                _nightly("add_nightly_sim", "nightly-sim"), _nightly("add_nightly_merge", "nightly-merge"),
                _nightly("add_durations", "durations"), add_pool_worker)
 

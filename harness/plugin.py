@@ -229,7 +229,10 @@ class CellItem(pytest.Item):
         if outcome.status == "fail":
             raise CellFailed(f"{self.cell.id} on {self.device}: {label}\n\n{outcome.traceback}")
         if outcome.known_limit_stale:
-            raise CellFailed(outcome.known_limit_stale)
+            from harness.report.limits import stale_advice
+
+            raise CellFailed(outcome.known_limit_stale
+                             + stale_advice(matrix, self.cell.architecture, outcome.stale_limit, record))
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, CellFailed):

@@ -8,10 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from harness.spec.load import load_matrix
+from harness.spec.load import load_matrix, matrix_files
 from harness.spec.matrix import DEFAULT_MATRIX_DIR
 from harness.spec.parse import parse_matrix
-from harness.spec.load import matrix_files
 from harness.spec.release_check import check_release
 from harness.spec.release_facts import release_facts
 from harness.spec.release_history import ReleaseHistory, dump_history, load_history

@@ -28,12 +28,31 @@ def test_versions_sort_as_versions_and_lose_only_a_zero_patch():
     assert short("5.0.0") == "5.0" and short("5.24.0.dev0") == "5.24.0.dev0"
 
 
-def test_the_issue_example_and_its_regression():
+def test_a_range_and_a_regression_hold_peft_fixed():
     per_release = {Release("5.17.0", "0.21.0"): OK, Release("5.23.0", "0.21.2"): OK,
                    Release("5.24.0", "0.21.2"): BAD}
-    assert spans_text(spans(per_release)) == "5.17–5.23 ✓ · 5.24 ✗"
+    assert spans_text(spans(per_release)) == "5.17 ✓ (peft 0.21.0); 5.23 ✓ · 5.24 ✗ (peft 0.21.2)"
     found = regression(per_release)
     assert (found.last_passing.label(), found.first_failing.label()) == ("5.23", "5.24")
+    assert found.text == ("fails from transformers **5.24** with peft 0.21.2 "
+                          "(passed on 5.23, the others the same)")
+
+
+def test_records_of_another_peft_torch_or_device_are_never_one_regression_line():
+    """A pass on one peft (torch, device) and a failure on another are two lines, not a regression."""
+    assert regression({Release("5.15.0", "0.21.2"): OK, Release("5.17.0", "0.21.0"): BAD}) is None
+    assert regression({Release("5.15.0", "0.21.2", "2.11.0+cu130", "cpu"): OK,
+                       Release("5.24.0", "0.21.2", "2.13.0+cpu", "cpu"): BAD}) is None
+    assert regression({Release("5.15.0", "0.21.2", "2.11.0", "cpu"): OK,
+                       Release("5.24.0", "0.21.2", "2.11.0", "NVIDIA H100"): BAD}) is None
+    line = {Release("5.15.0", "0.21.2", "2.11.0", "cpu"): OK,
+            Release("5.24.0", "0.21.2", "2.11.0", "cpu"): BAD,
+            Release("5.25.0", "0.21.2", "2.13.0", "cpu"): BAD}
+    found = regression(line)
+    assert (found.last_passing.torch, found.first_failing.torch, found.first_failing.label()) == (
+        "2.11.0", "2.11.0", "5.24")
+    assert spans_text(spans(line)) == ("5.15 ✓ · 5.24 ✗ (peft 0.21.2, torch 2.11.0, cpu); "
+                                       "5.25 ✗ (peft 0.21.2, torch 2.13.0, cpu)")
 
 
 def test_first_failing_release_is_the_first_of_the_trailing_failures():
@@ -45,11 +64,11 @@ def test_first_failing_release_is_the_first_of_the_trailing_failures():
     assert regression({Release("5.0.0"): BAD, Release("5.1.0"): BAD}) is None  # never passed
 
 
-def test_peft_is_split_out_only_where_it_changes_the_outcome():
+def test_each_peft_release_is_its_own_line():
     same = {Release("5.17.0", "0.21.0"): OK, Release("5.17.0", "0.21.2"): OK}
-    assert spans_text(spans(same)) == "5.17 ✓"
+    assert spans_text(spans(same)) == "5.17 ✓ (peft 0.21.0); 5.17 ✓ (peft 0.21.2)"
     differ = {Release("5.17.0", "0.21.0"): OK, Release("5.17.0", "0.21.2"): BAD}
-    assert spans_text(spans(differ)) == "5.17 (peft 0.21.0) ✓ · 5.17 (peft 0.21.2) ✗"
+    assert spans_text(spans(differ)) == "5.17 ✓ (peft 0.21.0); 5.17 ✗ (peft 0.21.2)"
 
 
 def test_outcomes_of_statuses_and_their_combination():

@@ -225,16 +225,22 @@ def test_release_ranges_and_a_regression_marked_and_listed(matrix, tmp_path):
     rows += release_records(matrix, "LlamaForCausalLM", "fsdp2", [("5.23.0", "pass", 2, cpu_env())])
     docs = render(matrix, tmp_path, rows)
     llama = llm_table(docs["llm.md"])["LlamaForCausalLM"]
-    assert llama["transformers"][0] == "5.17–5.23 ✓ · 5.24 ✗ regression"
+    # the GPU run of peft 0.21.0 is a release line of its own: never joined to the CPU's range
+    gpu, cpu = gpu_env(peft="0.21.0"), cpu_env()
+    gpu_line = f"peft 0.21.0, torch {gpu['torch']}, {gpu['device_name']}"
+    cpu_line = f"peft {cpu['peft']}, torch {cpu['torch']}, cpu"
+    assert llama["transformers"][0] == f"5.17 ✓ ({gpu_line}); 5.23 ✓ · 5.24 ✗ ({cpu_line}) regression"
     assert llama["FSDP2 with SFT / PEFT"][0] == "sft lora ✓"
     assert llama["Other layouts"][0].startswith("single ✗ error regression")
     top = docs["llm.md"].split("| Architecture |")[0]
-    assert "- `LlamaForCausalLM` fails from **5.24** (passed on 5.23) under `single` (sft, lora)" in top
+    assert (f"- `LlamaForCausalLM` fails from transformers **5.24** with {cpu_line} (passed on 5.23, the "
+            "others the same) under `single` (sft, lora)") in top
     assert "no attribute 'image_outputs'" in top
     section = docs["models/llama-3.md"].split("### `single`: LlamaForCausalLM")[1].split("###")[0]
     assert [line.split(" | ")[0] for line in section.splitlines() if re.match(r"\| 5\.", line)] == [
         "| 5.24.0", "| 5.23.0", "| 5.17.0"]  # the full history, newest first
-    assert "5.17–5.23 ✓ · 5.24 ✗ **regression**: fails from 5.24, passed on 5.23" in docs["models/llama-3.md"]
+    assert (f"5.23 ✓ · 5.24 ✗ ({cpu_line}) **regression**: fails from transformers **5.24** with {cpu_line}"
+            in docs["models/llama-3.md"])
 
 
 def test_a_bisects_first_bad_release_is_named_in_the_rows_release_column(matrix, tmp_path):
@@ -265,13 +271,14 @@ def test_a_failure_fixed_by_a_later_release_is_no_regression(matrix, tmp_path):
     assert "**Regressions**: none in these records" in docs["llm.md"]
 
 
-def test_peft_is_named_where_two_of_its_releases_disagree(matrix, tmp_path):
+def test_each_peft_release_is_a_line_of_its_own(matrix, tmp_path):
     rows = release_records(matrix, "Qwen3ForCausalLM", "single", [
         ("5.17.0", "pass", 1, cpu_env(peft="0.21.0")), ("5.17.0", "fail", 2, cpu_env(peft="0.21.2")),
         ("5.23.0", "pass", 3, cpu_env(peft="0.21.2"))])
     docs = render(matrix, tmp_path, rows)
+    torch = cpu_env()["torch"]
     assert (llm_table(docs["llm.md"])["Qwen3ForCausalLM"]["transformers"][0]
-            == "5.17 (peft 0.21.0) ✓ · 5.17 (peft 0.21.2) ✗ · 5.23 ✓")
+            == f"5.17 ✓ (peft 0.21.0, torch {torch}, cpu); 5.17 ✗ · 5.23 ✓ (peft 0.21.2, torch {torch}, cpu)")
 
 
 def test_script_in_a_message_is_text_everywhere(docs):
@@ -436,5 +443,5 @@ def test_records_of_the_older_format_render_the_same_docs(matrix_dir, tmp_path):
         assert old[name] == new[name], name
     llm = new["llm.md"]
     assert all(f"| `meta-llama/Llama-3.2-1B` | {method} | H100 |" in llm for method in ("sft", "lora"))
-    assert "`Qwen3ForCausalLM` fails from **5.24**" in llm and "[evidence][3.fsdp2]" in llm
+    assert "`Qwen3ForCausalLM` fails from transformers **5.24**" in llm and "[evidence][3.fsdp2]" in llm
     assert "tiny-train+" in new["index.html"]

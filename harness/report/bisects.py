@@ -27,6 +27,9 @@ class Finding:
     seconds: float
     held: tuple[tuple[str, str], ...] = ()  # the other packages' releases, held fixed
     follows: str = ""  # what --pair found the failure to follow
+    probed: tuple[tuple[str, str], ...] = ()  # each release it ran, "good" or "bad", in version order
+    message: str = ""  # the failure under the first bad release
+    source: str = ""  # the finding's file
 
     @property
     def text(self) -> str:
@@ -40,8 +43,26 @@ def load_findings(directory: Path | str = DEFAULT_BISECTS) -> list[Finding]:
         data = json.loads(path.read_text())
         out.append(Finding(tuple(data["cells"]), data["package"], data["first_bad"], data["last_good"],
                            int(data["runs"]), float(data["seconds"]),
-                           tuple(sorted(data.get("held", {}).items())), data.get("follows", "")))
+                           tuple(sorted(data.get("held", {}).items())), data.get("follows", ""),
+                           tuple(sorted(data.get("probed", {}).items(), key=lambda item: _key(item[0]))),
+                           data.get("message", ""), _shown(path)))
     return out
+
+
+def _key(version: str) -> tuple:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return (1, Version(version))
+    except InvalidVersion:
+        return (0, version)
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def findings_for(cell_ids: set[str], findings: list[Finding]) -> list[Finding]:

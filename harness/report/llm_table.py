@@ -144,7 +144,8 @@ def examples_text(view: ArchView) -> str:
     return cell_text(text)
 
 
-def llm_row(view: ArchView, layouts: list[str], methods: list[str], findings: list[Finding] = ()) -> LlmRow:
+def llm_row(view: ArchView, layouts: list[str], methods: list[str], findings: list[Finding] = (),
+            sweep_notes: list[str] = ()) -> LlmRow:
     links: dict[str, Link] = {}
 
     def link(layout: str | None) -> str:
@@ -177,6 +178,8 @@ def llm_row(view: ArchView, layouts: list[str], methods: list[str], findings: li
     for finding in findings_for({c.cell.id for c in view.cells}, list(findings)):
         where = sorted({f"{c.cell.layout} {c.cell.method}" for c in view.cells if c.cell.id in finding.cells})
         release_text += f" · {', '.join(where)}: {finding.text}"
+    for note in sweep_notes:
+        release_text += f" · {note}"
     label = implementation_label(view)
     return LlmRow(
         architecture=f"`{view.name}`",

@@ -8,12 +8,13 @@ the releases the records show, compressed into ranges of equal outcome:
 
 A range joins releases that the records show next to each other (by version order) with the
 same outcome; releases in between that no record ran are not claimed. A release is written
-without a zero patch ("5.17.0" -> "5.17"). peft is named only where it matters: when two
-peft releases under one transformers release have different outcomes, that release is split
-("5.17 (peft 0.21.0) ✓ · 5.17 (peft 0.21.2) ✗").
+without a zero patch ("5.17.0" -> "5.17"). A range lies on one release line: peft, torch and the
+device held fixed. Records that differ in any of them are separate lines, each named where there
+are several ("5.15 ✓ · 5.24 ✗ (peft 0.21.2, torch 2.11.0+cu130, cpu); 5.17 ✗ (peft 0.21.0, ...)").
 
-A regression is a cell (or a group of cells) whose newest release fails while an earlier
-release passed; its first failing release is the first of the trailing run of failures.
+A regression is a cell (or a group of cells) whose newest release on a line fails while an earlier
+release of the same line passed; its first failing release is the first of the trailing run of
+failures. Only transformers changes between the two: the regression names it, with the rest held.
 Nothing here knows about records or pandas: render builds the outcomes, this module orders,
 compresses and judges them.
 """
@@ -46,14 +47,30 @@ def short(version: str | None) -> str:
 
 @dataclass(frozen=True)
 class Release:
-    """The library releases a record ran with (the axis the docs compress)."""
+    """The library releases a record ran with (the axis the docs compress), and what else it ran on.
+
+    A release line holds peft, torch and the device fixed: records that differ in any of them are
+    never joined into one range, nor compared as a regression (only transformers changes along it).
+    """
 
     transformers: str
     peft: str | None = None
+    torch: str | None = None
+    device: str | None = None  # where it ran: "cpu" or the GPU's name
 
     @property
     def key(self) -> tuple:
-        return (version_key(self.transformers), version_key(self.peft))
+        return (version_key(self.transformers), version_key(self.peft), version_key(self.torch),
+                str(self.device))
+
+    @property
+    def line(self) -> tuple:
+        return (self.peft, self.torch, self.device)
+
+    def line_label(self) -> str:
+        parts = [f"peft {self.peft}" if self.peft else "", f"torch {self.torch}" if self.torch else "",
+                 str(self.device or "")]
+        return ", ".join(p for p in parts if p)
 
     def label(self, with_peft: bool = False) -> str:
         text = short(self.transformers)
@@ -99,13 +116,23 @@ def ordered(per_release: Mapping[Release, Outcome | None]) -> list[tuple[Release
     return sorted(((r, o) for r, o in per_release.items() if o is not None), key=lambda item: item[0].key)
 
 
+def lines(per_release: Mapping[Release, Outcome | None]) -> list[dict[Release, Outcome]]:
+    """The outcomes split by release line (peft, torch, device held), each in transformers order;
+    lines in the order of their peft, torch and device."""
+    found: dict[tuple, dict[Release, Outcome]] = {}
+    for release, outcome_ in ordered(per_release):
+        found.setdefault(release.line, {})[release] = outcome_
+    return [found[k] for k in sorted(found, key=lambda k: tuple(version_key(x) for x in k))]
+
+
 @dataclass(frozen=True)
 class Span:
-    """Adjacent releases (as the records show them) with one outcome symbol."""
+    """Adjacent releases of one line (as the records show them) with one outcome symbol."""
 
     first: str
     last: str
     symbol: str
+    line: str = ""  # the peft, torch and device held along it, where the records show several lines
 
     @property
     def text(self) -> str:
@@ -113,51 +140,62 @@ class Span:
         return f"{releases} {self.symbol}"
 
 
-def labelled(per_release: Mapping[Release, Outcome | None]) -> list[tuple[str, str]]:
-    """(release label, symbol) in version order, peft named only where it changes the outcome."""
-    by_transformers: dict[str, list[tuple[Release, Outcome]]] = {}
-    for release, found in ordered(per_release):
-        by_transformers.setdefault(release.transformers, []).append((release, found))
-    out = []
-    for items in by_transformers.values():
-        if len({found.symbol for _, found in items}) == 1:
-            out.append((items[0][0].label(), combine(found for _, found in items).symbol))
-        else:
-            out.extend((release.label(with_peft=True), found.symbol) for release, found in items)
-    return out
-
-
 def spans(per_release: Mapping[Release, Outcome | None]) -> list[Span]:
+    """Ranges of equal outcome within each release line; a range never joins two lines."""
+    split = lines(per_release)
     out: list[Span] = []
-    for label, symbol in labelled(per_release):
-        if out and out[-1].symbol == symbol:
-            out[-1] = Span(out[-1].first, label, symbol)
-        else:
-            out.append(Span(label, label, symbol))
+    for line in split:
+        label = next(iter(line)).line_label() if len(split) > 1 else ""
+        start = len(out)
+        for release, found in line.items():
+            if len(out) > start and out[-1].symbol == found.symbol:
+                out[-1] = Span(out[-1].first, release.label(), found.symbol, label)
+            else:
+                out.append(Span(release.label(), release.label(), found.symbol, label))
     return out
 
 
 def spans_text(items: list[Span]) -> str:
-    return " · ".join(span.text for span in items) or "—"
+    """'5.15 ✓ · 5.24 ✗ (peft 0.21.2, torch 2.11.0, cpu); 5.17 ✗ (peft 0.21.0, ...)': one part per line."""
+    parts: list[tuple[str, list[str]]] = []
+    for span in items:
+        if not parts or parts[-1][0] != span.line:
+            parts.append((span.line, []))
+        parts[-1][1].append(span.text)
+    return "; ".join(" · ".join(texts) + (f" ({line})" if line else "") for line, texts in parts) or "—"
 
 
 @dataclass(frozen=True)
 class Regression:
-    """Passed on `last_passing`, failing on every release from `first_failing` on."""
+    """Passed on `last_passing`, failing on every release from `first_failing` on: one release line,
+    only transformers differs between the two."""
 
     last_passing: Release
     first_failing: Release
 
+    @property
+    def text(self) -> str:
+        """'fails from **5.24** with peft 0.21.2, torch 2.11.0, cpu (passed on 5.15, the same held)'."""
+        held = self.first_failing.line_label()
+        return (f"fails from transformers **{self.first_failing.label()}**{' with ' + held if held else ''} "
+                f"(passed on {self.last_passing.label()}, the others the same)")
+
 
 def regression(per_release: Mapping[Release, Outcome | None]) -> Regression | None:
-    """Blocked runs (⊘) are neither a pass nor a failure and are left out of the sequence."""
-    runs = [(r, o) for r, o in ordered(per_release) if o.symbol in (PASS, FAIL)]
-    if not runs or runs[-1][1].symbol != FAIL:
-        return None
-    i = len(runs) - 1
-    while i > 0 and runs[i - 1][1].symbol == FAIL:
-        i -= 1
-    return Regression(runs[i - 1][0], runs[i][0]) if i > 0 else None
+    """Within one release line (peft, torch, device held): its newest release fails and an earlier one
+    passed. Blocked runs (⊘) are neither a pass nor a failure and are left out of the sequence. Of
+    several lines, the earliest first failure."""
+    found = []
+    for line in lines(per_release):
+        runs = [(r, o) for r, o in line.items() if o.symbol in (PASS, FAIL)]
+        if not runs or runs[-1][1].symbol != FAIL:
+            continue
+        i = len(runs) - 1
+        while i > 0 and runs[i - 1][1].symbol == FAIL:
+            i -= 1
+        if i > 0:
+            found.append(Regression(runs[i - 1][0], runs[i][0]))
+    return earliest(found)
 
 
 def earliest(regressions: Iterable[Regression | None]) -> Regression | None:

@@ -53,6 +53,8 @@ from harness.report.llm_table import (
 from harness.report.machine_paths import strip_machine_paths
 from harness.report.records import REPO_ROOT
 from harness.report.releases import FAILED, RAN
+from harness.report.sweeps import Sweep
+from harness.report.sweeps import grid as sweep_grid
 from harness.report.views import KEY_SUFFIX, STACK_OWN, ArchView, Evidence, Group, arch_views, where_order
 from harness.spec.cells import expand
 from harness.spec.matrix import (
@@ -595,7 +597,25 @@ def claim_rows(matrix: Matrix, views: list[ArchView]) -> list[dict]:
     return rows
 
 
-def regression_items(views: list[ArchView]) -> list[dict]:
+def sweep_notes(view: ArchView, sweeps: list[Sweep]) -> list[str]:
+    """'every transformers release 5.15.0–5.25.0 ran (sweep NAME, peft 0.21.2, torch 2.13.0+cpu, cpu)'
+    for each sweep that ran every release it meant to on this row's cells."""
+    notes = []
+    for sweep in sweeps:
+        found = sweep_grid(sweep, view.name, view.stack)
+        if found and found.every_release:
+            notes.append(f"every {sweep.package} release {sweep.releases[0]}–{sweep.releases[-1]} ran "
+                         f"(sweep {sweep.name}, {sweep.line})")
+    return notes
+
+
+def bisect_text(view: ArchView, groups, findings: Iterable[Finding]) -> str:
+    """The bisect findings that name the regressed cells: the package and release where it turned."""
+    cells = {c.cell.id for g in groups for c in g.cells if c.regression}
+    return "; ".join(f.text for f in findings if cells & set(f.cells))
+
+
+def regression_items(views: list[ArchView], findings: Iterable[Finding] = ()) -> list[dict]:
     """The regressions listed at the top of llm.md: per row, the layouts that regressed, the first
     failing release seen (and the last passing one), a failing message, the evidence link."""
     items = []
@@ -614,6 +634,7 @@ def regression_items(views: list[ArchView]) -> list[dict]:
         heading = layout_heading(layout, view.name, view.stack, view.implementation)
         items.append({
             "view": view, "first": first.first_failing.label(), "last": first.last_passing.label(),
+            "text": first.text, "bisect": bisect_text(view, groups, findings),
             "layouts": ", ".join(f"`{lay}` ({', '.join(ms)})" for lay, ms in layouts.items()),
             "example": example,
             "link": Link(f"{view.key}.{layout}", f"{family_page(view)}#{github_anchor(heading)}")})
@@ -650,7 +671,7 @@ def python_versions(records: pd.DataFrame) -> dict[str, str]:
 
 def render_docs(matrix: Matrix, records: pd.DataFrame,
                 history_frames: Iterable[pd.DataFrame] = (),
-                findings: Iterable[Finding] = ()) -> dict[str, str]:
+                findings: Iterable[Finding] = (), sweeps: Iterable[Sweep] = ()) -> dict[str, str]:
     """Relative path -> text of every generated document. Pure: same inputs, same bytes."""
     unused, undeclared = unused_records(matrix, records)
     by_stack = {name: arch_views(matrix, records, name) for name in stack_order(matrix)}
@@ -684,8 +705,9 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
     def table(shown: list[ArchView], prefix: str = "") -> dict:
         """llm.md's table (and the regressions above it) of one stack's views; links prefixed
         with the way from the page to reports/."""
-        rows = [llm_row(v, layouts, methods, list(findings)) for v in shown]  # each view's own row
-        regressions = regression_items(shown)
+        rows = [llm_row(v, layouts, methods, list(findings), sweep_notes(v, list(sweeps)))
+                for v in shown]  # each view's own row
+        regressions = regression_items(shown, list(findings))
         found = [*(link for r in rows for link in r.links), *(r["link"] for r in regressions)]
         links = {link.label: Link(link.label, prefix + link.target) for link in found}
         return {"header": markdown_row(HEADER), "rule": markdown_row(("---",) * len(HEADER)),
@@ -726,9 +748,11 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
                 for s in [layout_section(c.view, lay, methods, matrix.layouts[lay].world_size)] if s.history]
         shown = [views_of[index[v.name]] for v in page["archs"] for views_of in by_column.values()]
         page_runs = [r for r in runs if r.run_id in {e.run_id for v in shown for e in v.evidence}]
+        grids = {v.name: [g for sweep in sweeps for g in [sweep_grid(sweep, v.name, v.stack)] if g]
+                 for v in page["archs"]}
         docs[f"models/{page['slug']}.md"] = family.render(
             **common, page=page, sections=sections, stack_tables=stacks, page_runs=page_runs,
-            stacks_heading=stacks_heading, implementations=implementations)
+            stacks_heading=stacks_heading, implementations=implementations, sweep_grids=grids)
     return dict(sorted(docs.items()))
 
 

@@ -29,8 +29,9 @@ from harness.spec.cells import Cell, PrunedCell, expand
 from harness.spec.constraints import violated_constraint
 from harness.spec.matrix import CUSTOM, FORCE_HF, REFERENCE_STACK, TRANSFORMERS, Architecture, Matrix
 
-# A verdict, per release and per group, is about a (cell, place, release): newest record of each.
-BY = ("where", "transformers", "env_peft")
+# A verdict, per release and per group, is about a (cell, place, releases): newest record of each.
+# torch is one of the releases: two torch builds are two release lines (harness.report.releases).
+BY = ("where", "transformers", "env_peft", "torch")
 
 
 def where_order(where: str) -> tuple:
@@ -199,6 +200,11 @@ class ArchView:
         return releases.spans(self.per_release)
 
     @property
+    def release_text(self) -> str:
+        """The ranges of every release line (harness.report.releases.spans_text)."""
+        return releases.spans_text(self.release_spans)
+
+    @property
     def regressed_groups(self) -> list[Group]:
         return [g for g in self.groups if g.regression]
 
@@ -218,7 +224,8 @@ def evidence_by_cell(records: pd.DataFrame) -> dict[str, list[Evidence]]:
             where_short=row["where_short"], status=row["status"], category=row["category"],
             message=strip_machine_paths(row["message"]), run_id=str(row["run_id"]),
             timestamp=str(row["timestamp"]),
-            release=Release(str(row["transformers"]), row["env_peft"] and str(row["env_peft"])),
+            release=Release(str(row["transformers"]), row["env_peft"] and str(row["env_peft"]),
+                            str(row["torch"]), str(row["where"])),
             torch=str(row["torch"]), device_name=str(row["device_name"]),
             device_count=int(row["env_device_count"] or 1), backend=row["env_backend"] or None,
             git_sha=str(row["git_sha"] or "unknown"), metrics=row["metrics"] or {},

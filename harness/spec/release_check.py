@@ -61,8 +61,8 @@ def check_release(matrix: Matrix, files: dict[str, dict[str, str]], facts: Relea
     for name, kernel in matrix.experts.items():
         if kernel.value not in facts.experts_kernels and not history.first("experts_kernels", kernel.value):
             raise MatrixError(files["experts"][name], f"experts.{name}.value", kernel.value,
-                              f"is not an experts implementation of transformers {facts.transformers}, nor of "
-                              "any release in matrix/release_history.json", sorted(facts.experts_kernels))
+                              f"is not an experts implementation of transformers {facts.transformers}, nor "
+                              "of any release in matrix/release_history.json", sorted(facts.experts_kernels))
     for name, shape in matrix.real_shapes.items():
         found = facts.types.get(matrix.architectures[shape.architecture].model_type)
         if found is not None:
