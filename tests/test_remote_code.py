@@ -217,3 +217,30 @@ def test_a_remote_code_checkpoints_second_load_in_a_process_behaves_as_its_first
     assert first.logit_factor == second.logit_factor == 1.0
     batch = torch.arange(8).reshape(1, 8)
     assert torch.equal(first(batch).logits, second(batch).logits)
+
+
+def test_a_row_spelling_the_hub_class_otherwise_is_a_matrix_error_naming_hf_class(hub, monkeypatch):
+    """The Baichuan case: the row is named BaiChuanForCausalLM, the hub code builds
+    BaichuanForCausalLM. Found from the cached config.json before any code runs, with the fix."""
+    monkeypatch.setenv(implementations.OPT_IN_ENV, "1")
+    arch = Architecture(name="TinyremoteForCausalLM", families=("t",), examples=("testorg/tiny-remote",),
+                        auto_class="AutoModelForCausalLM", model_type="tinyremote", source_file="m.toml",
+                        trust_remote_code=True)
+    with pytest.raises(CellFailure, match="set hf_class = 'TinyRemoteForCausalLM' for TinyremoteForCausalLM "
+                                          "in m.toml") as failure:
+        implementations.cached_remote_code(arch)
+    assert failure.value.category == "matrix-error"
+    fixed = Architecture(name="TinyremoteForCausalLM", families=("t",), examples=("testorg/tiny-remote",),
+                         auto_class="AutoModelForCausalLM", model_type="tinyremote", source_file="m.toml",
+                         trust_remote_code=True, hf_class="TinyRemoteForCausalLM")
+    assert implementations.cached_remote_code(fixed).repo == "testorg/tiny-remote"
+
+
+def test_the_baichuan_row_expects_the_class_its_hub_code_builds():
+    """Baichuan2's auto_map (modeling_baichuan.BaichuanForCausalLM) cannot be read here (no hub):
+    the row carries that spelling, so its cells reach the model code instead of matrix-error."""
+    from harness.spec.load import load_matrix
+
+    arch = load_matrix().architectures["BaiChuanForCausalLM"]
+    expected = ("baichuan-inc/Baichuan2-13B-Chat", "BaichuanForCausalLM")
+    assert (arch.remote_repo, arch.expected_class) == expected

@@ -96,7 +96,21 @@ def cached_remote_code(arch: Architecture) -> RemoteCode:
                           f"{arch.remote_repo}'s config.json maps no {arch.auto_class} to remote code (its "
                           f"auto_map: {sorted(auto_map)}); fix auto_class or remote_code_repo of {arch.name} "
                           f"in {arch.source_file}")
+    mapped = _mapped_class(auto_map[arch.auto_class])
+    if mapped != arch.expected_class:
+        key = "hf_class" if arch.hf_class else "hf_class (absent: the row's name is taken)"
+        raise CellFailure("matrix-error",
+                          f"{arch.remote_repo}'s config.json maps {arch.auto_class} to {mapped}, but "
+                          f"{arch.name} expects {arch.expected_class} ({key}): set hf_class = {mapped!r} "
+                          f"for {arch.name} in {arch.source_file}")
     return RemoteCode(arch.remote_repo, path.name, path, auto_map)
+
+
+def _mapped_class(reference) -> str:
+    """The class name of an auto_map entry ("module.Class", "repo--module.Class", or a list whose
+    first entry is the slow class)."""
+    first = reference[0] if isinstance(reference, list | tuple) else reference
+    return str(first).rsplit(".", 1)[-1]
 
 
 def _import(reference: str):
