@@ -135,6 +135,32 @@ def register_custom(arch: Architecture) -> None:
     _REGISTERED.add(key)
 
 
+def ship_custom_code(arch: Architecture, checkpoint: Path) -> dict:
+    """Put the row's custom code into a saved checkpoint the way such code ships to users: its code
+    files beside the weights and an `auto_map` in config.json naming the config and model classes.
+
+    Remote code on the hub ships so, and tools that load a path themselves rely on it: TRL 1.16's
+    `create_model_from_path` takes any architecture not in transformers for remote code and reads
+    `config.auto_map` (trl/trainer/utils.py). Every loader here still runs the registered class:
+    with the class registered in-process and `trust_remote_code=False`, transformers prefers the
+    local class over the auto_map (its `resolve_trust_remote_code` with local code present).
+    Returns the auto_map written."""
+    import shutil
+
+    config_cls, model_cls = _import(arch.config_class), _import(arch.implementation)
+    package = Path(importlib.util.find_spec(arch.implementation.partition(":")[0]).origin).parent
+    for path in sorted(package.glob(f"*{CODE_SUFFIX}")):
+        if path.name != "__init__.py":
+            shutil.copy(path, checkpoint / path.name)
+    auto_map = {"AutoConfig": f"{config_cls.__module__.rpartition('.')[2]}.{config_cls.__name__}",
+                arch.auto_class: f"{model_cls.__module__.rpartition('.')[2]}.{model_cls.__name__}"}
+    config_file = checkpoint / "config.json"
+    config = json.loads(config_file.read_text())
+    config["auto_map"] = auto_map
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return auto_map
+
+
 def prepare(arch: Architecture) -> None:
     """Make the row's implementation loadable in this process, before anything is built: register a
     custom class; for remote code, the opt-in and the cached code (else the skip saying why)."""

@@ -16,10 +16,16 @@ from filelock import FileLock
 
 from harness.cache import cache_root
 from harness.ckpt.atomic import atomic_directory
-from harness.ckpt.implementations import cached_remote_code, config_class, provenance, trust_remote_code
+from harness.ckpt.implementations import (
+    cached_remote_code,
+    config_class,
+    provenance,
+    ship_custom_code,
+    trust_remote_code,
+)
 from harness.ckpt.loading import require_initialised, unfilled_memory_reads_nan
 from harness.failures import CellFailure
-from harness.spec.matrix import Architecture, Matrix
+from harness.spec.matrix import CUSTOM, Architecture, Matrix
 
 SEED = 0
 # Bumped when what a tiny checkpoint directory holds changes (2: a tokenizer beside the weights).
@@ -86,11 +92,17 @@ def cache_key(arch: Architecture, config) -> str:
             "layout": LAYOUT_VERSION,
             # the code that builds it: remote code or a custom class changes the checkpoint
             "code": provenance(arch),
-        },
+        } | _shipping(arch),
         sort_keys=True,
         default=str,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _shipping(arch: Architecture) -> dict:
+    """A custom row's checkpoint carries its code and auto_map (ship_custom_code); the key says so
+    only for those rows, so that no other row's checkpoint is rebuilt."""
+    return {"ships_code": 1} if arch.implementation_kind == CUSTOM else {}
 
 
 def _build_expected_class(arch: Architecture, config):
@@ -172,6 +184,8 @@ def tiny_checkpoint(arch: Architecture, matrix: Matrix) -> Path:
             with atomic_directory(target) as staging:
                 model.save_pretrained(staging)
                 save_tiny_tokenizer(config, staging)
+                if arch.implementation_kind == CUSTOM:
+                    ship_custom_code(arch, staging)
         if trust_remote_code(arch):
             warm_remote_modules(arch, target)
     return target
