@@ -312,7 +312,7 @@ def add_prefetch(subparsers) -> None:
 
 
 def run_prefetch(args) -> int:
-    from harness.ckpt.prefetch import fetch, not_remote, plan
+    from harness.ckpt.prefetch import fetch, not_remote, plan, summary
     from harness.spec.cells import split_values, validate_selection
     from harness.spec.load import load_matrix
 
@@ -334,9 +334,9 @@ def run_prefetch(args) -> int:
         print(f"{len(fetches)} download(s) of {repos} repo(s) for {len({f.row for f in fetches})} row(s); "
               "dry run, nothing fetched")
         return 0
-    failed = fetch(fetches)
-    print(f"{len(fetches) - len(failed)} of {len(fetches)} download(s) done")
-    return 1 if failed else 0
+    outcomes = fetch(fetches)
+    print(summary(outcomes))
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
 # --- bisect -----------------------------------------------------------------------------------

@@ -40,3 +40,65 @@ def test_the_dashboard_stays_light():
 def test_llm_md_has_a_row_per_architecture_in_the_seed_shape():
     table = llm_table((REPORTS / "llm.md").read_text(encoding="utf-8"))
     assert sorted(table) == sorted(load_matrix().architectures)
+
+
+SPAN = re.compile(r"\d+\.\d+(?:\.\d+)?(?:–\d+\.\d+(?:\.\d+)?)? [✓✗⊘]")
+
+
+def _llm_rows() -> dict[str, str]:
+    """Each architecture's first row of llm.md's table (the one its verdict rests on)."""
+    rows: dict[str, str] = {}
+    for line in (REPORTS / "llm.md").read_text(encoding="utf-8").splitlines():
+        found = re.match(r"\| `([^`]+)` \|", line)
+        if found and line.count(" | ") == 5:
+            rows.setdefault(found.group(1), line)
+    return rows
+
+
+def _dashboard_rows() -> dict[str, tuple[str, str, str]]:
+    """Each architecture's first reference-stack row of index.html: (verdict kind, text, releases)."""
+    html = (REPORTS / "index.html").read_text(encoding="utf-8")
+    rows: dict[str, tuple[str, str, str]] = {}
+    row = (r'<tr id="arch-[^"]+" data-arch="([^"]+)"(?! data-stack)[^>]*>\n<th>.*?</th>\n'
+           r'<td class="verdict v-([a-z/-]+)">([^<]*)</td>\n<td class="rel">(.*?)</td>')
+    for found in re.finditer(row, html):
+        rows.setdefault(found.group(1), (found.group(2), found.group(3), found.group(4)))
+    return rows
+
+
+def _family_rows() -> dict[str, tuple[str, str]]:
+    """Each architecture's verdict and releases as its family page states them."""
+    rows = {}
+    for page in sorted((REPORTS / "models").glob("*.md")):
+        for section in page.read_text(encoding="utf-8").split("\n## `")[1:]:
+            name = section.split("`", 1)[0]
+            verdict = re.search(r"^\| Verdict \| (.*) \|$", section, re.M)
+            spans = re.search(r"^\| transformers \(required cells\) \| (.*) \|$", section, re.M)
+            if verdict and spans:
+                rows[name] = (verdict.group(1), spans.group(1))
+    return rows
+
+
+def test_llm_md_the_dashboard_and_the_family_pages_agree_on_every_row():
+    """One row, one verdict: the releases each view gives a row, the verdict the dashboard and the
+    family page state, and llm.md's counts against the dashboard's verdicts. A remote-code row that
+    waits for the opt-in reads 'not run', never 'not supported'."""
+    names = sorted(load_matrix().architectures)
+    llm, dashboard, family = _llm_rows(), _dashboard_rows(), _family_rows()
+    assert sorted(llm) == sorted(dashboard) == names and set(names) <= set(family)
+    for name in names:
+        kind, text, dashboard_spans = dashboard[name]
+        family_verdict, family_spans = family[name]
+        llm_spans = SPAN.findall(llm[name].rsplit(" | ", 1)[1])
+        assert llm_spans == SPAN.findall(dashboard_spans) == SPAN.findall(family_spans), name
+        assert family_verdict == text or family_verdict.startswith(text + " ("), (name, family_verdict, text)
+        if kind == "not-run":
+            assert all(s.endswith("⊘") for s in llm_spans), name
+        assert "not supported: remote-code" not in text, name
+    counts = re.search(r"Verdicts: (\d+) supported,\s+(\d+) not supported, (\d+) not verified, (\d+) not run",
+                       (REPORTS / "llm.md").read_text(encoding="utf-8"))
+    kinds = [dashboard[n][0] for n in names]
+    assert tuple(int(x) for x in counts.groups()) == tuple(
+        kinds.count(k) for k in ("supported", "not-supported", "not-verified", "not-run"))
+    blocked = [n for n in names if all(s.endswith("⊘") for s in SPAN.findall(llm[n].rsplit(" | ", 1)[1]))]
+    assert len(blocked) == kinds.count("not-run")

@@ -371,7 +371,9 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads():
 def test_the_custom_registry_serves_the_matrix_rows_in_a_fresh_process():
     """prepare() registers the row's classes (AutoConfig, the auto class) before anything is built,
     as each pool rank does: a fresh interpreter then loads the tiny checkpoint with plain
-    from_pretrained and gets the custom class, never remote code."""
+    from_pretrained and gets the custom class, never remote code. The checkpoint ships its code and
+    auto_map as custom code ships to users, so TRL's own loader (which reads config.auto_map for a
+    class transformers lacks) loads it too, and also gets the registered class."""
     import subprocess
     import sys
 
@@ -390,8 +392,13 @@ def test_the_custom_registry_serves_the_matrix_rows_in_a_fresh_process():
         "    model = transformers.AutoModelForCausalLM.from_pretrained(path)\n"
         "    widths = [getattr(getattr(l, 'mlp', None), 'gate_proj', None) for l in model.model.layers]\n"
         "    auto_map = json.loads((path / 'config.json').read_text()).get('auto_map')\n"
-        "    print(row, type(model).__module__, type(model).__name__, auto_map,\n"
-        "          [w.out_features if w is not None else None for w in widths], provenance(arch)['kind'])\n"
+        "    from trl.trainer.utils import create_model_from_path\n"
+        "    trl_model = create_model_from_path(str(path))\n"
+        "    shipped = sorted(p.name for p in path.glob('*.py'))\n"
+        "    compact = dict(separators=(',', ':'))\n"
+        "    print(row, type(model).__module__, type(model).__name__, json.dumps(auto_map, **compact),\n"
+        "          json.dumps([w.out_features if w is not None else None for w in widths], **compact),\n"
+        "          provenance(arch)['kind'], type(trl_model).__module__, ','.join(shipped))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -399,4 +406,8 @@ def test_the_custom_registry_serves_the_matrix_rows_in_a_fresh_process():
     assert [line.split()[:3] for line in lines] == [
         [row, "custom_models.decilm.modeling_decilm", "DeciLMForCausalLM"]
         for row in ("DeciLMForCausalLM", "NemotronNASForCausalLM")]
-    assert all(" None [48, 96, None, None] custom" in line for line in lines), lines
+    auto_map = ('{"AutoConfig":"configuration_decilm.DeciLMConfig",'
+                '"AutoModelForCausalLM":"modeling_decilm.DeciLMForCausalLM"}')
+    rest = [auto_map, "[48,96,null,null]", "custom", "custom_models.decilm.modeling_decilm",
+            "configuration_decilm.py,modeling_decilm.py"]
+    assert all(line.split()[3:] == rest for line in lines), lines

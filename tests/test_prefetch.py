@@ -48,4 +48,21 @@ def test_an_unreachable_hub_fails_each_download_and_says_so(capsys, monkeypatch,
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("[1/2] AquilaForCausalLM: BAAI/Aquila-7B FAILED:")
     assert out[1].startswith("[2/2] OrionForCausalLM: OrionStarAI/Orion-14B-Base FAILED:")
-    assert out[-1] == "0 of 2 download(s) done"
+    assert out[-1] == "2 fetch(es): 0 downloaded, 0 found in the cache (nothing downloaded), 2 failed"
+
+
+def test_a_repo_only_found_in_the_cache_says_so_not_downloaded(capsys, monkeypatch, tmp_path):
+    """An unreachable hub with the repo's snapshot cached: huggingface_hub hands back the cached
+    snapshot; prefetch must not call that a download."""
+    from tests.remote_hub import cache_snapshot
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
+    snapshot = cache_snapshot(tmp_path, "BAAI/Aquila-7B", "good", "tinyremote", "TinyRemoteConfig",
+                              "TinyRemoteForCausalLM")
+    assert main(["prefetch", "--arch", "AquilaForCausalLM"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2] == (f"[1/1] AquilaForCausalLM: BAAI/Aquila-7B found in the cache, nothing downloaded "
+                       f"-> {snapshot}")
+    assert out[-1] == "1 fetch(es): 0 downloaded, 1 found in the cache (nothing downloaded), 0 failed"

@@ -168,3 +168,79 @@ def test_trl_loads_a_remote_code_row_trusting_its_code_exactly_when_the_harness_
     assert trusted["model_init_kwargs"]["trust_remote_code"] is True and "trust_remote_code=True" in call
     plain, call = sft_config_kwargs(layout, **common)
     assert "trust_remote_code" not in plain["model_init_kwargs"] and "trust_remote_code" not in call
+
+
+def _planted(hub, folder: str, model_type: str, config_cls: str, model_cls: str, monkeypatch):
+    """A test-written snapshot of testorg/<model_type> and its row's tiny checkpoint (opted in)."""
+    from harness.ckpt.models import checkpoint_for
+    from harness.spec.load import load_matrix
+
+    monkeypatch.setenv(implementations.OPT_IN_ENV, "1")
+    repo = f"testorg/{model_type}"
+    cache_snapshot(hub, repo, folder, model_type, config_cls, model_cls)
+    arch = Architecture(name=model_cls, families=("t",), examples=(repo,), auto_class="AutoModelForCausalLM",
+                        model_type=model_type, source_file="m.toml", trust_remote_code=True)
+    matrix = load_matrix()
+    return arch, checkpoint_for(arch, matrix.tiers["tiny"], matrix)
+
+
+def test_a_buffer_computed_at_build_but_not_at_load_fails_init_naming_the_buffer(hub, monkeypatch):
+    """InternLM (v1)'s pattern: the build from a config passes the scan (the checkpoint was saved),
+    the load of that checkpoint leaves the buffer uncomputed, and the scan names it."""
+    from harness.ckpt.models import load_model, reload_pretrained
+
+    arch, path = _planted(hub, "load_buffer", "tinybuffer", "TinyBufferConfig", "TinyBufferForCausalLM",
+                          monkeypatch)
+    loads = (lambda: load_model(arch, path, "float32", "cpu"), lambda: reload_pretrained(arch, path, "cpu"))
+    for load in loads:
+        with pytest.raises(CellFailure) as failure:
+            load()
+        assert failure.value.category == "init"
+        assert str(failure.value).endswith("buffer logit_scale.scale"), str(failure.value)
+        assert f"after loading {path}" in str(failure.value)
+
+
+def test_a_remote_code_checkpoints_second_load_in_a_process_behaves_as_its_first(hub, monkeypatch):
+    """Code with class-level state: loaded twice from one imported module, the models differ (the
+    plant works); loaded through the harness, each load imports the code afresh and both agree."""
+    import torch
+    import transformers
+
+    from harness.ckpt.models import load_model
+
+    arch, path = _planted(hub, "stateful", "tinystateful", "TinyStatefulConfig", "TinyStatefulForCausalLM",
+                          monkeypatch)
+    auto = transformers.AutoModelForCausalLM
+    plain = [auto.from_pretrained(path, trust_remote_code=True) for _ in range(2)]
+    assert plain[0].logit_factor != plain[1].logit_factor
+    first, second = (load_model(arch, path, "float32", "cpu") for _ in range(2))
+    assert first.logit_factor == second.logit_factor == 1.0
+    batch = torch.arange(8).reshape(1, 8)
+    assert torch.equal(first(batch).logits, second(batch).logits)
+
+
+def test_a_row_spelling_the_hub_class_otherwise_is_a_matrix_error_naming_hf_class(hub, monkeypatch):
+    """The Baichuan case: the row is named BaiChuanForCausalLM, the hub code builds
+    BaichuanForCausalLM. Found from the cached config.json before any code runs, with the fix."""
+    monkeypatch.setenv(implementations.OPT_IN_ENV, "1")
+    arch = Architecture(name="TinyremoteForCausalLM", families=("t",), examples=("testorg/tiny-remote",),
+                        auto_class="AutoModelForCausalLM", model_type="tinyremote", source_file="m.toml",
+                        trust_remote_code=True)
+    with pytest.raises(CellFailure, match="set hf_class = 'TinyRemoteForCausalLM' for TinyremoteForCausalLM "
+                                          "in m.toml") as failure:
+        implementations.cached_remote_code(arch)
+    assert failure.value.category == "matrix-error"
+    fixed = Architecture(name="TinyremoteForCausalLM", families=("t",), examples=("testorg/tiny-remote",),
+                         auto_class="AutoModelForCausalLM", model_type="tinyremote", source_file="m.toml",
+                         trust_remote_code=True, hf_class="TinyRemoteForCausalLM")
+    assert implementations.cached_remote_code(fixed).repo == "testorg/tiny-remote"
+
+
+def test_the_baichuan_row_expects_the_class_its_hub_code_builds():
+    """Baichuan2's auto_map (modeling_baichuan.BaichuanForCausalLM) cannot be read here (no hub):
+    the row carries that spelling, so its cells reach the model code instead of matrix-error."""
+    from harness.spec.load import load_matrix
+
+    arch = load_matrix().architectures["BaiChuanForCausalLM"]
+    expected = ("baichuan-inc/Baichuan2-13B-Chat", "BaichuanForCausalLM")
+    assert (arch.remote_repo, arch.expected_class) == expected

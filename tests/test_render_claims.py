@@ -25,7 +25,7 @@ RELOAD = "adapter save -> plain peft load into a fresh base: logits differ by 1.
 
 
 def facts(own: bool, declared: dict | None) -> dict:
-    return {"automodel": {"release": "0.7.0", "own_class": own, "declared": declared,
+    return {"layout_kind": "single", "automodel": {"release": "0.7.0", "own_class": own, "declared": declared,
                           "model_class": "nemo_automodel.components.models.llama.model.LlamaForCausalLM"
                           if own else "transformers.models.x.X",
                           **({} if declared else {"declared_error": "KeyError: not registered"})}}
@@ -111,3 +111,10 @@ def test_the_declaration_is_set_against_the_layouts_that_ran(page):
                      "has run |")
     assert "AutoModel declares nothing for" in declared and "`MistralForCausalLM`" in declared
     assert "nemo-automodel 0.7.0" in page and "transformers 5.18.0" in page and "NVIDIA H200" in page
+
+
+def test_the_verdict_column_names_what_ran_from_the_records(page):
+    """One GPU, AutoModel's FSDP2 strategy proved nothing sharded (layout_kind 'single'): the head
+    says so instead of promising FSDP2."""
+    assert ("| Architecture | Models | Example HF Models | "
+            "Verified (SFT / PEFT; 1 GPU, FSDP2 not applied at world size 1) |") in page

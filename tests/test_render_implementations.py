@@ -61,6 +61,10 @@ def test_the_row_rests_on_the_custom_class_where_the_remote_code_did_not_run(mat
     assert "remote code of `nvidia/Llama-3_3-Nemotron-Super-49B-v1`: no record ran it" in page
     # the family page puts both implementations side by side and gives the custom one its sections
     assert "`native · custom`" in page and "### `fsdp2` (custom): DeciLMForCausalLM" in page
+    # the three views agree: the verdict the row rests on, on the family page and the dashboard
+    assert "| Verdict | ✓ supported (custom `custom_models.decilm`) |" in page
+    dashboard = docs["index.html"].split(f'<tr id="arch-{ROW}"')[1].split("</tr>")[0]
+    assert 'data-implementation="custom"' in dashboard and ">✓ supported</td>" in dashboard
 
 
 def test_both_verdicts_appear_each_labelled_where_both_ran(matrix, tmp_path):
@@ -68,7 +72,8 @@ def test_both_verdicts_appear_each_labelled_where_both_ran(matrix, tmp_path):
                     + records_for(matrix, "custom", "pass", CUSTOM))
     rows = decilm_rows(docs["llm.md"])
     assert len(rows) == 2
-    assert "DeciLM (remote code @ 0123456789)" in rows[0] and "✗ numerics" in rows[0]
+    # which repo's code ran, at which snapshot
+    assert f"DeciLM (remote code `{REMOTE['repo']}@0123456789`)" in rows[0] and "✗ numerics" in rows[0]
     assert "DeciLM (custom `custom_models.decilm`)" in rows[1] and "sft lora [✓]" in rows[1]
     assert f"remote code of `{REMOTE['repo']}` @ `{REMOTE['revision']}`: `modeling_decilm.py` sha256 " \
            f"`{'ab' * 8}`" in docs["models/decilm.md"]
@@ -81,4 +86,7 @@ def test_both_verdicts_appear_each_labelled_where_both_ran(matrix, tmp_path):
 def test_nothing_ran_shows_the_rows_own_implementation(matrix, tmp_path):
     docs = rendered(matrix, tmp_path, records_for(matrix, "", "skip", {**REMOTE, "revision": None}))
     row = llm_table(docs["llm.md"])[ROW]
-    assert row["Models"][0] == "DeciLM (remote code)" and "⊘ remote-code" in row["FSDP2 with SFT / PEFT"][0]
+    assert row["Models"][0] == f"DeciLM (remote code {REMOTE['repo']}, not run)"
+    assert "⊘ remote-code" in row["FSDP2 with SFT / PEFT"][0]
+    assert "| Verdict | ⊘ not run (remote code, opt-in) |" in docs["models/decilm.md"]
+    assert "not supported" not in docs["models/decilm.md"].split("| Verdict |")[1].splitlines()[0]

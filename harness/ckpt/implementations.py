@@ -97,7 +97,21 @@ def cached_remote_code(arch: Architecture) -> RemoteCode:
                           f"{arch.remote_repo}'s config.json maps no {arch.auto_class} to remote code (its "
                           f"auto_map: {sorted(auto_map)}); fix auto_class or remote_code_repo of {arch.name} "
                           f"in {arch.source_file}")
+    mapped = _mapped_class(auto_map[arch.auto_class])
+    if mapped != arch.expected_class:
+        key = "hf_class" if arch.hf_class else "hf_class (absent: the row's name is taken)"
+        raise CellFailure("matrix-error",
+                          f"{arch.remote_repo}'s config.json maps {arch.auto_class} to {mapped}, but "
+                          f"{arch.name} expects {arch.expected_class} ({key}): set hf_class = {mapped!r} "
+                          f"for {arch.name} in {arch.source_file}")
     return RemoteCode(arch.remote_repo, path.name, path, auto_map)
+
+
+def _mapped_class(reference) -> str:
+    """The class name of an auto_map entry ("module.Class", "repo--module.Class", or a list whose
+    first entry is the slow class)."""
+    first = reference[0] if isinstance(reference, list | tuple) else reference
+    return str(first).rsplit(".", 1)[-1]
 
 
 def _import(reference: str):
@@ -120,6 +134,32 @@ def register_custom(arch: Architecture) -> None:
     transformers.AutoConfig.register(arch.model_type, config_cls, exist_ok=True)
     getattr(transformers, arch.auto_class).register(config_cls, model_cls, exist_ok=True)
     _REGISTERED.add(key)
+
+
+def ship_custom_code(arch: Architecture, checkpoint: Path) -> dict:
+    """Put the row's custom code into a saved checkpoint the way such code ships to users: its code
+    files beside the weights and an `auto_map` in config.json naming the config and model classes.
+
+    Remote code on the hub ships so, and tools that load a path themselves rely on it: TRL 1.16's
+    `create_model_from_path` takes any architecture not in transformers for remote code and reads
+    `config.auto_map` (trl/trainer/utils.py). Every loader here still runs the registered class:
+    with the class registered in-process and `trust_remote_code=False`, transformers prefers the
+    local class over the auto_map (its `resolve_trust_remote_code` with local code present).
+    Returns the auto_map written."""
+    import shutil
+
+    config_cls, model_cls = _import(arch.config_class), _import(arch.implementation)
+    package = Path(importlib.util.find_spec(arch.implementation.partition(":")[0]).origin).parent
+    for path in sorted(package.glob(f"*{CODE_SUFFIX}")):
+        if path.name != "__init__.py":
+            shutil.copy(path, checkpoint / path.name)
+    auto_map = {"AutoConfig": f"{config_cls.__module__.rpartition('.')[2]}.{config_cls.__name__}",
+                arch.auto_class: f"{model_cls.__module__.rpartition('.')[2]}.{model_cls.__name__}"}
+    config_file = checkpoint / "config.json"
+    config = json.loads(config_file.read_text())
+    config["auto_map"] = auto_map
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return auto_map
 
 
 def prepare(arch: Architecture) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.ckpt.atomic import verify
 from harness.ckpt.implementations import config_class, prepare, trust_remote_code
+from harness.ckpt.loading import checked_load
 from harness.ckpt.providers import resolve
 from harness.ckpt.tiny import auto_model_class, tiny_checkpoint
 from harness.failures import CellFailure
@@ -29,9 +30,9 @@ def checkpoint_for(arch: Architecture, tier: Tier, matrix: Matrix) -> Path:
 def load_model(arch: Architecture, path: Path, dtype: str, device: str):
     import torch
 
-    model = auto_model_class(arch).from_pretrained(
-        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code(arch)
-    )
+    remote = trust_remote_code(arch)
+    model = checked_load(lambda: auto_model_class(arch).from_pretrained(
+        path, dtype=getattr(torch, dtype), trust_remote_code=remote), arch.name, path, remote)
     return model.to(device)
 
 
@@ -40,12 +41,16 @@ def load_model(arch: Architecture, path: Path, dtype: str, device: str):
 def reload_pretrained(arch: Architecture, source: Path, device):
     """Plain `from_pretrained` of a saved directory; its failure is the verdict, in its words."""
     verify(source)
-    try:
-        return auto_model_class(arch).from_pretrained(
-            source, trust_remote_code=trust_remote_code(arch)).to(device)
-    except Exception as exc:  # noqa: BLE001 - the verdict is the loader's own message
-        raise CellFailure("check-failed", f"from_pretrained({source}) failed: {type(exc).__name__}: {exc}") \
-            from exc
+    remote = trust_remote_code(arch)
+
+    def load():
+        try:
+            return auto_model_class(arch).from_pretrained(source, trust_remote_code=remote)
+        except Exception as exc:  # noqa: BLE001 - the verdict is the loader's own message
+            raise CellFailure("check-failed",
+                              f"from_pretrained({source}) failed: {type(exc).__name__}: {exc}") from exc
+
+    return checked_load(load, arch.name, source, remote).to(device)
 
 
 def load_adapter(base, source: Path):

@@ -16,16 +16,20 @@ from filelock import FileLock
 
 from harness.cache import cache_root
 from harness.ckpt.atomic import atomic_directory
-from harness.ckpt.implementations import cached_remote_code, config_class, provenance, trust_remote_code
+from harness.ckpt.implementations import (
+    cached_remote_code,
+    config_class,
+    provenance,
+    ship_custom_code,
+    trust_remote_code,
+)
+from harness.ckpt.loading import require_initialised, unfilled_memory_reads_nan
 from harness.failures import CellFailure
-from harness.spec.matrix import Architecture, Matrix
+from harness.spec.matrix import CUSTOM, Architecture, Matrix
 
 SEED = 0
 # Bumped when what a tiny checkpoint directory holds changes (2: a tokenizer beside the weights).
 LAYOUT_VERSION = 2
-# A freshly initialised weight of a tiny model is of order 1 (normal inits use std 0.02, norms 1);
-# one beyond this is memory that nothing initialised (see uninitialised_parameters).
-ABSURD_INIT = 1e4
 
 
 def _has_attribute(config, key: str) -> bool:
@@ -88,11 +92,17 @@ def cache_key(arch: Architecture, config) -> str:
             "layout": LAYOUT_VERSION,
             # the code that builds it: remote code or a custom class changes the checkpoint
             "code": provenance(arch),
-        },
+        } | _shipping(arch),
         sort_keys=True,
         default=str,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _shipping(arch: Architecture) -> dict:
+    """A custom row's checkpoint carries its code and auto_map (ship_custom_code); the key says so
+    only for those rows, so that no other row's checkpoint is rebuilt."""
+    return {"ships_code": 1} if arch.implementation_kind == CUSTOM else {}
 
 
 def _build_expected_class(arch: Architecture, config):
@@ -147,48 +157,19 @@ def save_tiny_tokenizer(config, target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
-def uninitialised_parameters(model) -> list[str]:
-    """Parameters holding NaN, infinite or absurdly large values right after the build: model code
-    that creates a weight (e.g. with `torch.empty`) and never initialises it."""
-    import torch
-
-    bad = []
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            values = param.detach().float()
-            if values.numel() and (not torch.isfinite(values).all() or values.abs().max() > ABSURD_INIT):
-                bad.append(name)
-    return bad
-
-
 def build_checked(arch: Architecture, config):
-    """Build the row's class from `config` and refuse a model with uninitialised weights (`init`).
+    """Build the row's class from `config` and refuse a model with uninitialised tensors (`init`).
 
-    The build runs with torch's `fill_uninitialized_memory` under deterministic algorithms, so that
-    memory nothing initialised reads as NaN rather than whatever the allocator left there (which is
-    often zeros, and would hide the finding). Initialised weights are unaffected.
+    The build runs with unfilled memory reading NaN (harness/ckpt/loading.py), so that memory nothing
+    initialised shows rather than whatever the allocator left there (often zeros, which would hide
+    the finding). Initialised weights are unaffected. The same scan follows every later load.
     """
     import torch
-    import torch.utils.deterministic
 
-    was_deterministic, was_warn_only = (torch.are_deterministic_algorithms_enabled(),
-                                        torch.is_deterministic_algorithms_warn_only_enabled())
-    was_filling = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    try:
+    with unfilled_memory_reads_nan():
         torch.manual_seed(SEED)
         model = _build_expected_class(arch, config)
-    finally:
-        torch.utils.deterministic.fill_uninitialized_memory = was_filling
-        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
-    bad = uninitialised_parameters(model)
-    if bad:
-        more = " ..." if len(bad) > 12 else ""
-        raise CellFailure("init", f"{arch.name}: {len(bad)} parameter(s) are NaN, infinite or beyond "
-                                  f"{ABSURD_INIT:g} right after building from a config, i.e. never "
-                                  f"initialised by the model code: {', '.join(bad[:12])}{more}")
-    return model
+    return require_initialised(model, arch.name, "right after building from a config")
 
 
 def tiny_checkpoint(arch: Architecture, matrix: Matrix) -> Path:
@@ -203,6 +184,8 @@ def tiny_checkpoint(arch: Architecture, matrix: Matrix) -> Path:
             with atomic_directory(target) as staging:
                 model.save_pretrained(staging)
                 save_tiny_tokenizer(config, staging)
+                if arch.implementation_kind == CUSTOM:
+                    ship_custom_code(arch, staging)
         if trust_remote_code(arch):
             warm_remote_modules(arch, target)
     return target

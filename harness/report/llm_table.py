@@ -63,7 +63,7 @@ def row_heading(view: ArchView) -> str:
 
 def implementation_label(view: ArchView) -> str:
     """Whose code a view's verdicts rest on, for a reader: "" for transformers' own classes,
-    'remote code @ REVISION' (the hub snapshot that ran), 'custom `pkg.module`', a stack's own class
+    'remote code `repo@REVISION`' (the hub snapshot that ran), 'custom `pkg.module`', a stack's own class
     or its switch to transformers' (force_hf)."""
     kind = view.implementation_kind
     if view.implementation == FORCE_HF:
@@ -73,11 +73,18 @@ def implementation_label(view: ArchView) -> str:
             return f"{view.stack}'s own class"
         kind = view.arch.implementation_kind
     if kind == REMOTE_CODE:
-        revision = view.code.get("revision")
-        return f"remote code @ {revision[:10]}" if revision else "remote code"
+        return remote_code_label(view)
     if kind == CUSTOM:
         return f"custom `{view.arch.implementation.partition(':')[0]}`"
     return ""
+
+
+def remote_code_label(view: ArchView) -> str:
+    """'remote code `org/name@REVISION`': which repo's code ran, at which snapshot (the record's
+    provenance); the row's repo with 'not run' where no record ran it."""
+    repo = view.code.get("repo") or view.arch.remote_repo
+    revision = view.code.get("revision")
+    return f"remote code `{repo}@{revision[:10]}`" if revision else f"remote code `{repo}`, not run"
 
 
 def stacks_heading(arch: str) -> str:

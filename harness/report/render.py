@@ -36,13 +36,14 @@ import pandas as pd
 from harness.failures import FAILURE_CATEGORIES
 from harness.report import claims_table, releases
 from harness.report.bisects import Finding
+from harness.report.headings import llm_header
 from harness.report.history import record_key
 from harness.report.llm_table import (
-    HEADER,
     Link,
     by_mark,
     family_page,
     github_anchor,
+    implementation_label,
     layout_heading,
     llm_row,
     markdown_row,
@@ -373,15 +374,16 @@ def auto_class_table(views: list[ArchView]) -> list[dict]:
     for auto in AUTO_CLASSES:
         own = [v for v in views if v.arch.auto_class == auto]
         kinds = {k: sum(v.verdict.kind == k for v in own)
-                 for k in ("supported", "not-supported", "not-verified")}
+                 for k in ("supported", "not-supported", "not-verified", "not-run")}
         if not own:
             status, notes = "Not in the matrix", "No matrix row uses this auto class."
         else:
             status = ("Supported" if kinds["supported"] else
-                      "Failing" if kinds["not-supported"] else "Not verified")
+                      "Failing" if kinds["not-supported"] else
+                      "Not verified" if kinds["not-verified"] else "Not run")
             notes = (f"{kinds['supported']} of {len(own)} architectures supported, "
-                     f"{kinds['not-supported']} not supported, {kinds['not-verified']} not verified; "
-                     "see [llm.md](llm.md).")
+                     f"{kinds['not-supported']} not supported, {kinds['not-verified']} not verified, "
+                     f"{kinds['not-run']} not run; see [llm.md](llm.md).")
         rows.append({"auto_class": auto, "task": TASKS.get(auto, auto), "status": status, "notes": notes})
     return rows
 
@@ -393,8 +395,12 @@ def grid(matrix: Matrix, views: list[ArchView], run_short: dict[str, str],
     """index.html: one row per architecture, one column per (method, layout), each cell holding its
     runnable cells' results per release and place. Aggregated so the page stays light."""
     columns = [(m, lay) for m in matrix.methods for lay in matrix.layouts]
-    rows = []
+    rows, anchored = [], set()
     for view in views:
+        # a row's first line is #arch-NAME; a second implementation's line beside it #arch-IMPL-NAME
+        second = (view.stack, view.name) in anchored
+        anchor = f"{view.implementation}-{view.name}" if second else view.name
+        anchored.add((view.stack, view.name))
         tds = []
         for method, layout in columns:
             group = view.group(method, layout)
@@ -410,7 +416,7 @@ def grid(matrix: Matrix, views: list[ArchView], run_short: dict[str, str],
             runs = sorted((h for c in group.cells for h in history.get(c.cell.id, [])),
                           key=lambda h: (h["timestamp"], h["run_id"], h["where"], h["status"]))
             tds.append({"group": group, "cells": cells, "history": runs[-HISTORY_LIMIT:]})
-        rows.append({"view": view, "cells": tds})
+        rows.append({"view": view, "cells": tds, "anchor": anchor})
     return {"columns": columns, "rows": rows, "reference": REFERENCE_STACK}
 
 
@@ -421,13 +427,16 @@ def grid(matrix: Matrix, views: list[ArchView], run_short: dict[str, str],
 DASHBOARD_STACKS = (REFERENCE_STACK,)
 
 
-def grid_views(by_stack: dict[str, list[ArchView]]) -> list[ArchView]:
-    """The dashboard's rows: every architecture on the reference stack, each followed by its row
-    on every other stack of DASHBOARD_STACKS that has records for it (a row of nothing but 'not
-    run' would only weigh the page). A row's own implementation only: a custom class's cells are
-    on llm.md and the family page, as another stack's are."""
+def grid_views(by_stack: dict[str, list[ArchView]], rows: list[list[ArchView]]) -> list[ArchView]:
+    """The dashboard's rows: every architecture as llm.md shows it on the reference stack (`rows`:
+    the views each row rests on, so a remote-code row whose custom class ran shows that class, as
+    llm.md and the family page do), each followed by its row on every other stack of
+    DASHBOARD_STACKS that has records for it (a row of nothing but 'not run' would only weigh the
+    page)."""
     return [v for i in range(len(by_stack[REFERENCE_STACK])) for name, views in by_stack.items()
-            if name in DASHBOARD_STACKS for v in [views[i]] if v.stack == REFERENCE_STACK or v.evidence]
+            if name in DASHBOARD_STACKS
+            for v in (rows[i] if name == REFERENCE_STACK else [views[i]])
+            if v.stack == REFERENCE_STACK or v.evidence]
 
 
 def history_by_cell(frames: Iterable[pd.DataFrame]) -> dict[str, list[dict]]:
@@ -686,10 +695,17 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
     methods, layouts = list(matrix.methods), list(matrix.layouts)
     runs = runs_of([e for vs in by_column.values() for v in vs for e in v.evidence], python_versions(records))
 
+    def rows_of(stack: str) -> list[list[ArchView]]:
+        """Per architecture, the views a stack's row rests on (llm_table.resting_views)."""
+        return [resting_views(own, mine) for own, mine in zip(by_stack[stack], custom[stack], strict=True)]
+
     def resting(stack: str) -> list[ArchView]:
         """A stack's rows of llm.md: per architecture, the views its verdicts rest on."""
-        return [v for own, mine in zip(by_stack[stack], custom[stack], strict=True)
-                for v in resting_views(own, mine)]
+        return [v for row in rows_of(stack) for v in row]
+
+    def leading(stack: str) -> list[ArchView]:
+        """Per architecture, the view its row's verdict is: the first it rests on (row_agreement)."""
+        return [row[0] for row in rows_of(stack)]
     run_short = {r.run_id: r.short for r in runs}
     env = environment()
 
@@ -697,10 +713,11 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
         found = [e for v in shown for e in v.evidence]
         return {"views": shown, "places": sorted({e.where_short for e in found}, key=where_order),
                 "counts": {k: sum(v.verdict.kind == k for v in shown)
-                           for k in ("supported", "not-supported", "not-verified", "n/a")}}
+                           for k in ("supported", "not-supported", "not-verified", "not-run", "n/a")}}
 
     common = {"matrix": matrix, "unused": unused, "undeclared": undeclared, "records": len(records),
-              "stacks": list(others), **stats(views)}
+              "stacks": list(others), **stats(leading(REFERENCE_STACK))}
+    leading_by_name = {v.name: v for v in leading(REFERENCE_STACK)}
 
     def table(shown: list[ArchView], prefix: str = "") -> dict:
         """llm.md's table (and the regressions above it) of one stack's views; links prefixed
@@ -710,7 +727,8 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
         regressions = regression_items(shown, list(findings))
         found = [*(link for r in rows for link in r.links), *(r["link"] for r in regressions)]
         links = {link.label: Link(link.label, prefix + link.target) for link in found}
-        return {"header": markdown_row(HEADER), "rule": markdown_row(("---",) * len(HEADER)),
+        header = llm_header(shown)
+        return {"header": markdown_row(header), "rule": markdown_row(("---",) * len(header)),
                 "rows": [(v, r, markdown_row(r.cells)) for v, r in zip(shown, rows, strict=True)],
                 "links": [links[k] for k in sorted(links, key=link_order)], "regressions": regressions}
 
@@ -724,13 +742,16 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
             release_sets=list(matrix.release_sets.values()), known_limits=known_limit_rows(matrix)),
         "index.html": env.get_template("index.html.j2").render(
             **common, runs=runs, layouts=layouts,
-            grid=grid(matrix, grid_views(by_stack), run_short, history_by_cell(history_frames))),
-        "models/index.md": env.get_template("models_index.md.j2").render(**common, pages=pages),
+            grid=grid(matrix, grid_views(by_stack, rows_of(REFERENCE_STACK)), run_short,
+                      history_by_cell(history_frames))),
+        "models/index.md": env.get_template("models_index.md.j2").render(**common, pages=pages,
+                                                                         leading=leading_by_name),
     }
     stack_page = env.get_template("stack.md.j2")
-    for name, shown in others.items():
-        docs[f"stacks/{name}.md"] = stack_page.render(
-            **{**common, **stats(shown)}, **table(resting(name), "../"), **stack_text(matrix.stacks[name]))
+    for name in others:
+        docs[f"stacks/{name}.md"] = stack_page.render(**{**common, **stats(leading(name))},
+                                                      **table(resting(name), "../"),
+                                                      **stack_text(matrix.stacks[name]))
         if matrix.stacks[name].claims_file:  # the stack's own published table, with the records' verdicts
             docs[f"stacks/{name}/llm.md"] = env.get_template("stack_llm.md.j2").render(
                 **claims_table.page_context(matrix, matrix.stacks[name], by_stack[name], custom[name]))
@@ -752,7 +773,8 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
                  for v in page["archs"]}
         docs[f"models/{page['slug']}.md"] = family.render(
             **common, page=page, sections=sections, stack_tables=stacks, page_runs=page_runs,
-            stacks_heading=stacks_heading, implementations=implementations, sweep_grids=grids)
+            stacks_heading=stacks_heading, implementations=implementations, leading=leading_by_name,
+            implementation_label=implementation_label, sweep_grids=grids)
     return dict(sorted(docs.items()))
 
 

@@ -29,6 +29,8 @@ from harness.spec.cells import Cell, PrunedCell, expand
 from harness.spec.constraints import violated_constraint
 from harness.spec.matrix import CUSTOM, FORCE_HF, REFERENCE_STACK, TRANSFORMERS, Architecture, Matrix
 
+# The skip category of a remote-code cell without the opt-in or without its code in the cache.
+OPT_IN_SKIP = "remote-code"
 # A verdict, per release and per group, is about a (cell, place, releases): newest record of each.
 # torch is one of the releases: two torch builds are two release lines (harness.report.releases).
 BY = ("where", "transformers", "env_peft", "torch")
@@ -69,6 +71,7 @@ class Evidence:
     metrics: dict = field(compare=False, repr=False)
     # whose model code ran (the record's `code`: harness/ckpt/implementations.provenance)
     code: dict = field(default_factory=dict, compare=False, repr=False)
+    world_size: int = 1  # the record's env world size: how many ranks the cell ran on
 
     @property
     def date(self) -> str:
@@ -133,7 +136,7 @@ class Group:
 
 @dataclass(frozen=True)
 class Verdict:
-    kind: str  # supported, not-supported, not-verified, n/a
+    kind: str  # supported, not-supported, not-verified, not-run, n/a
     text: str
     categories: tuple[str, ...] = ()
 
@@ -229,7 +232,7 @@ def evidence_by_cell(records: pd.DataFrame) -> dict[str, list[Evidence]]:
             torch=str(row["torch"]), device_name=str(row["device_name"]),
             device_count=int(row["env_device_count"] or 1), backend=row["env_backend"] or None,
             git_sha=str(row["git_sha"] or "unknown"), metrics=row["metrics"] or {},
-            code=row["code"] or {}))
+            code=row["code"] or {}, world_size=int(row["env_world_size"] or 1)))
     for items in by_cell.values():
         items.sort(key=lambda e: (e.release.key, where_order(e.where)))
     return by_cell
@@ -255,10 +258,20 @@ def group_view(method: str, layout: str, cells: list[CellView], reason: str | No
                  releases.earliest(c.regression for c in cells))
 
 
+def not_run_verdict(categories: tuple[str, ...]) -> Verdict:
+    """No required cell ran, each said why: never 'not supported', which is a claim about the model.
+    Remote code that only waits for the opt-in (and its code in the local HF cache) says so."""
+    if categories == (OPT_IN_SKIP,):
+        return Verdict("not-run", "⊘ not run (remote code, opt-in)", categories)
+    return Verdict("not-run", f"⊘ not run: {', '.join(categories)}", categories)
+
+
 def verdict_for(required: list[CellView]) -> Verdict:
     if not required:
         return Verdict("n/a", "n/a: no runnable cell")
     current = releases.combine(c.outcome for c in required)
+    if current is not None and current.symbol == releases.BLOCKED:
+        return not_run_verdict(current.categories)
     if current is not None and current.symbol == FAIL:
         return Verdict("not-supported", f"✗ not supported: {', '.join(current.categories)}",
                        current.categories)

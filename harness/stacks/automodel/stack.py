@@ -40,6 +40,7 @@ import torch
 
 from harness.ckpt.atomic import atomic_directory
 from harness.ckpt.implementations import load_config, trust_remote_code
+from harness.ckpt.loading import checked_load
 from harness.ckpt.tiny import auto_model_class
 from harness.failures import CellFailure
 from harness.spec.matrix import FORCE_HF, Architecture
@@ -117,10 +118,12 @@ class AutoModelStack(HarnessLoop, PlainReload):
         peft_config = PeftConfig(**peft_kwargs) if peft_kwargs is not None else None
         force_hf = request.implementation == FORCE_HF
         torch.manual_seed(0)
-        model = auto.from_pretrained(str(request.checkpoint), distributed_setup=setup,
-                                     peft_config=peft_config, force_hf=force_hf,
-                                     dtype=getattr(torch, request.dtype),
-                                     trust_remote_code=trust_remote_code(arch))
+        remote = trust_remote_code(arch)
+        model = checked_load(lambda: auto.from_pretrained(str(request.checkpoint), distributed_setup=setup,
+                                                          peft_config=peft_config, force_hf=force_hf,
+                                                          dtype=getattr(torch, request.dtype),
+                                                          trust_remote_code=remote),
+                             arch.name, request.checkpoint, remote)
         code = model_code(model)
         if not force_hf and not code.startswith(OWN_CODE):
             raise CellFailure("not-offered", f"NeMo AutoModel {release} has no class of its own for "

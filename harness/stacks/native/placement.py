@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.ckpt.implementations import config_class, load_config, trust_remote_code
+from harness.ckpt.loading import checked_load
 from harness.ckpt.tiny import auto_model_class
 from harness.failures import CellFailure
 from harness.spec.matrix import Api, Architecture, Layout, Method
@@ -111,10 +112,15 @@ def load(arch: Architecture, path, dtype: str, experts: str | None = None, **kwa
     if experts is not None:
         _require_experts_interface(arch, path, experts)
         kwargs["experts_implementation"] = experts
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # the deprecated tp_plan keyword warns
-        return auto_model_class(arch).from_pretrained(path, dtype=getattr(torch, dtype),
-                                                      trust_remote_code=trust_remote_code(arch), **kwargs)
+    remote = trust_remote_code(arch)
+
+    def from_pretrained():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the deprecated tp_plan keyword warns
+            return auto_model_class(arch).from_pretrained(path, dtype=getattr(torch, dtype),
+                                                          trust_remote_code=remote, **kwargs)
+
+    return checked_load(from_pretrained, arch.name, path, remote)
 
 
 def _require_experts_interface(arch: Architecture, path, experts: str) -> None:

@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, TrainerCallback
 
 from harness.ckpt.atomic import atomic_directory, collective_atomic_directory, verify
 from harness.ckpt.implementations import trust_remote_code
+from harness.ckpt.loading import fresh_remote_modules, require_initialised, unfilled_memory_reads_nan
 from harness.failures import CellFailure
 from harness.stacks.base import PlaceRequest, Schedule
 from harness.stacks.method_settings import lora_settings, sft_frozen
@@ -89,19 +90,29 @@ class TrlStack(PlainReload):
         tokenizer = AutoTokenizer.from_pretrained(request.checkpoint,
                                                   trust_remote_code=trust_remote_code(request.arch))
         torch.manual_seed(config.SEED)
-        try:
-            trainer = SFTTrainer(
-                model=str(request.checkpoint),
-                args=SFTConfig(**kwargs),
-                train_dataset=dataset,
-                processing_class=tokenizer,
-                peft_config=peft_config,
-            )
-        except ValueError as exc:
-            if peft_config is not None and "target modules" in str(exc).lower():
-                raise CellFailure("peft-unsupported", f"{type(exc).__name__}: {exc}") from exc
-            raise
-        model = trainer.model
+
+        def build_trainer():
+            try:
+                return SFTTrainer(
+                    model=str(request.checkpoint),
+                    args=SFTConfig(**kwargs),
+                    train_dataset=dataset,
+                    processing_class=tokenizer,
+                    peft_config=peft_config,
+                )
+            except ValueError as exc:
+                if peft_config is not None and "target modules" in str(exc).lower():
+                    raise CellFailure("peft-unsupported", f"{type(exc).__name__}: {exc}") from exc
+                raise
+
+        # SFTTrainer loads the checkpoint itself: the same fresh code namespace, and the same scan
+        remote = trust_remote_code(request.arch)
+        if remote:
+            fresh_remote_modules()
+        with unfilled_memory_reads_nan():
+            trainer = build_trainer()
+        model = require_initialised(trainer.model, request.arch.name,
+                                    f"after SFTTrainer loaded {request.checkpoint}")
         if not request.method.is_lora:  # what text cannot reach stays frozen, as a user's script would
             for name, param in model.named_parameters():
                 if sft_frozen(name, request.arch):
