@@ -42,7 +42,8 @@ def owner(cr: CellRun) -> str:
 def renames_for(cr: CellRun) -> list[list[str]]:
     """The declared renames of the cell's stack, then of its stack~implementation."""
     declared = cr.check_options.get("renames", {})
-    return [*declared.get(cr.cell.stack, []), *(declared.get(owner(cr), []) if cr.cell.implementation else [])]
+    own = declared.get(owner(cr), []) if cr.cell.implementation else []
+    return [*declared.get(cr.cell.stack, []), *own]
 
 
 def within(got: float, want: float, tolerance: dict) -> bool:
@@ -52,7 +53,8 @@ def within(got: float, want: float, tolerance: dict) -> bool:
 def compare_logits(got: torch.Tensor, want: torch.Tensor, tolerance: dict) -> tuple[float, float]:
     """(max |diff|, its bound: atol + rtol x the largest reference logit)."""
     if tuple(got.shape) != tuple(want.shape):
-        raise CellFailure("check-failed", f"logits of shape {tuple(got.shape)}, the reference's {tuple(want.shape)}")
+        raise CellFailure("check-failed", f"logits of shape {tuple(got.shape)}, the reference's "
+                                          f"{tuple(want.shape)}")
     return float((got - want).abs().max()), tolerance["atol"] + tolerance["rtol"] * float(want.abs().max())
 
 
@@ -60,9 +62,10 @@ def compare_grads(got: dict, want: dict, tolerance: dict) -> list[tuple]:
     """[(diff / bound, name, diff, largest)] for every reference parameter; names must agree."""
     only_impl, only_ref = sorted(set(got) - set(want)), sorted(set(want) - set(got))
     if only_impl or only_ref:
-        raise CellFailure("check-failed", f"the trainable parameters differ by name from the reference's: only in "
-                                          f"the implementation {only_impl[:WORST_SHOWN]} ({len(only_impl)}), only "
-                                          f"in the reference {only_ref[:WORST_SHOWN]} ({len(only_ref)}); where the "
+        raise CellFailure("check-failed", f"the trainable parameters differ by name from the reference's: "
+                                          f"only in the implementation {only_impl[:WORST_SHOWN]} "
+                                          f"({len(only_impl)}), only in the reference "
+                                          f"{only_ref[:WORST_SHOWN]} ({len(only_ref)}); where the "
                                           "implementation renames them, declare it in matrix/axes.toml "
                                           "checks.implementation_parity.options.renames")
     bound = grad_tolerance(tolerance)
@@ -92,7 +95,8 @@ def decide(what: str, start: tuple[float, float], logit_diff: tuple[float, float
                **{f"grad_{k}": v for k, v in grad_tolerance(tolerance).items()}}
     problems = []
     if curves is None and not within(got_loss, want_loss, tolerance):
-        problems.append(f"start loss {got_loss:.7g}, the reference's {want_loss:.7g} (rtol {tolerance['rtol']:g}, "
+        problems.append(f"start loss {got_loss:.7g}, the reference's {want_loss:.7g} "
+                        f"(rtol {tolerance['rtol']:g}, "
                         f"atol {tolerance['atol']:g})")
     if not logit_diff[0] <= logit_diff[1]:
         problems.append(f"logits differ by {logit_diff[0]:.3e}, above {logit_diff[1]:.3e} (rtol "
@@ -100,7 +104,8 @@ def decide(what: str, start: tuple[float, float], logit_diff: tuple[float, float
     over = sorted((g for g in grads if not g[0] <= 1.0), reverse=True)
     if over:
         bound = grad_tolerance(tolerance)
-        lines = [f"{len(over)} of {len(grads)} parameters' gradients at step 0 differ from the reference's beyond "
+        lines = [f"{len(over)} of {len(grads)} parameters' gradients at step 0 differ from the reference's "
+                 "beyond "
                  f"atol {bound['atol']:g} + rtol {bound['rtol']:g} x their largest gradient; the worst:"]
         lines += [f"  {name}: max |diff| {diff:.3e}, largest gradient {largest:.3e}"
                   for _, name, diff, largest in over[:WORST_SHOWN]]
@@ -111,11 +116,13 @@ def decide(what: str, start: tuple[float, float], logit_diff: tuple[float, float
         metrics.update(losses=got, reference_losses=want, curve_max_rel_diff=rel,
                        curve_rtol=curve_tol["rtol"], curve_atol=curve_tol["atol"])
         if len(got) != len(want) or not all(within(g, w, curve_tol) for g, w in zip(got, want, strict=True)):
-            problems.append(f"loss curve {got}\nthe reference's {want}\n(worst relative difference {rel:.3g}; "
+            problems.append(f"loss curve {got}\nthe reference's {want}\n"
+                            f"(worst relative difference {rel:.3g}; "
                             f"rtol {curve_tol['rtol']:g}, atol {curve_tol['atol']:g})")
     if problems:
         raise CellFailure("numerics", f"{what} does not compute what the reference does (the native stack, "
-                                      "transformers' class, plain loop, one device, same checkpoint and batch):\n"
+                                      "transformers' class, plain loop, one device, same checkpoint and "
+                                      "batch):\n"
                           + "\n".join(problems), metrics)
     return metrics
 
@@ -164,7 +171,8 @@ def run(cr: CellRun) -> dict:
     try:
         metrics = decide(describe_cell(cr), (got.loss, want.loss), compare_logits(got.logits, want.logits,
                                                                                   cr.tolerance),
-                         compare_grads(ref_mod.renamed(got.grads, rename), want.grads, cr.tolerance), cr.tolerance)
+                         compare_grads(ref_mod.renamed(got.grads, rename), want.grads, cr.tolerance),
+                         cr.tolerance)
     except CellFailure as failure:
         failure.metrics.update(notes, grad_norm=got.grad_norm, reference_grad_norm=want.grad_norm)
         raise

@@ -103,8 +103,9 @@ def renamed(values: dict, rename) -> dict:
     for name, value in values.items():
         target = rename(name)
         if target in out:
-            raise CellFailure("matrix-error", f"implementation_parity renames map two parameters to {target!r} "
-                                              "(matrix/axes.toml checks.implementation_parity.options.renames)")
+            raise CellFailure("matrix-error", f"implementation_parity renames map two parameters to "
+                                              f"{target!r} (matrix/axes.toml "
+                                              "checks.implementation_parity.options.renames)")
         out[target] = value
     return out
 
@@ -121,8 +122,8 @@ def copy_adapter_start(placed: Placed, reference: Placed, rename) -> list[str]:
             continue
         target = want.get(rename(name))
         if target is None or tuple(target.shape) != tuple(param.shape):
-            skipped.append(f"{name} -> {rename(name)}"
-                           + ("" if target is None else f" shape {tuple(param.shape)} vs {tuple(target.shape)}"))
+            shapes = "" if target is None else f" shape {tuple(param.shape)} vs {tuple(target.shape)}"
+            skipped.append(f"{name} -> {rename(name)}{shapes}")
             continue
         param.copy_(target.to(param.device, param.dtype))
     return skipped

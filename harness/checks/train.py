@@ -138,8 +138,9 @@ def assert_fall_beyond_noise(result: TrainResult, bounds: ReferenceBounds) -> No
     """The fixed batch's loss must fall by more than its step-to-step noise (the tier's loss_fall_min)."""
     fall = relative_fall(result.losses)
     if fall < bounds.fall_min:
-        raise CellFailure("numerics", f"the loss fell by {fall:.3%} over {len(result.losses)} steps, less than "
-                                      f"the tier's loss_fall_min {bounds.fall_min:.2%} (more than noise gives); "
+        raise CellFailure("numerics", f"the loss fell by {fall:.3%} over {len(result.losses)} steps, less "
+                                      f"than the tier's loss_fall_min {bounds.fall_min:.2%} (more than noise "
+                                      "gives); "
                                       f"losses {result.losses}")
 
 
@@ -157,10 +158,12 @@ def compare_with_reference(result: TrainResult, reference: TrainResult, bounds: 
                 "start_loss_rel_diff": start_diff, "fall_ratio": fall_ratio, "grad_norm_ratio": norm_ratio}
     causes = []
     if bounds.start_band is not None and not start_diff <= bounds.start_band:
-        causes.append(f"the first loss {start:.6f} is {start_diff:.2%} away from the reference's {ref_start:.6f} "
+        causes.append(f"the first loss {start:.6f} is {start_diff:.2%} away from the reference's "
+                      f"{ref_start:.6f} "
                       f"(band {bounds.start_band:.2%})")
     if bounds.grad_norm_ratio_min is not None and not norm_ratio >= bounds.grad_norm_ratio_min:
-        causes.append(f"the first gradient norm {norm:.4g} is {norm_ratio:.3g} x the reference's {ref_norm:.4g}, "
+        causes.append(f"the first gradient norm {norm:.4g} is {norm_ratio:.3g} x the reference's "
+                      f"{ref_norm:.4g}, "
                       f"below {bounds.grad_norm_ratio_min:g}: a vanishing gradient")
     if bounds.fall_ratio_min is not None and not fall_ratio >= bounds.fall_ratio_min:
         causes.append(f"the loss fell {fall:.3%} over {len(result.losses)} steps, {fall_ratio:.3g} x the "
@@ -172,7 +175,8 @@ def compare_with_reference(result: TrainResult, reference: TrainResult, bounds: 
             if abs(start - log_vocab) <= 1e-4 * log_vocab:
                 uniform = (f" The first loss is ln(vocab size {vocab_size}) = {log_vocab:.6f}: "
                            "the logits are uniform.")
-        raise CellFailure("numerics", "the model does not train like the reference implementation (the native "
+        raise CellFailure("numerics", "the model does not train like the reference implementation (the "
+                                      "native "
                                       "stack, transformers' class, on the same checkpoint and batch): "
                                       + "; ".join(causes) + "." + uniform, measured)
     return measured

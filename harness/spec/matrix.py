@@ -638,7 +638,8 @@ CHECK_OPTIONS: dict[str, dict[str, Key]] = {
     "implementation_parity": {
         "renames": Key(TABLE, False, "Per stack (or \"stack~implementation\"): [[regex, replacement], ...] "
                                      "turning the implementation's parameter names into the reference's."),
-        "curve_tolerance": Key(TABLE, False, "Per stack whose trainer owns the loop: the bound (rtol, atol) of "
+        "curve_tolerance": Key(TABLE, False, "Per stack whose trainer owns the loop: the bound (rtol, "
+                                             "atol) of "
                                              "its loss curve against the reference's."),
     },
     "generate": {
