@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -25,6 +26,7 @@ from harness.cellrun import CellRun
 from harness.ckpt.providers import provenance
 from harness.data import text
 from harness.failures import CellFailure
+from harness.spec.matrix import REFERENCE_STACK
 from harness.stacks.placed import Placed, Trainable
 from harness.stacks.result import TrainResult, training_metrics
 
@@ -108,6 +110,95 @@ def assert_updates(trainable: Trainable, before: dict, after: dict, is_lora: boo
     return {"weights_changed": len(trainable.trainable), "weights_frozen": len(trainable.frozen)}
 
 
+# --- the tiny tier's bounds: a fall beyond noise, and the reference's start and gradient -------
+
+@dataclass(frozen=True)
+class ReferenceBounds:
+    """The tiny tier's `train` bounds (matrix tiers.<name>; axes.toml says how each was measured)."""
+
+    fall_min: float = 0.0
+    start_band: float | None = None
+    fall_ratio_min: float | None = None
+    grad_norm_ratio_min: float | None = None
+
+    @classmethod
+    def of(cls, tier) -> ReferenceBounds:
+        return cls(tier.loss_fall_min, tier.reference_start_band, tier.reference_fall_ratio_min,
+                   tier.reference_grad_norm_ratio_min)
+
+    @property
+    def asks_reference(self) -> bool:
+        return any(v is not None for v in (self.start_band, self.fall_ratio_min, self.grad_norm_ratio_min))
+
+
+def relative_fall(losses: list[float]) -> float:
+    return (losses[0] - losses[-1]) / losses[0] if losses[0] else 0.0
+
+
+def assert_fall_beyond_noise(result: TrainResult, bounds: ReferenceBounds) -> None:
+    """The fixed batch's loss must fall by more than its step-to-step noise (the tier's loss_fall_min)."""
+    fall = relative_fall(result.losses)
+    if fall < bounds.fall_min:
+        raise CellFailure("numerics", f"the loss fell by {fall:.3%} over {len(result.losses)} steps, less "
+                                      f"than the tier's loss_fall_min {bounds.fall_min:.2%} (more than noise "
+                                      "gives); "
+                                      f"losses {result.losses}")
+
+
+def compare_with_reference(result: TrainResult, reference: TrainResult, bounds: ReferenceBounds,
+                           vocab_size: int | None = None) -> dict:
+    """The cell's start loss, loss fall and first gradient norm against the reference's on the same
+    checkpoint and batches. Returns the measurements; raises naming every bound that failed."""
+    start, ref_start = result.losses[0], reference.losses[0]
+    start_diff = abs(start - ref_start) / abs(ref_start)
+    fall, ref_fall = relative_fall(result.losses), relative_fall(reference.losses)
+    fall_ratio = fall / ref_fall if ref_fall > 0 else float("inf")
+    norm, ref_norm = result.grad_norms[0], reference.grad_norms[0]
+    norm_ratio = norm / ref_norm if ref_norm > 0 else float("inf")
+    measured = {"reference_losses": reference.losses, "reference_grad_norms": reference.grad_norms,
+                "start_loss_rel_diff": start_diff, "fall_ratio": fall_ratio, "grad_norm_ratio": norm_ratio}
+    causes = []
+    if bounds.start_band is not None and not start_diff <= bounds.start_band:
+        causes.append(f"the first loss {start:.6f} is {start_diff:.2%} away from the reference's "
+                      f"{ref_start:.6f} "
+                      f"(band {bounds.start_band:.2%})")
+    if bounds.grad_norm_ratio_min is not None and not norm_ratio >= bounds.grad_norm_ratio_min:
+        causes.append(f"the first gradient norm {norm:.4g} is {norm_ratio:.3g} x the reference's "
+                      f"{ref_norm:.4g}, "
+                      f"below {bounds.grad_norm_ratio_min:g}: a vanishing gradient")
+    if bounds.fall_ratio_min is not None and not fall_ratio >= bounds.fall_ratio_min:
+        causes.append(f"the loss fell {fall:.3%} over {len(result.losses)} steps, {fall_ratio:.3g} x the "
+                      f"reference's {ref_fall:.3%}, below {bounds.fall_ratio_min:g}")
+    if causes:
+        uniform = ""
+        if vocab_size:
+            log_vocab = math.log(vocab_size)
+            if abs(start - log_vocab) <= 1e-4 * log_vocab:
+                uniform = (f" The first loss is ln(vocab size {vocab_size}) = {log_vocab:.6f}: "
+                           "the logits are uniform.")
+        raise CellFailure("numerics", "the model does not train like the reference implementation (the "
+                                      "native "
+                                      "stack, transformers' class, on the same checkpoint and batch): "
+                                      + "; ".join(causes) + "." + uniform, measured)
+    return measured
+
+
+def judge_against_reference(cr: CellRun, result: TrainResult) -> dict:
+    """The tiny tier's bounds for this cell: the fall beyond noise, and (a cell that is not the
+    reference) the reference's start loss, fall and gradient norm. Returns the record's measurements."""
+    if text.uses_text(cr) or cr.tier.source != "tiny":
+        return {}
+    bounds = ReferenceBounds.of(cr.tier)
+    assert_fall_beyond_noise(result, bounds)
+    from harness.checks.reference import is_reference, reference_curve
+
+    # Another stack is judged against the native stack; the native stack's own custom class is
+    # compared with the remote code it stands in for by implementation_parity, where that code runs.
+    if not bounds.asks_reference or is_reference(cr.cell) or cr.cell.stack == REFERENCE_STACK:
+        return {}
+    return compare_with_reference(result, reference_curve(cr), bounds, cr.config.get_text_config().vocab_size)
+
+
 def start_loss_max(cr: CellRun) -> float | None:
     """The bound on the first loss on real text: the row's own if it declares one, else the tier's."""
     return cr.arch.real_start_loss_max or cr.tier.start_loss_max
@@ -160,7 +251,13 @@ def run(cr: CellRun) -> dict:
     before, after = whole(placed, before), whole(placed, snapshot(model))
     assert_loss_falls(result, start_loss_max(cr), heldout_fall_min(cr))
     counts = assert_updates(trainable, before, after, cr.method.is_lora)
+    try:
+        against_reference = judge_against_reference(cr, result)
+    except CellFailure as failure:  # the cell's own curve stands beside the reference's
+        failure.metrics.update(training_metrics(result, placed))
+        raise
     return {
+        **against_reference,
         **training_metrics(result, placed),
         "load_s": load_s,
         "params_total": sum(t.numel() for t in before.values()),

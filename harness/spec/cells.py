@@ -113,6 +113,9 @@ def prune_reason(matrix: Matrix, cell: Cell) -> str | None:
         return reason
     check = matrix.checks[cell.check]
     tier = matrix.tiers[cell.tier]
+    if check.not_reference and cell.stack == REFERENCE_STACK and not cell.implementation:
+        return (f"check {cell.check} compares another stack or implementation with this cell's, the "
+                "reference (the native stack, the row's own implementation)")
     if tier.layouts and cell.layout not in tier.layouts:
         return f"tier {cell.tier} runs under layouts {', '.join(tier.layouts)} only"
     if cell.tier not in check.tiers:

@@ -516,6 +516,20 @@ class Tier:
         NUM, "The relative fall of the held-out loss the train check requires on real text: more than the "
              "step-to-step noise of that loss can give (matrix/axes.toml says how it was measured).",
         default=0.0)
+    reference_start_band: float | None = toml_key(
+        NUM, "train, on a stack or implementation that is not the reference: the first loss must lie within "
+             "this fraction of the reference's first loss on the same checkpoint and batch (none: no "
+             "reference is asked; matrix/axes.toml says how it was measured).", default=None)
+    reference_fall_ratio_min: float | None = toml_key(
+        NUM, "train, not the reference: the relative fall of the loss over the tier's steps must be at "
+             "least this fraction of the reference's fall over the same steps.", default=None)
+    reference_grad_norm_ratio_min: float | None = toml_key(
+        NUM, "train, not the reference: the first gradient norm must be at least this fraction of the "
+             "reference's (a vanishing gradient means the model does not learn).", default=None)
+    loss_fall_min: float = toml_key(
+        NUM, "The relative fall of the fixed batch's loss, first step to last, the train check requires: "
+             "more than the step-to-step noise of that loss (matrix/axes.toml says how it was measured).",
+        default=0.0)
     tolerance: dict = toml_key(
         TABLE, "This tier's own parity bounds where its dtype's do not fit (keys as in `tolerances`): a "
                "pretrained model is deeper and trains longer than a tiny one, and reduction-order noise "
@@ -613,6 +627,9 @@ class Check:
     auto_classes: tuple[str, ...] = toml_key(
         LIST_STR, "The model heads a check applies to (e.g. generate needs a language-model head).",
         default=())
+    not_reference: bool = toml_key(
+        BOOL, "Whether the check compares a cell with the reference (the native stack running the row's "
+              "own implementation): the reference's own cells are pruned.", default=False)
 
 
 # The `options` of the checks that take any: the keys their modules read (harness/checks/<name>.py).
@@ -624,6 +641,13 @@ CHECK_OPTIONS: dict[str, dict[str, Key]] = {
         "export_max_shard_size": Key(STR, False, "save_pretrained's max_shard_size on export."),
         "merge_tolerance": Key(TABLE, False, "Per dtype, the bound of merge_and_unload's logits "
                                              "(TOLERANCE_SCHEMA)."),
+    },
+    "implementation_parity": {
+        "renames": Key(TABLE, False, "Per stack (or \"stack~implementation\"): [[regex, replacement], ...] "
+                                     "turning the implementation's parameter names into the reference's."),
+        "curve_tolerance": Key(TABLE, False, "Per stack whose trainer owns the loop: the bound (rtol, "
+                                             "atol) of "
+                                             "its loss curve against the reference's."),
     },
     "generate": {
         "new_tokens": Key(INT, False, "How many tokens to generate."),

@@ -565,6 +565,10 @@ def _tier(file: str, name: str, body: dict, methods: dict[str, Method], layouts:
             _positive(file, f"{path}.{key}", body[key])
     if "heldout_fall_min" in body:
         _fraction(file, f"{path}.heldout_fall_min", body["heldout_fall_min"])
+    for key in ("reference_start_band", "reference_fall_ratio_min", "reference_grad_norm_ratio_min",
+                "loss_fall_min"):
+        if key in body:
+            _fraction(file, f"{path}.{key}", body[key])
     if "heldout_batch_size" in body:
         _at_least(file, f"{path}.heldout_batch_size", body["heldout_batch_size"], 1)
     if "dataset" in body:
@@ -639,7 +643,8 @@ def _check(file: str, name: str, body: dict, names: dict[str, tuple]) -> Check:
     return Check(name=name, summary=body["summary"], tiers=tuple(body["tiers"]),
                  methods=tuple(body.get("methods", ())), layouts=tuple(body.get("layouts", ())),
                  load_layouts=dict(body.get("load_layouts", {})), options=dict(body.get("options", {})),
-                 auto_classes=tuple(body.get("auto_classes", ())))
+                 auto_classes=tuple(body.get("auto_classes", ())),
+                 not_reference=bool(body.get("not_reference", False)))
 
 
 def _check_options(file: str, path: str, check: str, options: dict) -> None:
@@ -649,6 +654,13 @@ def _check_options(file: str, path: str, check: str, options: dict) -> None:
                 "a file size such as \"200KB\" or \"5GB\"")
     if "new_tokens" in options:
         _at_least(file, f"{path}.new_tokens", options["new_tokens"], 1)
+    for stack, bounds in options.get("curve_tolerance", {}).items():
+        _tolerance(file, f"{path}.curve_tolerance.{stack}", bounds)
+    for owner, renames in options.get("renames", {}).items():
+        if not (isinstance(renames, list) and all(isinstance(r, list) and len(r) == 2
+                                                  and all(isinstance(x, str) for x in r) for r in renames)):
+            raise MatrixError(file, f"{path}.renames.{owner}", renames,
+                              "must be a list of [regex, replacement] pairs of strings")
     for dtype, bounds in options.get("merge_tolerance", {}).items():
         _must_be_one_of(file, f"{path}.merge_tolerance", dtype, DTYPES)
         _tolerance(file, f"{path}.merge_tolerance.{dtype}", bounds)

@@ -1,0 +1,121 @@
+"""A degenerate implementation fails `train` and `implementation_parity`; the reference passes both.
+
+The planted implementation is a real tiny Llama from transformers whose output layer's result is
+multiplied by 0 (a forward hook): its logits are uniform, its start loss is exactly ln(vocab), and no
+gradient reaches any weight, as AutoModel's own Qwen3Next class behaved (start 6.238324 = ln 512,
+first gradient norm 0.018 against 1.60). The reference is the same checkpoint unmodified, trained by
+the harness's loop. The native stack's own train cell must start exactly where the reference does.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from harness.cellrun import CellRun
+from harness.checks import implementation_parity, reference, train
+from harness.checks.common import logits
+from harness.ckpt.tiny import tiny_checkpoint
+from harness.data.batches import fixed_batch
+from harness.failures import CellFailure
+from harness.spec.cells import Cell
+from harness.spec.load import load_matrix
+from harness.stacks import loop
+
+ARCH = "LlamaForCausalLM"
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    return load_matrix()
+
+
+def _model(matrix, uniform: bool):
+    path = tiny_checkpoint(matrix.architectures[ARCH], matrix)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if uniform:
+        model.lm_head.register_forward_hook(lambda module, args, out: out * 0.0)
+    return model
+
+
+def _batch(matrix, model):
+    tier = matrix.tiers["tiny"]
+    return fixed_batch(model.config.vocab_size, tier.batch_size, tier.seq_len)
+
+
+def _trained(matrix, uniform: bool):
+    model = _model(matrix, uniform)
+    batch = _batch(matrix, model)
+    optimizer = loop.make_optimizer(model, matrix.methods["sft"].lr)
+    return loop.fit(model, batch, optimizer, matrix.tiers["tiny"].steps), model.config.vocab_size
+
+
+def test_uniform_logits_fail_train_naming_the_cause(matrix):
+    bounds = train.ReferenceBounds.of(matrix.tiers["tiny"])
+    honest, vocab = _trained(matrix, uniform=False)
+    degenerate, _ = _trained(matrix, uniform=True)
+    train.assert_fall_beyond_noise(honest, bounds)
+    assert train.compare_with_reference(honest, honest, bounds, vocab)["grad_norm_ratio"] == 1.0
+    with pytest.raises(CellFailure) as caught:
+        train.compare_with_reference(degenerate, honest, bounds, vocab)
+    message = str(caught.value)
+    assert "vanishing gradient" in message
+    assert "logits are uniform" in message and "ln(vocab size 512)" in message
+    assert caught.value.metrics["reference_losses"] == honest.losses
+    with pytest.raises(CellFailure, match="loss_fall_min"):
+        train.assert_fall_beyond_noise(degenerate, bounds)
+
+
+def _step_zero(matrix, uniform: bool) -> reference.StepZero:
+    model = _model(matrix, uniform)
+    batch = _batch(matrix, model)
+    out = logits(model, batch)
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    grads = {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+             for n, p in model.named_parameters()}
+    return reference.StepZero(float(loss.detach()), out, grads, loop.local_grad_norm(model))
+
+
+def test_uniform_logits_fail_implementation_parity_naming_parameters(matrix):
+    tolerance = dict(matrix.tolerances["float32"])
+    want = _step_zero(matrix, uniform=False)
+    honest = _step_zero(matrix, uniform=False)
+    metrics = implementation_parity.decide(
+        "the same class", (honest.loss, want.loss),
+        implementation_parity.compare_logits(honest.logits, want.logits, tolerance),
+        implementation_parity.compare_grads(honest.grads, want.grads, tolerance), tolerance)
+    assert metrics["params_compared"] == len(want.grads)
+    got = _step_zero(matrix, uniform=True)
+    with pytest.raises(CellFailure) as caught:
+        implementation_parity.decide(
+            "a uniform-logit class", (got.loss, want.loss),
+            implementation_parity.compare_logits(got.logits, want.logits, tolerance),
+            implementation_parity.compare_grads(got.grads, want.grads, tolerance), tolerance)
+    message = str(caught.value)
+    assert caught.value.category == "numerics"
+    assert "start loss" in message and "logits differ" in message
+    assert "lm_head.weight" in message and "model.embed_tokens.weight" in message
+    assert caught.value.metrics["grad_worst_param"] in want.grads
+
+
+def test_renames_map_an_implementations_names_and_refuse_collisions():
+    rename = reference.renamer([[r"^(.*)\.lora_([AB])\.weight$",
+                                 r"base_model.model.\1.lora_\2.default.weight"]])
+    assert rename("model.layers.0.self_attn.q_proj.lora_A.weight") == \
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    assert rename("model.norm.weight") == "model.norm.weight"
+    collide = reference.renamer([[r"\.[ab]$", ".x"]])
+    with pytest.raises(CellFailure, match="two parameters"):
+        reference.renamed({"w.a": 1, "w.b": 2}, collide)
+
+
+def test_the_native_train_cell_starts_exactly_where_the_reference_does(matrix, tmp_path):
+    native = CellRun(matrix, Cell(ARCH, "sft", "single", "tiny", "train"), "cpu", scratch_root=tmp_path)
+    own = train.run(native)
+    other = CellRun(matrix, Cell(ARCH, "sft", "single", "tiny", "train", stack="trl"), "cpu",
+                    scratch_root=tmp_path)
+    assert reference.reference_curve(other).losses == own["losses"]
+    assert reference.reference_curve(other).grad_norms == own["grad_norms"]
