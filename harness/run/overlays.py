@@ -1,0 +1,147 @@
+"""Release trees for a host that brings its own Python and packages (the offline GPU host).
+
+There a sweep makes no virtual environment: each release is a directory OVERLAY_ROOT/NAME-VERSION/,
+a `pip install --no-deps --target` tree of that release's wheel, put first on the PYTHONPATH of
+the host's own interpreter. The trees travel to the host unpacked, or are made there from wheels,
+so before one is used it is checked against its own `*.dist-info/RECORD`: every file listed with a
+sha256 must have it, and no module may lie in the tree that RECORD does not list. Then what runs
+is the released files, byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+
+class TreeError(RuntimeError):
+    """A release tree that is missing or differs from its RECORD: the message names the file."""
+
+
+@dataclass(frozen=True)
+class Verified:
+    path: Path
+    name: str
+    version: str
+    files: int  # files checked against their sha256
+
+
+def tree_name(package: str, version: str) -> str:
+    return f"{canonicalize_name(package)}-{version}"
+
+
+def tree_path(root: Path, package: str, version: str) -> Path:
+    return Path(root) / tree_name(package, version)
+
+
+def overlay_versions(root: Path, package: str) -> list[str]:
+    """The releases of `package` that have a tree under `root`, oldest first."""
+    prefix = f"{canonicalize_name(package)}-"
+    found = []
+    for path in Path(root).glob(f"{prefix}*"):
+        try:
+            found.append(Version(path.name[len(prefix):]))
+        except InvalidVersion:
+            continue
+    return [str(v) for v in sorted(found)]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256(path.read_bytes()).digest()
+    return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def verify_tree(path: Path, package: str | None = None, version: str | None = None) -> Verified:
+    """Check a tree against the RECORD of its one `*.dist-info` (of `package` at `version`, if given)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise TreeError(f"{path}: no such release tree; make it with `compat-harness sweep-trees`")
+    infos = sorted(path.glob("*.dist-info"))
+    if package is not None:
+        stem = re.sub(r"[-_.]+", "_", package).lower()
+        infos = [i for i in infos if re.sub(r"[-_.]+", "_", i.name.split("-")[0]).lower() == stem]
+    if len(infos) != 1:
+        raise TreeError(f"{path}: holds {len(infos)} *.dist-info of {package or 'a package'} "
+                        f"({', '.join(i.name for i in infos) or 'none'}); a release tree holds exactly one "
+                        "(pip install --no-deps --target)")
+    info = infos[0]
+    name, found_version = info.name[: -len(".dist-info")].rsplit("-", 1)
+    if version is not None and found_version != version:
+        raise TreeError(f"{info}: is {name} {found_version}, not {version}: "
+                        "the tree's name says another release")
+    record = info / "RECORD"
+    if not record.is_file():
+        raise TreeError(f"{record}: missing; the tree cannot be checked (make it again with pip)")
+    listed, checked = set(), 0
+    with record.open(newline="") as handle:
+        for row in csv.reader(handle):
+            if not row:
+                continue
+            relative, hash_ = row[0], row[1] if len(row) > 1 else ""
+            target = (path / relative).resolve()
+            listed.add(target)
+            if not hash_:
+                continue  # RECORD itself, INSTALLER, REQUESTED: pip lists them without a hash
+            if not target.is_relative_to(path.resolve()):
+                continue  # a console script pip put beside the tree (../bin): never imported
+            if not target.is_file():
+                raise TreeError(f"{path}: {relative} is listed in {record.name} but missing")
+            if _sha256(target) != hash_:
+                raise TreeError(f"{path}: {relative} differs from {info.name}/RECORD ({hash_}): "
+                                "not the released file")
+            checked += 1
+    for module in path.rglob("*"):
+        if module.is_file() and "__pycache__" not in module.parts and module.resolve() not in listed \
+                and module.suffix in (".py", ".pth", ".so"):
+            raise TreeError(f"{path}: {module.relative_to(path)} is not listed in {info.name}/RECORD: "
+                            "the tree holds a file the release does not")
+    return Verified(path, name, found_version, checked)
+
+
+def wheel_release(wheel: Path) -> tuple[str, str]:
+    """A wheel file's (distribution, version) from its name."""
+    parts = Path(wheel).name.split("-")
+    return canonicalize_name(parts[0]), parts[1]
+
+
+def make_tree(wheel: Path, root: Path, *, python: str = sys.executable) -> Verified:
+    """`pip install --no-deps --target` of one wheel file into ROOT/NAME-VERSION (no index, no
+    bytecode: the host's interpreter writes its own), kept when it is there and verifies."""
+    name, version = wheel_release(wheel)
+    target = tree_path(root, name, version)
+    if target.is_dir():
+        try:
+            return verify_tree(target, name, version)
+        except TreeError:
+            shutil.rmtree(target)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-compile",
+               "--disable-pip-version-check", "--target", str(partial), str(wheel)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise TreeError(f"pip install --target of {wheel} failed (exit {done.returncode}): "
+                        f"{(done.stderr or done.stdout).strip()[-800:]}")
+    partial.rename(target)
+    return verify_tree(target, name, version)
+
+
+def make_trees(wheels: Path, root: Path, packages: list[str] | None = None) -> list[Verified]:
+    """A tree of every wheel in `wheels` (of `packages` only, if given)."""
+    wanted = {canonicalize_name(p) for p in packages or []}
+    chosen = [w for w in sorted(Path(wheels).glob("*.whl")) if not wanted or wheel_release(w)[0] in wanted]
+    if not chosen:
+        raise TreeError(f"{wheels}: no wheel{' of ' + ', '.join(sorted(wanted)) if wanted else ''} there")
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return [make_tree(w, root) for w in chosen]
