@@ -175,7 +175,8 @@ class ReleaseRun:
     version: str
     state: str  # "ran", "kept" (finished by an earlier sweep), "harness-failure"
     exit: int | None = None
-    seconds: float | None = None
+    seconds: float | None = None  # the pytest session's
+    env_s: float | None = None  # making (or finding) the environment or tree
     counts: dict[str, int] = field(default_factory=dict)
     versions: dict[str, list[str]] = field(default_factory=dict)
     where: str = ""
@@ -258,8 +259,10 @@ def run_release(version: str, *, package: str, wanted: dict[str, str], selection
         session = sessions.session(version)
     except Exception as exc:  # an environment or a tree that cannot be had: no verdict of the release
         say(f"{label}: no environment: {exc}")
-        return ReleaseRun(version, "harness-failure", None, round(time.perf_counter() - start, 1),
+        return ReleaseRun(version, "harness-failure", env_s=round(time.perf_counter() - start, 1),
                           error=f"no environment: {exc}")
+    env_s = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
     paths.partial.unlink(missing_ok=True)
     say(f"{label}: start ({session.where}, {jobs} worker(s))")
     command = pytest_command(session.python, selection, paths.partial, jobs)
@@ -271,8 +274,8 @@ def run_release(version: str, *, package: str, wanted: dict[str, str], selection
     seconds = round(time.perf_counter() - start, 1)
     records = read_records(paths.partial) if paths.partial.is_file() else []
     names = [package, *wanted.keys() - {package}, "torch", "python"]
-    run = ReleaseRun(version, "ran", done.returncode, seconds, counts(records), env_versions(records, names),
-                     session.where)
+    run = ReleaseRun(version, "ran", done.returncode, seconds, env_s, counts(records),
+                     env_versions(records, names), session.where)
     problem = ""
     if done.returncode not in VERDICT_EXITS:
         problem = (f"pytest exited {done.returncode} (2 usage, 3 a harness error, 4 the matrix did not "
@@ -291,7 +294,8 @@ def run_release(version: str, *, package: str, wanted: dict[str, str], selection
         return run
     paths.meta.write_text(json.dumps(asdict(run), indent=1) + "\n")
     paths.partial.replace(paths.records)  # the release is finished only now
-    say(f"{label}: done in {seconds:.0f} s (exit {done.returncode}): {_counts_text(run.counts)}")
+    say(f"{label}: done in {seconds:.0f} s (exit {done.returncode}; environment {env_s:.0f} s): "
+        f"{_counts_text(run.counts)}")
     return run
 
 
@@ -377,7 +381,8 @@ def finish(package: str, releases: list[str], runs: dict[str, ReleaseRun], *, ou
     summary = {
         "package": package, "held": held, "slice": slice_name, "selection": selection, "mode": mode,
         "releases": releases, "wall_s": wall,
-        "seconds_total": round(sum(r.seconds or 0 for r in runs.values()), 1),
+        "session_s_total": round(sum(r.seconds or 0 for r in runs.values()), 1),
+        "env_s_total": round(sum(r.env_s or 0 for r in runs.values()), 1),
         "runs": [asdict(runs[v]) for v in releases],
         "changed": {v: c for v, c in changed.items()},
         "harness_failures": sorted(failed, key=Version),
@@ -389,7 +394,8 @@ def finish(package: str, releases: list[str], runs: dict[str, ReleaseRun], *, ou
     for version in releases:
         run = runs[version]
         state = ("NO VERDICT: " + run.error) if not run.verdict else _counts_text(run.counts)
-        seconds = f"{run.seconds:.0f} s" if run.seconds is not None else "? s"
+        seconds = f"{run.seconds:.0f} s" if run.seconds is not None else "no session"
+        seconds += f", environment {run.env_s:.0f} s" if run.env_s else ""
         lines.append(f"  {package} {version}: {state} ({seconds}{', kept' if run.state == 'kept' else ''}"
                      f"{', changed vs previous' if run.changed else ''})")
     lines.append(f"grid: {grid_path}; summary: {summary_path}")
