@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -43,6 +44,10 @@ from harness.spec.matrix import REPO_ROOT
 # pytest's exit codes that carry a verdict: 0 every cell as declared, 1 cells failed.
 VERDICT_EXITS = (0, 1)
 TAIL_CHARS = 3000
+# The pytest sessions running now: a sweep that is stopped (SIGTERM, Ctrl-C) ends them too, so that
+# none goes on writing records of a release the next sweep will run again.
+RUNNING: set[subprocess.Popen] = set()
+STOPPING = threading.Event()
 
 
 class SweepError(RuntimeError):
@@ -263,6 +268,8 @@ def run_release(version: str, *, package: str, wanted: dict[str, str], selection
                           error=f"no environment: {exc}")
     env_s = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
+    if STOPPING.is_set():
+        return ReleaseRun(version, "harness-failure", env_s=env_s, error="the sweep was stopped")
     paths.partial.unlink(missing_ok=True)
     say(f"{label}: start ({session.where}, {jobs} worker(s))")
     command = pytest_command(session.python, selection, paths.partial, jobs)
@@ -270,7 +277,12 @@ def run_release(version: str, *, package: str, wanted: dict[str, str], selection
     with paths.log.open("w") as log:
         log.write(" ".join(command) + "\n")
         log.flush()
-        done = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        done = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        RUNNING.add(done)
+        try:
+            done.wait()
+        finally:
+            RUNNING.discard(done)
     seconds = round(time.perf_counter() - start, 1)
     records = read_records(paths.partial) if paths.partial.is_file() else []
     names = [package, *wanted.keys() - {package}, "torch", "python"]
@@ -313,6 +325,31 @@ def kept_run(paths: Paths) -> ReleaseRun:
 
 # --- the sweep -----------------------------------------------------------------------------------
 
+class stopping_sessions:  # noqa: N801 (a context manager, used as `with stopping_sessions():`)
+    """While the sweep runs, SIGTERM ends the running pytest sessions before the sweep exits (143)."""
+
+    def __enter__(self):
+        self.main = threading.current_thread() is threading.main_thread()
+        if self.main:
+            self.previous = signal.signal(signal.SIGTERM, self._stop)
+        return self
+
+    def _stop(self, signum, frame):
+        STOPPING.set()
+        for process in list(RUNNING):
+            process.terminate()
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc):
+        if self.main:
+            signal.signal(signal.SIGTERM, self.previous)
+        if exc[0] is not None:  # Ctrl-C or the SIGTERM above: no session outlives the sweep
+            STOPPING.set()
+            for process in list(RUNNING):
+                process.terminate()
+        return False
+
+
 @dataclass
 class SweepResult:
     package: str
@@ -334,6 +371,7 @@ def sweep(package: str, releases: list[str], *, held: dict[str, str], selection:
     """Run the selection under each release (`parallel` at once), then write the grid and summary."""
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    STOPPING.clear()
     lock = threading.Lock()
 
     def tell(text: str) -> None:
@@ -354,10 +392,12 @@ def sweep(package: str, releases: list[str], *, held: dict[str, str], selection:
             todo.append(version)
 
     def one(version: str) -> ReleaseRun:
+        if STOPPING.is_set():
+            return ReleaseRun(version, "harness-failure", error="the sweep was stopped")
         return run_release(version, package=package, wanted=wanted_of(version), selection=selection,
                            out=out, sessions=sessions, jobs=jobs, say=tell)
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+    with stopping_sessions(), ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         for version, run in zip(todo, pool.map(one, todo), strict=True):
             runs[version] = run
     wall = round(time.perf_counter() - start, 1)
