@@ -289,7 +289,10 @@ def run_release(version: str, *, package: str, wanted: dict[str, str], selection
     run = ReleaseRun(version, "ran", done.returncode, seconds, env_s, counts(records),
                      env_versions(records, names), session.where)
     problem = ""
-    if done.returncode not in VERDICT_EXITS:
+    if done.returncode < 0:
+        stopped = " (the sweep was stopped)" if STOPPING.is_set() else ""
+        problem = f"pytest was ended by signal {-done.returncode}{stopped}: no verdict"
+    elif done.returncode not in VERDICT_EXITS:
         problem = (f"pytest exited {done.returncode} (2 usage, 3 a harness error, 4 the matrix did not "
                    "load, 5 nothing collected): no verdict")
     elif not records:
