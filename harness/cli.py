@@ -532,6 +532,9 @@ def run_sweep(args) -> int:
                          mode=mode)
     for line in result.lines:
         print(line)
+    if result.stopped:
+        print(f"stopped (exit {result.stopped}): the same command resumes", file=sys.stderr)
+        return result.stopped
     if result.harness_failures:
         print(f"ERROR: no verdict for {', '.join(result.harness_failures)} (a harness problem, see "
               f"{result.summary_path})", file=sys.stderr)
@@ -544,11 +547,18 @@ def add_sweep_trees(subparsers) -> None:
         "sweep-trees", help="make the release trees `compat-harness sweep --on-host` runs from wheel files",
         description="pip install --no-deps --target OUT/NAME-VERSION of each wheel in DIR (no index, no "
                     "bytecode), then each tree is checked against its RECORD's sha256 lines. A tree already "
-                    "there is kept when it verifies. --verify checks the trees under OUT only.")
+                    "there is kept when it verifies. --verify checks the trees under OUT only; --pack and "
+                    "--unpack carry trees to an offline host in one small archive, verified there.")
     p.add_argument("--wheels", type=Path, help="the wheel directory")
     p.add_argument("--out", type=Path, required=True, metavar="OVERLAY_ROOT")
-    p.add_argument("--packages", default="", metavar="P1,P2", help="only these packages' wheels")
+    p.add_argument("--packages", default="", metavar="P1,P2", help="only these packages' wheels (or trees)")
+    p.add_argument("--releases", default="", metavar="R1,R2", help="--pack: only the trees of these releases")
     p.add_argument("--verify", action="store_true", help="check every tree under OUT against its RECORD")
+    p.add_argument("--pack", type=Path, metavar="FILE.tar.xz",
+                   help="write OUT's trees into one archive, each file's versions side by side (consecutive "
+                        "releases cost little more than one: carry it to an offline host)")
+    p.add_argument("--unpack", type=Path, metavar="FILE.tar.xz",
+                   help="extract an archive of --pack under OUT and verify each of its trees")
     p.set_defaults(func=run_sweep_trees)
 
 
@@ -558,10 +568,17 @@ def run_sweep_trees(args) -> int:
 
     try:
         if args.verify:
-            found = [overlays.verify_tree(path) for path in sorted(args.out.iterdir())
-                     if path.is_dir() and not path.name.endswith(".partial")]
+            found = [overlays.verify_tree(path) for path in overlays.tree_dirs(args.out)]
+        elif args.pack:
+            trees = overlays.tree_dirs(args.out, split_values([args.packages]), split_values([args.releases]))
+            overlays.pack_trees(trees, args.pack)
+            print(f"{args.pack}: {len(trees)} tree(s), {args.pack.stat().st_size / 2**20:.1f} MiB: "
+                  f"{', '.join(t.name for t in trees)}")
+            return 0
+        elif args.unpack:
+            found = overlays.unpack_trees(args.unpack, args.out)
         elif args.wheels is None:
-            print("ERROR: give --wheels DIR (or --verify)", file=sys.stderr)
+            print("ERROR: give --wheels DIR, --pack FILE, --unpack FILE or --verify", file=sys.stderr)
             return USAGE_ERROR
         else:
             found = overlays.make_trees(args.wheels, args.out, split_values([args.packages]))

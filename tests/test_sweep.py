@@ -249,3 +249,12 @@ def test_a_module_the_record_does_not_list_is_caught(tmp_path, wheel):
     (made.path / "sweep_probe" / "extra.py").write_text("")
     with pytest.raises(overlays.TreeError, match="extra.py is not listed in .*RECORD"):
         overlays.verify_tree(made.path)
+
+
+def test_trees_travel_in_one_archive_and_are_verified_where_they_land(tmp_path, wheel):
+    (made,) = overlays.make_trees(wheel.parent, tmp_path / "here")
+    trees = overlays.tree_dirs(tmp_path / "here", ["sweep-probe"])
+    archive = overlays.pack_trees(trees, tmp_path / "t.tar.xz")
+    (landed,) = overlays.unpack_trees(archive, tmp_path / "host")
+    assert landed.path == tmp_path / "host" / "sweep-probe-1.2.0" and landed.files == made.files
+    assert (landed.path / "sweep_probe" / "__init__.py").read_text() == "def main():\n    return 'released'\n"

@@ -362,6 +362,7 @@ class SweepResult:
     summary_path: Path
     wall_s: float
     lines: list[str]
+    stopped: int = 0  # the exit status of a sweep stopped by a signal (143: SIGTERM), else 0
 
     @property
     def harness_failures(self) -> list[str]:
@@ -400,12 +401,25 @@ def sweep(package: str, releases: list[str], *, held: dict[str, str], selection:
         return run_release(version, package=package, wanted=wanted_of(version), selection=selection,
                            out=out, sessions=sessions, jobs=jobs, say=tell)
 
-    with stopping_sessions(), ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        for version, run in zip(todo, pool.map(one, todo), strict=True):
-            runs[version] = run
+    stopped = 0
+    try:
+        with stopping_sessions(), ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            for version, run in zip(todo, pool.map(one, todo), strict=True):
+                runs[version] = run
+    except (SystemExit, KeyboardInterrupt) as exc:  # a time limit: the grid of what finished, then stop
+        stopped = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
+        for version in releases:
+            if version not in runs or runs[version].error == "the sweep was stopped":
+                paths = Paths(out, package, version)
+                runs[version] = kept_run(paths) if finished(paths) else ReleaseRun(
+                    version, "harness-failure", error="the sweep was stopped before this release's verdict")
+        left = [v for v in releases if not runs[v].verdict]
+        tell(f"stopped: {len(left)} release(s) without a verdict, for the next sweep: {', '.join(left)}")
     wall = round(time.perf_counter() - start, 1)
-    return finish(package, releases, runs, out=out, held=held, selection=selection, slice_name=slice_name,
-                  mode=mode, wall=wall)
+    result = finish(package, releases, runs, out=out, held=held, selection=selection, slice_name=slice_name,
+                    mode=mode, wall=wall)
+    result.stopped = stopped
+    return result
 
 
 def finish(package: str, releases: list[str], runs: dict[str, ReleaseRun], *, out: Path,
