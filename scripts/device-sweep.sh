@@ -37,4 +37,5 @@ cp ".cache/sweeps/$name/sweep.json" "$OUT/$name-sweep.json" 2>/dev/null
 tar -czf "$OUT/$name-records.tar.gz" -C .cache/sweeps "$name"
 grep '^\[sweep\]' "$OUT/$name.txt" | grep -v "finished by an earlier sweep" | tail -n 40
 sed -n '/^--- /,$p' "$OUT/$name.txt" | tail -n 60
-echo "$name: sweep exit $rc after $(( $(date +%s) - start )) s (143: stopped at LIMIT_S, run again to resume)"
+echo "$name: sweep exit $rc after $(( $(date +%s) - start )) s (124: stopped at LIMIT_S, the same call resumes;" \
+  "1: a release without a verdict, see $name-sweep.json)"

@@ -338,10 +338,12 @@ class stopping_sessions:  # noqa: N801 (a context manager, used as `with stoppin
         return self
 
     def _stop(self, signum, frame):
+        first = not STOPPING.is_set()
         STOPPING.set()
         for process in list(RUNNING):
             process.terminate()
-        raise SystemExit(128 + signum)
+        if first:  # `timeout` signals the sweep and then its process group: the second finds it stopping
+            raise SystemExit(128 + signum)
 
     def __exit__(self, *exc):
         if self.main:
