@@ -194,6 +194,7 @@ def test_records_of_another_release_are_no_verdict_of_this_one():
     records = records_of(BASELINE)[:3]
     assert mismatch(records, {"transformers": "5.24.0", "peft": "0.21.2"}) == ""
     assert mismatch(records, {"transformers": "5.25.0"}) == "the records ran transformers 5.24.0, not 5.25.0"
+    assert mismatch(records, {"transformers": "5.24.0", "tokenizers": "0.23.2"}) == ""  # not in `env`
 
 
 # --- release trees -------------------------------------------------------------------------------

@@ -242,6 +242,8 @@ def mismatch(records: list[dict], wanted: dict[str, str]) -> str:
     """Why the records are not of the wanted releases ('' when they are): a session whose
     environment held another release is a harness problem, never that release's verdict."""
     for name, version in wanted.items():
+        if not any(name in r.get("env", {}) for r in records):
+            continue  # a package the records do not name (the plugin names the libraries and stacks)
         found = {str(r.get("env", {}).get(name)) for r in records}
         if found != {version}:
             return f"the records ran {name} {', '.join(sorted(found))}, not {version}"
