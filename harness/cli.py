@@ -488,6 +488,9 @@ def add_sweep(subparsers) -> None:
     p.add_argument("-n", "--jobs", type=int, default=1, help="pytest-xdist workers per release's session")
     p.add_argument("--parallel", type=int, default=1, help="releases run at once (default: %(default)s)")
     p.add_argument("--rerun", action="store_true", help="run releases an earlier sweep finished again")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what each release would run with (its environment's lock, or with --on-host its "
+                        "trees and any requirement that no tree meets); run nothing")
     p.add_argument("--out", type=Path, help="output directory (default: reports/local/sweeps/PACKAGE)")
     p.set_defaults(func=run_sweep)
 
@@ -521,6 +524,8 @@ def run_sweep(args) -> int:
     except (SliceError, sweep.SweepError, BisectError, overlays.TreeError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    if args.dry_run:
+        return _sweep_plan(sessions, package, releases)
     out = args.out or Path("reports/local/sweeps") / package
     mode = f"on-host {args.on_host}" if args.on_host else "local"
     print(f"sweep {package}: {len(releases)} release(s) {', '.join(releases)}; holding "
@@ -540,6 +545,24 @@ def run_sweep(args) -> int:
               f"{result.summary_path})", file=sys.stderr)
         return 1
     return 0
+
+
+def _sweep_plan(sessions, package: str, releases: list[str]) -> int:
+    """`sweep --dry-run`: each release's trees (on a host) or lock (local), or why it has none."""
+    from harness.run import overlays
+    from harness.run.locks import LockError
+
+    missing = 0
+    for version in releases:
+        try:
+            if hasattr(sessions, "overlay"):
+                plan = ", ".join(tree.name for tree in sessions.overlay(version))
+            else:
+                plan = str(sessions.lock(version))
+        except (overlays.TreeError, LockError) as exc:
+            plan, missing = f"NONE: {exc}", missing + 1
+        print(f"{package} {version}: {plan}")
+    return 1 if missing else 0
 
 
 def add_sweep_trees(subparsers) -> None:

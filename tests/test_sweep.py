@@ -9,6 +9,7 @@ list as data, the committed records of the release bump, and a real wheel built 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ import pytest
 
 from harness.run import overlays
 from harness.run.sweep import (
+    HostTrees,
     Paths,
     Session,
     SweepError,
@@ -210,27 +212,40 @@ def wheel(tmp_path_factory) -> Path:
         [project]
         name = "sweep-probe"
         version = "1.2.0"
+        dependencies = ["sweep-dep>=0.1,<0.2", "packaging>=20", "sweep-absent; extra == 'never'"]
         [project.scripts]
         sweep-probe = "sweep_probe:main"
     """))
     (src / "sweep_probe").mkdir()
     (src / "sweep_probe" / "__init__.py").write_text("def main():\n    return 'released'\n")
+    dep = tmp_path_factory.mktemp("dep")
+    (dep / "pyproject.toml").write_text(textwrap.dedent("""
+        [build-system]
+        requires = ["setuptools>=68"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "sweep-dep"
+        version = "0.1.0"
+    """))
+    (dep / "sweep_dep").mkdir()
+    (dep / "sweep_dep" / "__init__.py").write_text("")
     out = tmp_path_factory.mktemp("wheels")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "--no-index", "-w", str(out), str(src)], check=True, capture_output=True)
+                    "--no-index", "-w", str(out), str(src), str(dep)], check=True, capture_output=True)
     return next(out.glob("sweep_probe-1.2.0-*.whl"))
 
 
 def test_a_tree_made_from_a_wheel_verifies_and_is_found_by_its_release(tmp_path, wheel):
-    (made,) = overlays.make_trees(wheel.parent, tmp_path)
+    (made,) = overlays.make_trees(wheel.parent, tmp_path, ["sweep-probe"])
     assert made.path == tmp_path / "sweep-probe-1.2.0" and made.version == "1.2.0" and made.files >= 3
     assert (made.path / "sweep_probe" / "__init__.py").is_file()
     assert overlays.overlay_versions(tmp_path, "sweep_probe") == ["1.2.0"]
-    assert overlays.make_trees(wheel.parent, tmp_path)[0].files == made.files  # kept, verified again
+    again = overlays.make_trees(wheel.parent, tmp_path, ["sweep-probe"])  # kept, verified again
+    assert again[0].files == made.files
 
 
 def test_a_tree_that_differs_from_its_record_names_the_file(tmp_path, wheel):
-    (made,) = overlays.make_trees(wheel.parent, tmp_path)
+    (made,) = overlays.make_trees(wheel.parent, tmp_path, ["sweep-probe"])
     module = made.path / "sweep_probe" / "__init__.py"
     module.write_text("def main():\n    return 'patched'\n")
     with pytest.raises(overlays.TreeError, match=r"sweep_probe/__init__.py differs from .*RECORD"):
@@ -243,7 +258,7 @@ def test_a_tree_that_differs_from_its_record_names_the_file(tmp_path, wheel):
 
 
 def test_a_module_the_record_does_not_list_is_caught(tmp_path, wheel):
-    (made,) = overlays.make_trees(wheel.parent, tmp_path)
+    (made,) = overlays.make_trees(wheel.parent, tmp_path, ["sweep-probe"])
     (made.path / "sweep_probe" / "__pycache__").mkdir(exist_ok=True)
     (made.path / "sweep_probe" / "__pycache__" / "x.cpython-312.pyc").write_bytes(b"")  # the host's bytecode
     overlays.verify_tree(made.path)
@@ -253,9 +268,22 @@ def test_a_module_the_record_does_not_list_is_caught(tmp_path, wheel):
 
 
 def test_trees_travel_in_one_archive_and_are_verified_where_they_land(tmp_path, wheel):
-    (made,) = overlays.make_trees(wheel.parent, tmp_path / "here")
+    (made,) = overlays.make_trees(wheel.parent, tmp_path / "here", ["sweep-probe"])
     trees = overlays.tree_dirs(tmp_path / "here", ["sweep-probe"])
     archive = overlays.pack_trees(trees, tmp_path / "t.tar.xz")
     (landed,) = overlays.unpack_trees(archive, tmp_path / "host")
     assert landed.path == tmp_path / "host" / "sweep-probe-1.2.0" and landed.files == made.files
     assert (landed.path / "sweep_probe" / "__init__.py").read_text() == "def main():\n    return 'released'\n"
+
+
+def test_a_release_runs_with_a_tree_of_each_requirement_the_host_does_not_meet(tmp_path, wheel):
+    overlays.make_trees(wheel.parent, tmp_path, ["sweep-probe"])
+    unmet = r"sweep-probe 1.2.0 requires sweep-dep<0.2,>=0.1 \(the host has none\), and .* has no tree"
+    with pytest.raises(overlays.TreeError, match=unmet):
+        HostTrees(tmp_path, "sweep-probe", {}).overlay("1.2.0")
+    overlays.make_trees(wheel.parent, tmp_path, ["sweep-dep"])
+    session = HostTrees(tmp_path, "sweep-probe", {}).session("1.2.0")
+    paths = session.env["PYTHONPATH"].split(os.pathsep)
+    # the host's packaging fits; the extra's requirement does not apply
+    assert paths[:2] == [str(tmp_path / "sweep-probe-1.2.0"), str(tmp_path / "sweep-dep-0.1.0")]
+    assert paths[2] == str(REPO_ROOT)

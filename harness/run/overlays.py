@@ -116,6 +116,23 @@ def verify_tree(path: Path, package: str | None = None, version: str | None = No
     return Verified(path, name, found_version, checked)
 
 
+def requirements(tree: Path) -> list:
+    """The requirements a tree's release declares (its METADATA's Requires-Dist), those that apply to
+    this interpreter without extras."""
+    from email.parser import Parser
+
+    from packaging.requirements import Requirement
+
+    (info,) = Path(tree).glob("*.dist-info")
+    metadata = Parser().parsestr((info / "METADATA").read_text(errors="replace"))
+    out = []
+    for line in metadata.get_all("Requires-Dist") or []:
+        requirement = Requirement(line)
+        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+            out.append(requirement)
+    return out
+
+
 def wheel_release(wheel: Path) -> tuple[str, str]:
     """A wheel file's (distribution, version) from its name."""
     parts = Path(wheel).name.split("-")

@@ -152,7 +152,10 @@ class LocalEnvs:
 
 
 class HostTrees:
-    """The host's interpreter with each release's verified tree first on PYTHONPATH."""
+    """The host's interpreter with each release's verified tree first on PYTHONPATH, and the trees of
+    what that release requires where the host's own release does not fit (transformers 5.0.0 wants
+    tokenizers<=0.23.0, 5.25.0 huggingface-hub>=2.4: one host cannot have both), read from the
+    release's own METADATA, so each release runs with dependencies it accepts."""
 
     def __init__(self, root: Path, package: str, held: dict[str, str], *, python: str = sys.executable):
         self.root, self.package, self.held, self.python = Path(root), package, held, python
@@ -163,12 +166,47 @@ class HostTrees:
         overlays.verify_tree(path, name, version)
         return path
 
+    def overlay(self, version: str) -> list[Path]:
+        """The release's tree, the held trees, and a tree for each requirement the host does not meet
+        (the newest under ROOT that fits; its own requirements likewise)."""
+        from packaging.specifiers import SpecifierSet
+
+        from harness.spec.matrix import installed_version
+
+        chosen = [self._verified(self.package, version), *self.held_trees]
+        seen = {canonicalize_name(self.package), *self.held}
+        queue, unmet = list(chosen), []
+        while queue:
+            for requirement in overlays.requirements(queue.pop(0)):
+                name = canonicalize_name(requirement.name)
+                if name in seen:
+                    continue
+                seen.add(name)
+                wanted: SpecifierSet = requirement.specifier
+                host = installed_version(name)
+                if host is not None and wanted.contains(host, prereleases=True):
+                    continue
+                fitting = [v for v in overlays.overlay_versions(self.root, name)
+                           if wanted.contains(v, prereleases=True)]
+                if not fitting:
+                    unmet.append(f"{name}{wanted} (the host has {host or 'none'})")
+                    continue
+                tree = self._verified(name, fitting[-1])
+                chosen.append(tree)
+                queue.append(tree)
+        if unmet:
+            raise overlays.TreeError(
+                f"{self.package} {version} requires {'; '.join(unmet)}, and {self.root} has no tree that "
+                "fits: add its wheel there (`compat-harness sweep-trees --wheels DIR --out ROOT`)")
+        return chosen
+
     def session(self, version: str) -> Session:
-        tree = self._verified(self.package, version)
-        paths = [str(tree), *map(str, self.held_trees), str(REPO_ROOT)]
+        trees = self.overlay(version)
+        paths = [*map(str, trees), str(REPO_ROOT)]
         if os.environ.get("PYTHONPATH"):
             paths.append(os.environ["PYTHONPATH"])
-        return Session(self.python, {"PYTHONPATH": os.pathsep.join(paths)}, f"tree {tree}")
+        return Session(self.python, {"PYTHONPATH": os.pathsep.join(paths)},
+                       "trees " + ", ".join(t.name for t in trees))
 
 
 # --- one release ---------------------------------------------------------------------------------
