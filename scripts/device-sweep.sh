@@ -9,7 +9,8 @@
 # runs under LIMIT_S (default 560 s; the device tool stops a call at 600). A sweep stopped there writes
 # the grid of what finished and the next call with the same arguments resumes it.
 # $OUT (default /tmp/device-sweep) gets NAME.txt (the sweep's output), NAME-grid.md, NAME-sweep.json and
-# NAME-records.tar.gz (every release's records and pytest log).
+# NAME-records.tar.gz (every release's records and pytest log). RESUME=FILE (a NAME-records.tar.gz
+# that came back from an earlier call) seeds .cache/sweeps/NAME on a fresh host, so a sweep resumes there.
 set -u
 name=${1:?usage: device-sweep.sh NAME ARCHIVE [SWEEP_ARGS...]}
 archive=${2:?usage: device-sweep.sh NAME ARCHIVE [SWEEP_ARGS...]}
@@ -20,11 +21,23 @@ mkdir -p "$OUT" "$TREES"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} COMPAT_HARNESS_CACHE=$PWD/.cache/compat-harness
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 start=$(date +%s)
+if [ -n "${RESUME:-}" ] && [ ! -d ".cache/sweeps/$name" ]; then
+  mkdir -p .cache/sweeps && tar -xzf "$RESUME" -C .cache/sweeps || exit 2
+fi
 stamp="$TREES/.unpacked-$(sha256sum "$archive" | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   python3 -m harness.cli sweep-trees --unpack "$archive" --out "$TREES" > "$OUT/$name-trees.txt" 2>&1 \
     || { cat "$OUT/$name-trees.txt"; exit 2; }
   touch "$stamp"
+fi
+# WHEELS: a directory of wheels of what releases require and the host lacks (made into trees here, by
+# the host's own pip: binary wheels for its Python); `sweep --dry-run` (DRY=1) names what is missing.
+if [ -n "${WHEELS:-}" ]; then
+  python3 -m harness.cli sweep-trees --wheels "$WHEELS" --out "$TREES" >> "$OUT/$name-trees.txt" 2>&1 \
+    || { tail -n 5 "$OUT/$name-trees.txt"; exit 2; }
+fi
+if [ -n "${DRY:-}" ]; then
+  python3 -m harness.cli sweep "$@" --on-host "$TREES" --dry-run; exit $?
 fi
 echo "$name: $(grep -c 'as its RECORD lists them' "$OUT/$name-trees.txt" 2>/dev/null || echo 0) tree(s) verified" \
   "in $(( $(date +%s) - start )) s; python $(python3 -c 'import platform; print(platform.python_version())')," \
