@@ -510,6 +510,11 @@ def run_sweep(args) -> int:
         if package in held:
             raise sweep.SweepError(f"--hold {package}==...: {package} is the package swept")
         explicit = split_values([args.releases])
+        if not explicit and not args.start:
+            raise sweep.SweepError("give the range (--from RELEASE [--to RELEASE]) or --releases R1,R2")
+        if package == "torch" and not args.on_host:
+            raise sweep.SweepError("torch is the host's in every environment (its CPU or CUDA build): "
+                                   "sweep it with --on-host trees of its builds")
         if args.on_host:
             available, source = overlays.overlay_versions(args.on_host, package), str(args.on_host)
         elif explicit and args.wheels is None:

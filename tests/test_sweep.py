@@ -77,6 +77,13 @@ def test_named_releases_must_be_on_the_index():
         select_releases(INDEX, start="6.0.0")
 
 
+def test_a_sweep_needs_a_range_or_named_releases(capsys):
+    from harness.cli import main
+
+    assert main(["sweep", "transformers", "--hold", "peft==0.21.2"]) == 2
+    assert "give the range (--from RELEASE [--to RELEASE]) or --releases" in capsys.readouterr().err
+
+
 def test_holds_are_package_equals_release():
     assert parse_holds(["peft==0.21.2", "Accelerate==1.16.0,trl==1.16.0"]) == {
         "peft": "0.21.2", "accelerate": "1.16.0", "trl": "1.16.0"}
