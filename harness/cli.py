@@ -534,6 +534,173 @@ def run_release_bump(args) -> int:
     return 0
 
 
+# --- sweep ---------------------------------------------------------------------------------------
+
+def add_sweep(subparsers) -> None:
+    from harness.run.sweep_slice import DEFAULT_SLICE, SLICES_FILE
+
+    p = subparsers.add_parser(
+        "sweep", help="run a slice of cells under every final release of one package in a range",
+        description="One pytest session per release of PACKAGE (the others held at named releases), each in "
+                    "an environment of its own: the default release set's lock with the releases "
+                    "overridden (made once, kept by the lock's digest), or with --on-host the host's "
+                    "interpreter with the release's verified tree first on PYTHONPATH. Records go to "
+                    "OUT/PACKAGE-VERSION.jsonl once a session ended with a verdict, so a killed sweep "
+                    "resumes; the end is a table of cells x releases (OUT/grid.md) and OUT/sweep.json.")
+    p.add_argument("package", help="the package swept, e.g. transformers")
+    p.add_argument("--from", dest="start", metavar="RELEASE", help="the first release (inclusive)")
+    p.add_argument("--to", dest="end", metavar="RELEASE", help="the last release (inclusive)")
+    p.add_argument("--minors-only", action="store_true",
+                   help="only the first final release of each minor (N.M.0)")
+    p.add_argument("--releases", default="", metavar="R1,R2",
+                   help="exactly these releases (instead of a range)")
+    p.add_argument("--hold", action="append", default=[], metavar="PACKAGE==RELEASE",
+                   help="hold another package at a release (repeatable, comma lists)")
+    p.add_argument("--slice", default=DEFAULT_SLICE,
+                   help=f"the slice of {SLICES_FILE.relative_to(REPO_ROOT)} (default: %(default)s)")
+    p.add_argument("--slices-file", type=Path, default=SLICES_FILE, help=argparse.SUPPRESS)
+    for option in SELECTION_OPTIONS:
+        p.add_argument(f"--{option}", action="append", default=[], metavar="NAME[,NAME]",
+                       help=f"narrow the slice: these {SELECTION_OPTIONS[option]} values instead of its own")
+    p.add_argument("--wheels", type=Path,
+                   help="a wheel directory: releases come from it, and environments install from it "
+                        "(the only index with COMPAT_HARNESS_OFFLINE=1)")
+    p.add_argument("--on-host", type=Path, metavar="OVERLAY_ROOT",
+                   help="no environments: this interpreter with OVERLAY_ROOT/PACKAGE-VERSION (and each held "
+                        "package's tree) first on PYTHONPATH (`compat-harness sweep-trees` makes them)")
+    p.add_argument("-n", "--jobs", type=int, default=1, help="pytest-xdist workers per release's session")
+    p.add_argument("--parallel", type=int, default=1, help="releases run at once (default: %(default)s)")
+    p.add_argument("--rerun", action="store_true", help="run releases an earlier sweep finished again")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what each release would run with (its environment's lock, or with --on-host its "
+                        "trees and any requirement that no tree meets); run nothing")
+    p.add_argument("--out", type=Path, help="output directory (default: reports/local/sweeps/PACKAGE)")
+    p.set_defaults(func=run_sweep)
+
+
+def run_sweep(args) -> int:
+    from harness.run import overlays, sweep
+    from harness.run.bisect import BisectError, index_versions
+    from harness.run.sweep_slice import SliceError, load_slice
+    from harness.spec.cells import split_values
+    from harness.spec.load import load_matrix
+
+    package = args.package.lower()
+    try:
+        chosen = load_slice(args.slice, args.slices_file, load_matrix()).narrowed(
+            {option: split_values(getattr(args, option)) for option in SELECTION_OPTIONS})
+        held = sweep.parse_holds(args.hold)
+        if package in held:
+            raise sweep.SweepError(f"--hold {package}==...: {package} is the package swept")
+        explicit = split_values([args.releases])
+        if not explicit and not args.start:
+            raise sweep.SweepError("give the range (--from RELEASE [--to RELEASE]) or --releases R1,R2")
+        if package == "torch" and not args.on_host:
+            raise sweep.SweepError("torch is the host's in every environment (its CPU or CUDA build): "
+                                   "sweep it with --on-host trees of its builds")
+        if args.on_host:
+            available, source = overlays.overlay_versions(args.on_host, package), str(args.on_host)
+        elif explicit and args.wheels is None:
+            available, source = [], "the index"  # named releases: the environment says if one is missing
+        else:
+            available = index_versions(package, args.wheels)
+            source = str(args.wheels) if args.wheels else "the index"
+        releases = sweep.select_releases(available, start=args.start, end=args.end,
+                                         minors_only=args.minors_only, explicit=explicit, source=source)
+        sessions = (sweep.HostTrees(args.on_host, package, held) if args.on_host
+                    else sweep.LocalEnvs(package, held, wheels=args.wheels))
+    except (SliceError, sweep.SweepError, BisectError, overlays.TreeError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    if args.dry_run:
+        return _sweep_plan(sessions, package, releases)
+    out = args.out or Path("reports/local/sweeps") / package
+    mode = f"on-host {args.on_host}" if args.on_host else "local"
+    print(f"sweep {package}: {len(releases)} release(s) {', '.join(releases)}; holding "
+          f"{', '.join(f'{k} {v}' for k, v in held.items()) or 'nothing'}; {mode}; slice `{chosen.name}`: "
+          f"{' '.join(chosen.selection)}; {args.parallel} at once x {args.jobs} worker(s); out {out}",
+          flush=True)
+    result = sweep.sweep(package, releases, held=held, selection=chosen.selection, out=out, sessions=sessions,
+                         jobs=args.jobs, parallel=args.parallel, rerun=args.rerun, slice_name=chosen.name,
+                         mode=mode)
+    for line in result.lines:
+        print(line)
+    if result.stopped:
+        print(f"stopped (exit {result.stopped}): the same command resumes", file=sys.stderr)
+        return result.stopped
+    if result.harness_failures:
+        print(f"ERROR: no verdict for {', '.join(result.harness_failures)} (a harness problem, see "
+              f"{result.summary_path})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _sweep_plan(sessions, package: str, releases: list[str]) -> int:
+    """`sweep --dry-run`: each release's trees (on a host) or lock (local), or why it has none."""
+    from harness.run import overlays
+    from harness.run.locks import LockError
+
+    missing = 0
+    for version in releases:
+        try:
+            if hasattr(sessions, "overlay"):
+                plan = ", ".join(tree.name for tree in sessions.overlay(version))
+            else:
+                plan = str(sessions.lock(version))
+        except (overlays.TreeError, LockError) as exc:
+            plan, missing = f"NONE: {exc}", missing + 1
+        print(f"{package} {version}: {plan}")
+    return 1 if missing else 0
+
+
+def add_sweep_trees(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep-trees", help="make the release trees `compat-harness sweep --on-host` runs from wheel files",
+        description="pip install --no-deps --target OUT/NAME-VERSION of each wheel in DIR (no index, no "
+                    "bytecode), then each tree is checked against its RECORD's sha256 lines. A tree already "
+                    "there is kept when it verifies. --verify checks the trees under OUT only; --pack and "
+                    "--unpack carry trees to an offline host in one small archive, verified there.")
+    p.add_argument("--wheels", type=Path, help="the wheel directory")
+    p.add_argument("--out", type=Path, required=True, metavar="OVERLAY_ROOT")
+    p.add_argument("--packages", default="", metavar="P1,P2", help="only these packages' wheels (or trees)")
+    p.add_argument("--releases", default="", metavar="R1,R2", help="--pack: only the trees of these releases")
+    p.add_argument("--verify", action="store_true", help="check every tree under OUT against its RECORD")
+    p.add_argument("--pack", type=Path, metavar="FILE.tar.xz",
+                   help="write OUT's trees into one archive, each file's versions side by side (consecutive "
+                        "releases cost little more than one: carry it to an offline host)")
+    p.add_argument("--unpack", type=Path, metavar="FILE.tar.xz",
+                   help="extract an archive of --pack under OUT and verify each of its trees")
+    p.set_defaults(func=run_sweep_trees)
+
+
+def run_sweep_trees(args) -> int:
+    from harness.run import overlays
+    from harness.spec.cells import split_values
+
+    try:
+        if args.verify:
+            found = [overlays.verify_tree(path) for path in overlays.tree_dirs(args.out)]
+        elif args.pack:
+            trees = overlays.tree_dirs(args.out, split_values([args.packages]), split_values([args.releases]))
+            overlays.pack_trees(trees, args.pack)
+            print(f"{args.pack}: {len(trees)} tree(s), {args.pack.stat().st_size / 2**20:.1f} MiB: "
+                  f"{', '.join(t.name for t in trees)}")
+            return 0
+        elif args.unpack:
+            found = overlays.unpack_trees(args.unpack, args.out)
+        elif args.wheels is None:
+            print("ERROR: give --wheels DIR, --pack FILE, --unpack FILE or --verify", file=sys.stderr)
+            return USAGE_ERROR
+        else:
+            found = overlays.make_trees(args.wheels, args.out, split_values([args.packages]))
+    except overlays.TreeError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    for tree in found:
+        print(f"{tree.path}: {tree.name} {tree.version}, {tree.files} files as its RECORD lists them")
+    return 0
+
+
 # --- lock ----------------------------------------------------------------------------------------
 
 def add_lock(subparsers) -> None:
@@ -613,19 +780,20 @@ def run_release_history(args) -> int:
     from harness.spec.release_history import dump_history, load_history
 
     if args.trees:
-        from harness.run.overlay import OverlayError, plan, pythonpath, trees
+        from harness.run import overlays
+        from harness.run.sweep import HostTrees
 
         failed = 0
-        for tree in [t for t in trees(Path(args.trees)) if t.name == "transformers"]:
+        for version in overlays.overlay_versions(Path(args.trees), "transformers"):
             try:
-                chosen = plan(Path(args.trees), {"transformers": tree.version})
-            except OverlayError as exc:
-                print(f"transformers {tree.version}: {exc}", file=sys.stderr)
+                session = HostTrees(Path(args.trees), "transformers", {}).session(version)
+            except overlays.TreeError as exc:
+                print(f"transformers {version}: {exc}", file=sys.stderr)
                 failed += 1
                 continue
-            env = {**os.environ, "PYTHONPATH": pythonpath(chosen)}
-            done = subprocess.run([sys.executable, "-m", "harness.cli", "release-history",
-                                   "--matrix-dir", args.matrix_dir], env=env, capture_output=True, text=True)
+            done = subprocess.run([session.python, "-m", "harness.cli", "release-history", "--matrix-dir",
+                                   args.matrix_dir], env={**os.environ, **session.env}, capture_output=True,
+                                  text=True, cwd=REPO_ROOT)
             print(done.stdout.strip() or done.stderr.strip()[-600:])
             failed += done.returncode != 0
         return 1 if failed else 0
@@ -668,7 +836,7 @@ def add_pool_worker(subparsers) -> None:
 
 
 SUBCOMMANDS = (add_ingest, add_diff, add_render, add_limits, add_which, add_cells, add_prefetch, add_bisect,
-               add_release_bump, add_lock, add_release_history,
+               add_release_bump, add_sweep, add_sweep_trees, add_lock, add_release_history,
                _nightly("add_nightly_sim", "nightly-sim"), _nightly("add_nightly_merge", "nightly-merge"),
                _nightly("add_durations", "durations"), add_pool_worker)
 

@@ -138,7 +138,8 @@ def test_layout_errors(matrix_dir, layout, key, fragment):
         ('[checks.parity]\nsummary = "x"\ntiers = ["tiny"]\nlayouts = ["fsdp9"]', "checks.parity.layouts[0]",
          "allowed: single"),
         ('[checks.lint]\nsummary = "x"\ntiers = ["tiny"]', "checks.lint",
-         "allowed: dcp_roundtrip, generate, implementation_parity, parity, peft_roundtrip, train"),  # harness/checks/*.py
+         # harness/checks/*.py
+         "allowed: dcp_roundtrip, generate, implementation_parity, parity, peft_roundtrip, train"),
         ('[checks.parity]\nsummary = "x"\ntiers = ["tiny"]\nload_layouts = { single = "fsdp7" }',
          "checks.parity.load_layouts.single", "allowed: single"),
         ("[tolerances.float64]\nrtol = 1.0\natol = 1.0", "tolerances.float64", "allowed: float32"),
