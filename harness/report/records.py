@@ -85,6 +85,14 @@ def git_sha() -> str:
 
 
 def _version(module: str) -> str | None:
+    """The installed release (its distribution's metadata: a library that is installed but fails to
+    import, peft 0.17 under transformers 5.25, is still the release that ran); None: not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module.replace("_", "-"))
+    except PackageNotFoundError:
+        pass
     try:
         return __import__(module).__version__
     except Exception:  # noqa: BLE001 - a missing library is recorded as None, not raised

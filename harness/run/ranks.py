@@ -168,7 +168,10 @@ def _worker_main(rank: int, local_rank: int, spec: RankSpec, conn, log_path: str
     ctx = RankContext(rank=rank, world_size=spec.world_size, device=device, backend=backend,
                       local_rank=local_rank, node_rank=spec.node_rank)
     for module in spec.preload:
-        importlib.import_module(module)
+        # Preloading only saves time: a library that cannot be imported (peft 0.17 under transformers
+        # 5.25) fails the cells that use it, with its own ImportError, not the rank's start.
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
     conn.send(("ready", rank, time.perf_counter() - start))
     while True:
         message = conn.recv()
