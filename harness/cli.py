@@ -768,7 +768,7 @@ def add_release_history(subparsers) -> None:
                     "fields (harness/spec/release_facts.py) and record them as that release's line of "
                     "matrix/release_history.json, which says for every measured release what it offered. "
                     "--trees ROOT: do it for every transformers tree under ROOT (unpacked releases, "
-                    "harness/run/overlay.py), each in a process of its own.")
+                    "harness/run/overlays.py), each in a process of its own.")
     p.add_argument("--trees", metavar="ROOT", help="record every transformers-<version> tree under ROOT")
     p.add_argument("--matrix-dir", "--matrix", dest="matrix_dir", default=str(DEFAULT_MATRIX_DIR),
                    help="matrix directory (default: %(default)s)")

@@ -31,7 +31,8 @@ def test_cells_run_both_implementations_and_train_only_under_a_layout(matrix):
     assert {c.implementation for c in mine} == {"", "force_hf"}
     assert {c.tier for c in mine} == {"tiny"}
     assert {c.check for c in mine if matrix.layouts[c.layout].world_size > 1} == {"train"}
-    assert {c.check for c in mine if c.layout == "single"} == {"train", "peft_roundtrip", "generate"}
+    assert {c.check for c in mine if c.layout == "single"} == {"train", "peft_roundtrip", "generate",
+                                                                 "implementation_parity"}
     ids = {c.id for c in mine}
     assert "automodel:LlamaForCausalLM-lora-single-tiny-peft_roundtrip~force_hf" in ids
     assert "automodel:LlamaForCausalLM-lora-single-tiny-peft_roundtrip" in ids

@@ -28,6 +28,13 @@ from harness.spec.load import load_matrix
 from harness.spec.matrix import DEFAULT_MATRIX_DIR, REPO_ROOT
 
 LLAMA = "LlamaForCausalLM"
+NEWEST = {"transformers": "5.25.0", "peft": "0.21.2"}
+
+
+def tp_lora_limit(matrix):
+    """(index, limit): Llama's `lora` x `tp` limit that holds under the newest releases."""
+    return next((i, lim) for i, lim in enumerate(matrix.architectures[LLAMA].known_limits)
+                if lim.layout == "tp" and limit_holds(lim, NEWEST))
 
 
 def record(
@@ -88,13 +95,12 @@ def test_the_diff_cell_by_cell(matrix):
 
 
 def test_a_limit_is_stale_by_the_candidates_releases_not_the_installed_ones(matrix):
-    # Llama's `lora` x `tp` limit holds for transformers >=5.17 with peft <=0.21.2
+    # Llama's `lora` x `tp` limit that holds for transformers 5.25.0 with peft 0.21.2
     after = [
         record("tp-train", "pass", layout="tp"),
         record("tp-parity", "pass", layout="tp", check="parity"),
     ]
-    limit = next(lim for lim in matrix.architectures[LLAMA].known_limits if lim.layout == "tp")
-    assert limit_holds(limit, {"transformers": "5.25.0", "peft": "0.21.2"})
+    _, limit = tp_lora_limit(matrix)
     stale = compare([], after, matrix, {"transformers": "5.25.0", "peft": "0.21.2"}).stale
     assert [(s.ref.architecture, s.ref.limit.layout, s.passing, s.retirable) for s in stale] == [
         (LLAMA, "tp", ["tp-parity", "tp-train"], True)
@@ -102,7 +108,7 @@ def test_a_limit_is_stale_by_the_candidates_releases_not_the_installed_ones(matr
     # with peft 0.22.0 the limit's own range excludes the candidate: nothing is stale
     assert not compare([], after, matrix, {"transformers": "5.25.0", "peft": "0.22.0"}).stale
     # an earlier step narrowed it already: not stale again
-    narrowed = {stale[0].ref.key: {"transformers": ">=5.17,<5.25"}}
+    narrowed = {stale[0].ref.key: {"transformers": f"{limit.transformers},<5.25"}}
     assert not compare([], after, matrix, {"transformers": "5.25.0", "peft": "0.21.2"}, narrowed).stale
     # one of its cells still fails: it cannot simply be narrowed
     failing = [*after, record("tp-gen", "fail", layout="tp", check="generate", category="error")]
@@ -169,20 +175,19 @@ def test_the_plan_adds_and_retires_limits(matrix):
         change.first_bad, change.last_good = "5.25.0", "5.24.0"
     narrowed: dict = {}
     plan_limits(step, narrowed)
+    _, limit = tp_lora_limit(matrix)
     assert [a.entry["layout"] for a in step.added] == ["single"]
     assert [(r.package, r.before, r.after) for r in step.retired] == [
-        ("transformers", ">=5.17", ">=5.17,<5.25")
+        ("transformers", limit.transformers, f"{limit.transformers},<5.25")
     ]
-    assert list(narrowed.values()) == [{"transformers": ">=5.17,<5.25"}]
+    assert list(narrowed.values()) == [{"transformers": f"{limit.transformers},<5.25"}]
 
 
 def test_limit_edits_on_a_copy_of_the_matrix_keep_it_loadable(tmp_path, matrix):
     copy = tmp_path / "matrix"
     shutil.copytree(DEFAULT_MATRIX_DIR, copy)
     file = copy / "architectures.toml"
-    index, limit = next(
-        (i, lim) for i, lim in enumerate(matrix.architectures[LLAMA].known_limits) if lim.layout == "tp"
-    )
+    index, limit = tp_lora_limit(matrix)
     narrow_limit(file, LLAMA, index, "transformers", ">=5.17,<5.25", limit.reason)
     entry = regression_entry(
         record("x", "fail", category="error", message="boom"),

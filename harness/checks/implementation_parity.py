@@ -29,7 +29,7 @@ from harness.cellrun import CellRun
 from harness.checks import reference as ref_mod
 from harness.checks.parity import grad_tolerance
 from harness.failures import CellFailure
-from harness.stacks.native.stack import disable_dropout
+from harness.stacks.loop import disable_dropout
 from harness.stacks.result import TrainResult
 
 WORST_SHOWN = 5

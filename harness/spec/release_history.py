@@ -4,7 +4,7 @@
 The matrix is loaded under one installed release, which can only answer for itself. Whether a
 model type it lacks is a typo or something a later release brought, and from which release a
 documented call is offered, are questions about other releases. They are answered here, from the
-facts that `compat-harness release-history --record` read out of each release (its registries and
+facts that `compat-harness release-history` read out of each release (its registries and
 dataclass fields, harness/spec/release_facts.py) when that release was installed (the sweep does
 this for every release it runs). Nothing here is declared by hand.
 

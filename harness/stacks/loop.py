@@ -172,3 +172,18 @@ def eval_loss(placed, batch: dict, per_sequence: bool = False,
     _reshard(model)
     mine = label_tokens(local, per_sequence)
     return placed.dp.total(float(loss) * mine) / max(placed.dp.total(mine), 1)
+
+
+def disable_dropout(model) -> int:
+    """Set every dropout rate in the model to 0; return how many nonzero rates there were."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            module.p = 0.0
+            count += 1
+        for name, value in list(vars(module).items()):
+            if (("dropout" in name or "pdrop" in name) and isinstance(value, float)
+                    and not isinstance(value, bool) and value > 0):
+                setattr(module, name, 0.0)
+                count += 1
+    return count

@@ -203,9 +203,13 @@ def _require_ep_plan(arch: Architecture) -> None:
 # --- FSDP2 --------------------------------------------------------------------------------------
 
 def decoder_layers(model) -> list[torch.nn.Module]:
-    """The modules FSDP2 wraps one by one: instances of the model's `_no_split_modules` classes."""
+    """The modules FSDP2 wraps one by one: instances of the model's `_no_split_modules` classes.
+
+    Matched along each module's class hierarchy: a layer that FSDP2 already wrapped (a release that
+    applies it at load) is an `FSDP<Layer>` subclass, and it is still the layer a user's loop shards.
+    """
     names = set(getattr(base_model(model), "_no_split_modules", None) or ())
-    layers = [m for m in model.modules() if type(m).__name__ in names]
+    layers = [m for m in model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
     if not layers:
         raise CellFailure(
             "layout-unsupported",

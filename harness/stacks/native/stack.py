@@ -11,32 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
-
 from harness.ckpt.implementations import load_config
 from harness.data.batches import fixed_batch
 from harness.stacks import loop
 from harness.stacks.base import PlaceRequest
 from harness.stacks.harness_loop import HarnessLoop
+from harness.stacks.loop import disable_dropout
 from harness.stacks.native import placement, realshape, saving
 from harness.stacks.placed import Placed
 from harness.stacks.reload import PlainReload
 from harness.stacks.result import TrainResult
-
-
-def disable_dropout(model) -> int:
-    """Set every dropout rate in the model to 0; return how many nonzero rates there were."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout) and module.p > 0:
-            module.p = 0.0
-            count += 1
-        for name, value in list(vars(module).items()):
-            if (("dropout" in name or "pdrop" in name) and isinstance(value, float)
-                    and not isinstance(value, bool) and value > 0):
-                setattr(module, name, 0.0)
-                count += 1
-    return count
 
 
 class NativeStack(HarnessLoop, PlainReload):
