@@ -171,6 +171,10 @@ def test_diverging_training_is_numerics(pytester, matrix_dir):
     outcome.assert_outcomes(failed=1, deselected=1)
     assert records[0]["category"] == "numerics"
     assert "loss" in records[0]["message"]
+    # a deliberate verdict is shown as its message, not a traceback through the harness's frames
+    outcome.stdout.fnmatch_lines(["*LlamaForCausalLM-sft-single-tiny-train on cpu: [[]numerics[]] *"])
+    assert "Traceback" not in outcome.stdout.str() and "harness/checks" not in outcome.stdout.str()
+    assert "Traceback" in records[0]["traceback"]  # the record keeps it
 
 
 ROW = "architectures.LlamaForCausalLM"

@@ -7,6 +7,11 @@ This is the only place that maps failures to statuses:
 - a failure that a row declares in `known_limits` is `xfail`;
 - anything else is `fail`, with its category and the real message and traceback.
 
+A deliberate verdict (a CellFailure, raised by a check or a stack on any rank) is `deliberate`:
+pytest shows its one-line message, since the traceback through harness code only says where the
+check decided; the record keeps the traceback all the same. An unexpected exception is shown
+with its full traceback.
+
 A cell whose layout has more than one rank runs on the persistent rank pool (harness/run/pool.py):
 every rank runs the same check module through `rank_task`, with a CellRun for that rank, and
 rank 0's metrics come back. A rank that raises, dies or hangs fails the cell with its category
@@ -63,6 +68,8 @@ class Outcome:
     known_limit_stale: str | None = None
     # Whose model code ran (implementations.provenance): the record's `code`.
     code: dict = field(default_factory=dict)
+    # A verdict a check or stack decided (CellFailure): its message is the whole story.
+    deliberate: bool = False
 
 
 def _peak_memory(device: str) -> dict:
@@ -204,7 +211,8 @@ def _run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
             text = trimmed(f"rank {exc.rank}:\n{exc.rank_traceback}", 8000)
         else:
             text = format_traceback(exc)
-        return Outcome(status, category, message, text, metrics=duration)
+        deliberate = exc.deliberate if isinstance(exc, PoolTaskError) else isinstance(exc, CellFailure)
+        return Outcome(status, category, message, text, metrics=duration, deliberate=deliberate)
     metrics["duration_s"] = time.perf_counter() - start
     stale = None
     if limit:
