@@ -129,11 +129,37 @@ class Placed:
     def global_view(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` (a parameter or its gradient) as the one-device model holds it."""
         if hasattr(tensor, "full_tensor"):
-            tensor = tensor.full_tensor()
+            tensor = whole_dtensor(name, tensor)
         want = (self.global_shapes or {}).get(name)
         if want is None or tuple(tensor.shape) == tuple(want):
             return tensor
         return gather_plain_shard(tensor, tuple(want), self.shard_group, packed_style(self.model, name))
+
+
+EVIDENCE_UNAVAILABLE = "evidence-unavailable"
+
+
+def whole_dtensor(name: str, tensor) -> torch.Tensor:
+    """A DTensor gathered whole: `full_tensor`, else a redistribution to Replicate on every mesh dim.
+
+    Some placements transformers builds cannot be gathered by torch at all (packed expert shards
+    as `_StridedShard`: "use_strided_shard_as_shard_order ... unable to be interpreted"). That is
+    a limit of the check's own evidence step, not something the stack's users call, so it is no
+    verdict on the stack: the cell fails as `evidence-unavailable`, with torch's message.
+    """
+    try:
+        return tensor.full_tensor()
+    except (ValueError, NotImplementedError, RuntimeError) as gather_error:
+        from torch.distributed.tensor import Replicate
+
+        try:
+            return tensor.redistribute(placements=[Replicate()] * tensor.device_mesh.ndim).to_local()
+        except (ValueError, NotImplementedError, RuntimeError) as redistribute_error:
+            raise CellFailure(EVIDENCE_UNAVAILABLE, (
+                f"the check cannot gather {name} whole (placements {tuple(tensor.placements)}): torch's "
+                f"full_tensor raised {type(gather_error).__name__}: {gather_error}; redistribute to "
+                f"Replicate raised {type(redistribute_error).__name__}: {redistribute_error}"),
+            ) from gather_error
 
 
 def _local(tensor) -> torch.Tensor:
