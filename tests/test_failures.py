@@ -113,3 +113,4 @@ def test_a_harness_error_cannot_be_declared_a_known_limit(matrix_dir, category):
     write_rows(matrix_dir, LLAMA_ROW + f'known_limits = [{{ category = "{category}", reason = "r" }}]\n')
     with pytest.raises(MatrixError, match="known_limits"):
         load_matrix(matrix_dir)
+

@@ -43,6 +43,11 @@ def test_llama_sft_and_lora_train_on_cpu(pytester, matrix_dir):
         losses = record["metrics"]["losses"]
         assert losses[-1] < losses[0]
         assert record["env"]["device_type"] == "cpu" and record["env"]["transformers"]
+        # `code` names the class that ran, with its package and release (peft's wrapper looked through)
+        assert record["code"]["class"] == "transformers.models.llama.modeling_llama.LlamaForCausalLM"
+        assert (record["code"]["package"], record["code"]["release"]) == (
+            "transformers", record["env"]["transformers"])
+        assert record["code"]["kind"] == "transformers"
     lora = next(r for r in records if r["method"] == "lora")
     assert "model.layers.0.self_attn.q_proj" in lora["metrics"]["lora_modules"]
     assert lora["metrics"]["params_trainable"] < lora["metrics"]["params_total"] / 5

@@ -38,10 +38,12 @@ from harness.run.pool import get_pool
 from harness.run.ranks import PoolTaskError
 from harness.spec.cells import Cell, cell_architecture
 from harness.spec.load import load_matrix, matrix_files
-from harness.spec.matrix import Matrix
+from harness.spec.matrix import TRANSFORMERS, Matrix
 from harness.stacks.registry import missing_packages
 
 DEFAULT_CELL_TIMEOUT_S = 300.0
+# The record's `code.kind` of a class the stack brought itself (the report's views name it so too).
+STACK_OWN = "stack-own"
 RANK_TASK = "harness.run.runner:rank_task"
 
 
@@ -184,8 +186,21 @@ def code_of(matrix: Matrix, cell: Cell) -> dict:
 
 def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
     outcome = _run_cell(matrix, cell, device)
-    outcome.code = code_of(matrix, cell)
+    outcome.code = with_class_that_ran(code_of(matrix, cell), outcome.metrics.get("model_code"))
     return outcome
+
+
+def with_class_that_ran(code: dict, ran: dict | None) -> dict:
+    """The record's `code` with the class that ran (Placed.record's `model_code`: class, package,
+    release). A transformers row whose stack ran a class of another package (NeMo AutoModel's
+    own) is that package's code, not transformers': its kind says `stack-own`."""
+    if not ran:
+        return code
+    kind = code.get("kind")
+    if kind == TRANSFORMERS and ran.get("package") != "transformers":
+        kind = STACK_OWN
+    return {**code, "kind": kind, "class": ran.get("class"), "package": ran.get("package"),
+            "release": ran.get("release")}
 
 
 def _run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:

@@ -14,6 +14,7 @@ TP plan says. Nothing here changes what the stack built.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -93,6 +94,7 @@ class Placed:
             out.update(api=self.api, api_call=self.call)
         if self.moe:
             out["experts_implementation"] = experts_implementation(self.model)
+        out["model_code"] = class_that_ran(self.model)
         return out
 
     def global_grads(self) -> dict[str, torch.Tensor]:
@@ -178,17 +180,45 @@ def base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def own_class(model) -> type:
+    """The model's own class under any wrapper: peft's base model, the class before fully_shard
+    swapped it for a subclass of FSDPModule."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(cls for cls in type(base_model(model)).__mro__ if not issubclass(cls, FSDPModule))
+
+
+def class_that_ran(model) -> dict:
+    """The record's name for the code that ran: the class with its package and that package's
+    installed release (None where no installed distribution holds it: hub remote code, a
+    custom registry's local module; their `code` names their files and revision)."""
+    cls = own_class(model)
+    package = cls.__module__.split(".")[0]
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "package": package,
+            "release": package_release(package)}
+
+
+@functools.cache
+def package_release(package: str) -> str | None:
+    """The installed release of the distribution that holds an importable top-level package."""
+    import importlib.metadata
+
+    for dist in importlib.metadata.packages_distributions().get(package, []):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def experts_implementation(model) -> str | None:
     """The MoE experts kernel the model runs: transformers' choice at load (not in config.json).
 
     "own loop" where the model class does not route its experts through transformers' experts
     interface, whatever the config says.
     """
-    from torch.distributed.fsdp import FSDPModule
-
     base = base_model(model)
-    # fully_shard swaps the class for a subclass of FSDPModule: ask the model's own class.
-    own = next(cls for cls in type(base).__mro__ if not issubclass(cls, FSDPModule))
+    own = own_class(model)  # fully_shard swaps the class for a subclass of FSDPModule
     # a class that is not a transformers model (e.g. NeMo AutoModel's own) has no experts interface
     if not getattr(own, "_can_set_experts_implementation", lambda: False)():
         return "own loop"
