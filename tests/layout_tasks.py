@@ -187,3 +187,24 @@ def planted_ddp_claims_fsdp2(payload: dict, ctx) -> dict:
     except CellFailure as failure:
         return {"category": failure.category, "message": failure.message, "native_proof": native_proof}
     return {"category": None, "message": "", "native_proof": native_proof}
+
+
+def shard_changes(payload, ctx):
+    """Two weights sharded over the ranks (DTensor, Shard(0)); only rank 1's shard of `moved`
+    changes. What the train check decides from each rank's own shard (no gather)."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    from harness.checks.train import changed_on_any_rank
+
+    mesh = init_device_mesh(ctx.device_type, (ctx.world_size,))
+    full = torch.arange(8.0).reshape(4, 2)
+    before = {name: distribute_tensor(full, mesh, [Shard(0)]) for name in ("moved", "still")}
+    after = {}
+    for name, weight in before.items():
+        local = weight.to_local().clone()
+        if name == "moved" and ctx.rank == 1:
+            local += 1.0
+        after[name] = DTensor.from_local(local, mesh, [Shard(0)], run_check=False)
+    return changed_on_any_rank(before, after, ["moved", "still"])
