@@ -4,12 +4,19 @@ Categories are decided by *where* a failure happened (loading config, applying L
 check's own assertions) or by the exception type, never by matching model names.
 
 A verdict is about the stack under test, so an exception that our own code raised by mistake
-must never become one. `classify` tells them apart by the innermost frame of the traceback:
-a `CellFailure` is a deliberate verdict wherever it is raised; any other exception whose
-innermost frame lies in the `harness` package is a bug of ours (`harness-error`), and one
-raised inside torch, transformers, peft (or any other library) is the stack's (`error`,
-or `oom`). A harness-error fails the run (pytest exits 3, see harness/plugin.py) so that it is
-fixed, never published.
+must never become one. `classify` tells them apart by the frame that raised it: a
+`CellFailure` is a deliberate verdict wherever it is raised; any other exception raised in the
+`harness` package is a bug of ours (`harness-error`), and one raised inside torch,
+transformers, peft (or any other library) is the stack's (`error`, or `oom`).
+
+The frame that raised is the innermost one of the traceback, except for an AttributeError or a
+TypeError: asking a torch module for an attribute it lacks raises inside torch's
+`nn.Module.__getattr__`, and calling a module with arguments its `forward` does not take raises
+inside torch's `_call_impl`, though the mistake is the caller's. For those two, the frames of
+attribute and call machinery (`MACHINERY`) are passed over and the first frame outside them
+decides: `model.generate` asked by harness code of a class without it is `harness-error`.
+A harness-error fails the run (pytest exits 3, see harness/plugin.py) so that it is fixed,
+never published.
 """
 
 from __future__ import annotations
@@ -53,6 +60,10 @@ FAILURE_CATEGORIES = (
     "init",
     # our own code raised (classify below): never a verdict, never a known limit
     HARNESS_ERROR,
+    # the check's own evidence step is impossible for this layout (torch cannot gather a weight
+    # or gradient whole: transformers' `_StridedShard` expert shards), with torch's message: no
+    # verdict on the stack, which its users never ask for that gather; never a known limit
+    "evidence-unavailable",
     # the matrix names something the model does not have (a tp_plan key, a LoRA target, a frozen
     # module that match nothing): found only once the model is built, fixed in the matrix
     "matrix-error",
@@ -63,7 +74,8 @@ SKIP_CATEGORIES = ("remote-code", "needs-newer-transformers", "checkpoint-absent
 # Categories a row may declare as expected in known_limits: a harness bug and a matrix mistake are
 # fixed, not declared, and a skip needs no declaration.
 DECLARABLE_CATEGORIES = tuple(c for c in FAILURE_CATEGORIES
-                              if c not in (HARNESS_ERROR, "matrix-error", *SKIP_CATEGORIES))
+                              if c not in (HARNESS_ERROR, "matrix-error", "evidence-unavailable",
+                                           *SKIP_CATEGORIES))
 
 
 class CellFailure(Exception):
@@ -90,19 +102,53 @@ def is_oom(exc: BaseException) -> bool:
             or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
 
 
-def innermost_file(exc: BaseException) -> Path | None:
-    """The source file of the frame that raised `exc` (the last frame of its traceback)."""
-    tb = exc.__traceback__
-    if tb is None:
-        return None
-    while tb.tb_next is not None:
+# Frames that only look an attribute up or pass a call on: (a path's tail, function names; an
+# empty tuple: every function of that file). A `__getattr__` anywhere (peft's, transformers'
+# config's) only forwards the lookup, so it counts as machinery for an AttributeError too.
+MACHINERY = (
+    ("torch/nn/modules/module.py", ("__getattr__", "__setattr__", "__delattr__", "_call_impl",
+                                    "_wrapped_call_impl")),
+    ("torch/utils/_contextlib.py", ("decorate_context",)),  # torch.no_grad() and friends as decorators
+    ("torch/_compile.py", ("inner",)),  # torch._disable_dynamo
+    ("torch/_dynamo/eval_frame.py", ("_fn",)),
+    ("/functools.py", ()),
+    ("/contextlib.py", ("inner",)),
+)
+ATTRIBUTE_HOOKS = ("__getattr__", "__getattribute__")
+
+
+def _frames(exc: BaseException) -> list:
+    """The traceback's frames, outermost first."""
+    frames, tb = [], exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
         tb = tb.tb_next
-    return Path(tb.tb_frame.f_code.co_filename).resolve()
+    return frames
+
+
+def is_machinery(frame, exc: BaseException) -> bool:
+    """Whether `frame` only forwards an attribute lookup or a call (see MACHINERY)."""
+    code = frame.f_code
+    if isinstance(exc, AttributeError) and code.co_name in ATTRIBUTE_HOOKS:
+        return True
+    path = Path(code.co_filename).as_posix()
+    return any(path.endswith(tail) and (not names or code.co_name in names) for tail, names in MACHINERY)
+
+
+def raising_file(exc: BaseException) -> Path | None:
+    """The source file of the frame whose code raised `exc`: the innermost frame, or for an
+    AttributeError or TypeError the innermost one outside attribute and call machinery."""
+    frames = _frames(exc)
+    if not frames:
+        return None
+    if isinstance(exc, AttributeError | TypeError):
+        frames = [f for f in frames if not is_machinery(f, exc)] or frames
+    return Path(frames[-1].f_code.co_filename).resolve()
 
 
 def raised_by_harness(exc: BaseException) -> bool:
-    """Whether the innermost frame of `exc` is the harness's own code (not a library it calls)."""
-    where = innermost_file(exc)
+    """Whether the code that raised `exc` is the harness's own (not a library it calls)."""
+    where = raising_file(exc)
     return where is not None and where.is_relative_to(HARNESS_PACKAGE)
 
 
@@ -118,7 +164,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "stack-absent", trimmed(f"{message} (the stack under test imports {absent}, an optional "
                                        f"package not installed here: install it to run this cell)")
     if raised_by_harness(exc):
-        where = innermost_file(exc)
+        where = raising_file(exc)
         return HARNESS_ERROR, trimmed(f"{message} (raised in harness/{where.relative_to(HARNESS_PACKAGE)}: "
                                       "a bug of the harness, not a verdict on the stack)")
     return "error", message

@@ -226,8 +226,9 @@ class CellItem(pytest.Item):
             pytest.skip(label)
         if outcome.status == "xfail":
             pytest.xfail(label)
-        if outcome.status == "fail":
-            raise CellFailed(f"{self.cell.id} on {self.device}: {label}\n\n{outcome.traceback}")
+        if outcome.status == "fail":  # a deliberate verdict is its message; anything else shows where
+            raise CellFailed(f"{self.cell.id} on {self.device}: {label}"
+                             + ("" if outcome.deliberate else f"\n\n{outcome.traceback}"))
         if outcome.known_limit_stale:
             from harness.report.limits import stale_advice
 

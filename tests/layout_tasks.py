@@ -187,3 +187,51 @@ def planted_ddp_claims_fsdp2(payload: dict, ctx) -> dict:
     except CellFailure as failure:
         return {"category": failure.category, "message": failure.message, "native_proof": native_proof}
     return {"category": None, "message": "", "native_proof": native_proof}
+
+
+def shard_changes(payload, ctx):
+    """Two weights sharded over the ranks (DTensor, Shard(0)); only rank 1's shard of `moved`
+    changes. What the train check decides from each rank's own shard (no gather)."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    from harness.checks.train import changed_on_any_rank
+
+    mesh = init_device_mesh(ctx.device_type, (ctx.world_size,))
+    full = torch.arange(8.0).reshape(4, 2)
+    before = {name: distribute_tensor(full, mesh, [Shard(0)]) for name in ("moved", "still")}
+    after = {}
+    for name, weight in before.items():
+        local = weight.to_local().clone()
+        if name == "moved" and ctx.rank == 1:
+            local += 1.0
+        after[name] = DTensor.from_local(local, mesh, [Shard(0)], run_check=False)
+    return changed_on_any_rank(before, after, ["moved", "still"])
+
+
+def strided_shard_parity(payload, ctx):
+    """A weight laid out as transformers lays out packed experts (`_StridedShard`), its gradient
+    set; the one-device gradient differs from it by `payload["off"]` in one element. What the
+    parity check measures shard by shard, against what the whole gradients say."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import distribute_tensor
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    from harness.checks.parity import shard_comparison
+    from harness.stacks.placed import Placed, Trainable
+
+    mesh = init_device_mesh(ctx.device_type, (ctx.world_size,))
+    placements = [_StridedShard(0, split_factor=2)]
+    full = torch.arange(32.0).reshape(8, 4) / 10
+    model = torch.nn.Linear(4, 8, bias=False)
+    zeros = distribute_tensor(torch.zeros(8, 4), mesh, placements, src_data_rank=None)
+    model.weight = torch.nn.Parameter(zeros)
+    model.weight.grad = distribute_tensor(full, mesh, placements, src_data_rank=None)
+    want = full.clone()
+    want[5, 3] += payload["off"]
+    placed = Placed(model, Trainable(model, ["weight"], []), "tp")
+    over = shard_comparison(placed, {"weight": want} if ctx.rank == 0 else None, 0,
+                            {"rtol": 0.0, "atol": 1e-6})
+    return [(name, round(diff, 6)) for _, name, _, diff, _ in over]

@@ -31,6 +31,52 @@ def test_an_exception_raised_in_a_library_is_the_stacks():
     assert category == "error" and "FileNotFoundError" in message
 
 
+class _ClaimsExperts(torch.nn.Linear):
+    """A real torch module that says it routes experts through transformers but has no config."""
+
+    @classmethod
+    def _can_set_experts_implementation(cls):
+        return True
+
+
+def test_harness_code_asking_a_torch_module_for_a_missing_attribute_is_a_harness_error():
+    """nn.Module.__getattr__ raises inside torch; the code that asked (harness/stacks/placed.py
+    reading `.config`) is ours, so the mistake is ours."""
+    from harness.stacks.placed import experts_implementation
+
+    exc = _raised(lambda: experts_implementation(_ClaimsExperts(2, 2)))
+    assert isinstance(exc, AttributeError) and "config" in str(exc)
+    category, message = classify(exc)
+    assert category == HARNESS_ERROR
+    assert "harness/stacks/placed.py" in message
+
+
+def test_an_attribute_error_inside_a_librarys_own_method_is_the_stacks():
+    """A library's forward asks its own module for a missing attribute (through the same
+    nn.Module.__getattr__): the first frame outside it is the library's, so the stack's error."""
+    linear = torch.nn.Linear(2, 2)
+    del linear.weight
+    exc = _raised(lambda: linear(torch.ones(1, 2)))
+    assert isinstance(exc, AttributeError) and "weight" in str(exc)
+    assert classify(exc)[0] == "error"
+
+
+def test_a_harness_call_with_arguments_forward_does_not_take_is_a_harness_error():
+    """The TypeError is raised in torch's _call_impl (forward never starts): the caller's mistake."""
+    from harness.stacks.loop import model_loss
+
+    exc = _raised(lambda: model_loss(torch.nn.Linear(2, 2), {"input_ids": torch.ones(1, 2)}))
+    assert isinstance(exc, TypeError)
+    category, message = classify(exc)
+    assert category == HARNESS_ERROR and "harness/stacks/loop.py" in message
+
+
+def test_a_type_error_inside_a_librarys_forward_is_the_stacks():
+    linear = torch.nn.Linear(2, 2)
+    exc = _raised(lambda: linear(torch.ones(1, 3)))  # torch's own matmul refuses the shapes
+    assert classify(exc)[0] == "error"
+
+
 def test_a_library_importing_an_absent_package_skips_but_a_broken_release_fails():
     import importlib
 
@@ -67,3 +113,4 @@ def test_a_harness_error_cannot_be_declared_a_known_limit(matrix_dir, category):
     write_rows(matrix_dir, LLAMA_ROW + f'known_limits = [{{ category = "{category}", reason = "r" }}]\n')
     with pytest.raises(MatrixError, match="known_limits"):
         load_matrix(matrix_dir)
+

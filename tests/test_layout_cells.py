@@ -93,6 +93,9 @@ def test_a_rank_that_raises_is_a_fail_with_its_traceback_and_the_pool_stays(pyte
     assert (record["status"], record["category"]) == ("fail", "no-tp-plan")
     assert "base_model_tp_plan" in record["message"]
     assert "Traceback" in record["traceback"]
+    # pytest shows the rank's verdict as its one-line message; only the record keeps the traceback
+    outcome.stdout.fnmatch_lines(["*GPT2LMHeadModel-sft-tp-tiny-train on cpu: [[]no-tp-plan[]] rank 0: *"])
+    assert "Traceback" not in outcome.stdout.str()
     assert get_pool(2, "cpu").alive
 
 

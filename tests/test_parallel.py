@@ -141,3 +141,16 @@ def test_variant_cells_and_ids():
     assert "LlamaForCausalLM-sft-tp-tiny-train+tp_plan" in ids
     dense_kernels = [i for i in ids if i.startswith("LlamaForCausalLM") and "+experts_" in i]
     assert dense_kernels == [], "dense rows have no experts kernels"
+
+
+def test_a_weight_moved_on_one_rank_moved_on_every_rank_without_a_gather():
+    """The train check's evidence under a layout: each rank compares its own shard, and the ranks
+    agree that a weight whose shard moved on rank 1 only moved, and one untouched did not."""
+    assert _run(2, "shard_changes", {}) == [["moved"], ["moved"]]
+
+
+def test_parity_compares_gradients_shard_by_shard_where_torch_cannot_gather_them():
+    """Each rank compares its own `_StridedShard` piece with the same piece of the one-device
+    gradient: a difference in one element, held by one rank, reaches rank 0's comparison."""
+    assert _run(2, "strided_shard_parity", {"off": 0.5}) == [[("weight", 0.5)], []]
+    assert _run(2, "strided_shard_parity", {"off": 0.0}) == [[("weight", 0.0)], []]

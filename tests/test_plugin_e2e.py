@@ -43,6 +43,11 @@ def test_llama_sft_and_lora_train_on_cpu(pytester, matrix_dir):
         losses = record["metrics"]["losses"]
         assert losses[-1] < losses[0]
         assert record["env"]["device_type"] == "cpu" and record["env"]["transformers"]
+        # `code` names the class that ran, with its package and release (peft's wrapper looked through)
+        assert record["code"]["class"] == "transformers.models.llama.modeling_llama.LlamaForCausalLM"
+        assert (record["code"]["package"], record["code"]["release"]) == (
+            "transformers", record["env"]["transformers"])
+        assert record["code"]["kind"] == "transformers"
     lora = next(r for r in records if r["method"] == "lora")
     assert "model.layers.0.self_attn.q_proj" in lora["metrics"]["lora_modules"]
     assert lora["metrics"]["params_trainable"] < lora["metrics"]["params_total"] / 5
@@ -101,7 +106,7 @@ REMOTE_ROW = UNKNOWN_TYPE_ROW.replace("FutureForCausalLM", "RemoteForCausalLM").
 @pytest.mark.parametrize(
     ("row", "category", "fragment"),
     [
-        (UNKNOWN_TYPE_ROW, "needs-newer-transformers", "does not recognise model type 'future_model_type'"),
+        (UNKNOWN_TYPE_ROW, "needs-newer-transformers", "has no model type 'future_model_type'"),
         (REMOTE_ROW, "remote-code",
          "RemoteForCausalLM is hub remote code (org/future-7b), run from the local HF cache only with "
          "--trust-remote-code"),
@@ -171,6 +176,10 @@ def test_diverging_training_is_numerics(pytester, matrix_dir):
     outcome.assert_outcomes(failed=1, deselected=1)
     assert records[0]["category"] == "numerics"
     assert "loss" in records[0]["message"]
+    # a deliberate verdict is shown as its message, not a traceback through the harness's frames
+    outcome.stdout.fnmatch_lines(["*LlamaForCausalLM-sft-single-tiny-train on cpu: [[]numerics[]] *"])
+    assert "Traceback" not in outcome.stdout.str() and "harness/checks" not in outcome.stdout.str()
+    assert "Traceback" in records[0]["traceback"]  # the record keeps it
 
 
 ROW = "architectures.LlamaForCausalLM"

@@ -49,6 +49,7 @@ def test_error_on_one_rank_keeps_pool(pool2):
     assert "boom on rank 1" in err.message
     assert "raise_on_rank" in err.rank_traceback and "ValueError" in err.rank_traceback
     assert classify(err)[0] == "error"
+    assert not err.deliberate, "an unexpected exception keeps its traceback in pytest's output"
     _ok(pool2)
     assert pool2.starts == starts, "ranks that all came back keep the pool"
 
@@ -57,6 +58,7 @@ def test_cell_failure_category_travels(pool2):
     with pytest.raises(PoolTaskError) as info:
         pool2.run(f"{TASKS}:raise_on_rank", {"rank": 0, "category": "no-tp-plan"}, timeout_s=30)
     assert (info.value.category, info.value.rank) == ("no-tp-plan", 0)
+    assert info.value.deliberate, "a rank's CellFailure is a verdict: pytest shows its message alone"
     _ok(pool2)
 
 

@@ -70,3 +70,15 @@ def test_concurrent_writers_never_interleave(tmp_path):
     assert len(lines) == 160
     messages = {json.loads(line)["message"].split("-x")[0] for line in lines}
     assert len(messages) == 160
+
+
+def test_a_class_of_another_package_than_transformers_is_named_in_code_as_the_stacks_own():
+    """A transformers row whose stack ran its own class (NeMo AutoModel's): `code` names that class,
+    its package and release, and its kind is no longer transformers'."""
+    from harness.run.runner import STACK_OWN, with_class_that_ran
+
+    ran = {"class": "nemo_automodel.components.models.qwen3_next.model.Qwen3NextForCausalLM",
+           "package": "nemo_automodel", "release": "0.7.0"}
+    code = with_class_that_ran({"kind": "transformers", "transformers": "5.17.0"}, ran)
+    assert code["kind"] == STACK_OWN and code["class"] == ran["class"] and code["release"] == "0.7.0"
+    assert with_class_that_ran({"kind": "transformers"}, None) == {"kind": "transformers"}

@@ -6,6 +6,7 @@ import torch
 
 from harness.cellrun import CellRun
 from harness.failures import CellFailure
+from harness.stacks.placed import whole_dtensor
 
 
 def model_device(model) -> torch.device:
@@ -32,8 +33,9 @@ def logits(model, batch: dict) -> torch.Tensor:
     return out.float().cpu()
 
 
-def _whole(value: torch.Tensor) -> torch.Tensor:
-    return value.full_tensor() if hasattr(value, "full_tensor") else value
+def _whole(name: str, value: torch.Tensor) -> torch.Tensor:
+    """A state entry whole (a DTensor gathered; `evidence-unavailable` where torch cannot)."""
+    return whole_dtensor(name, value) if hasattr(value, "full_tensor") else value
 
 
 def full_adapter_state(model, placed=None) -> dict[str, torch.Tensor]:
@@ -48,7 +50,7 @@ def full_adapter_state(model, placed=None) -> dict[str, torch.Tensor]:
     if placed is not None:  # peft drops the adapter's name from its keys
         adapter = getattr(model, "active_adapter", "default")
         names = {name.replace(f".{adapter}", ""): name for name, _ in model.named_parameters()}
-    view = {key: (placed.global_view(names[key], value) if key in names else _whole(value))
+    view = {key: (placed.global_view(names[key], value) if key in names else _whole(key, value))
             for key, value in get_peft_model_state_dict(model).items()}
     return {key: value.detach().cpu().clone() for key, value in view.items()}
 
@@ -81,7 +83,7 @@ def full_state(model, placed=None) -> dict[str, torch.Tensor]:
     DTensors are gathered; with the Placed that built `model`, plain local shards too (a
     collective then: every rank calls it).
     """
-    view = placed.global_view if placed is not None else (lambda name, value: _whole(value))
+    view = placed.global_view if placed is not None else _whole
     return {name: view(name, value).detach().cpu().clone() for name, value in model.state_dict().items()}
 
 

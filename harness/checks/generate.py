@@ -4,6 +4,8 @@ Before: the trained model generates under the cell's layout (every rank the same
 After: SFT saves the whole model with save_pretrained and reloads it with from_pretrained;
 LoRA saves only the adapter (gathered whole from any shards) and loads it into a fresh base
 with plain peft, which is how users ship each of them. The reload is on one device.
+A class without `generate` (NeMo AutoModel's own) gives its greedy tokens by forward passes:
+its users generate after export, and those are the tokens the export gives.
 
 On real text (tier data "qa") the prompt is the check's fixed factual item of the QA set
 (option `prompt`, e.g. capital-france), and the decoded greedy answer must contain the expected
@@ -11,6 +13,8 @@ answer (e.g. "Paris") both before saving and after reloading, not only be the sa
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -25,12 +29,51 @@ from harness.stacks.placed import Placed
 from harness.stacks.result import training_metrics
 
 
+def has_generate(model) -> bool:
+    """Whether the model's class offers `generate` (NeMo AutoModel's own classes do not)."""
+    return callable(getattr(model, "generate", None))
+
+
+def _eos_ids(model) -> set[int]:
+    """The end-of-sequence ids `generate` would hold back under min_new_tokens."""
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(source, "eos_token_id", None) if source is not None else None
+        if eos is not None:
+            return set(eos) if isinstance(eos, list | tuple) else {int(eos)}
+    return set()
+
+
+@torch.no_grad()
+def greedy_by_forward(model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
+    """Greedy tokens from plain forward passes, for a class without `generate`.
+
+    Its users generate after export, with transformers' `generate`: these are the tokens they
+    get (the argmax of the last position, the whole sequence each step, no cache; the model's
+    end-of-sequence ids held back as `min_new_tokens` does), compared with the reload's `generate`.
+    """
+    model.eval()
+    ids = prompt.to(model_device(model))
+    held_back = sorted(_eos_ids(model))
+    for _ in range(new_tokens):
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1, :]
+        if hasattr(logits, "full_tensor"):  # a layout that keeps the vocabulary sharded
+            logits = logits.full_tensor()
+        logits = logits.float()
+        if held_back:
+            logits[:, held_back] = -math.inf
+        ids = torch.cat([ids, logits.argmax(-1, keepdim=True).to(ids.dtype)], dim=1)
+    return ids[0, prompt.shape[1]:].tolist()
+
+
 @torch.no_grad()
 def greedy(model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
     """Greedy tokens; under FSDP2 on every rank (generate runs the model's submodules outside
-    the root forward, so `generate` is registered as a forward method: torch's own API for it)."""
+    the root forward, so `generate` is registered as a forward method: torch's own API for it).
+    A class without `generate` gets them from forward passes (`greedy_by_forward`)."""
     from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 
+    if not has_generate(model):
+        return greedy_by_forward(model, prompt, new_tokens)
     if isinstance(model, FSDPModule):
         register_fsdp_forward_method(model, "generate")
     model.eval()

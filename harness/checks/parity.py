@@ -8,7 +8,10 @@ DTensor or plain local shard alike) and compared with the reference's:
 
     max |g_layout - g_one_device| <= grad_atol + grad_rtol * max |g_one_device|   (per parameter)
 
-with the matrix tolerance for the tier's dtype (`grad_rtol`/`grad_atol`, declared with how they
+(where torch cannot gather a gradient whole, e.g. transformers' `_StridedShard` expert shards on
+torch 2.11, each rank compares its own shard with the same piece of the one-device gradient
+instead: `shard_comparison`; the record's `grads_compared` says so), with the matrix tolerance
+for the tier's dtype (`grad_rtol`/`grad_atol`, declared with how they
 were measured; rtol/atol where a dtype has none). The loss curves and the total gradient norms
 must agree too (`compare_curves`). Anything else is a `numerics` failure naming the worst
 parameters with their difference and their largest gradient. Comparing every parameter
@@ -31,7 +34,7 @@ import torch
 from harness.cellrun import CellRun
 from harness.failures import CellFailure
 from harness.spec.matrix import Layout
-from harness.stacks.placed import Placed, grad_or_zeros
+from harness.stacks.placed import EVIDENCE_UNAVAILABLE, Placed, grad_or_zeros
 from harness.stacks.result import TrainResult, run_to_end, training_metrics
 
 WORST_SHOWN = 5
@@ -110,6 +113,48 @@ def _prepare(cr: CellRun, placed: Placed, layout: Layout) -> dict:
     return cr.stack.align_for_parity(placed, cr.request(layout))
 
 
+def shard_comparison(placed: Placed, want: dict | None, step: int, tolerance: dict) -> list[tuple]:
+    """`compare_grads` for a layout whose gradients torch cannot gather whole (`_StridedShard`).
+
+    Each rank compares the gradient shard it holds with the same piece of the one-device
+    gradient: rank 0 broadcasts that gradient, and torch's own `distribute_tensor` cuts it with
+    the shard's mesh and placements (no communication). The largest difference over the ranks
+    comes from an all_reduce (MAX). A collective: every rank calls it; rank 0 gets the tuples.
+    """
+    import torch.distributed as dist
+    from torch.distributed.tensor import distribute_tensor
+
+    shapes = [{name: tuple(g.shape) for name, g in want.items()} if want is not None else None]
+    dist.broadcast_object_list(shapes, src=0)
+    params = {name: p for name, p in placed.model.named_parameters() if p.requires_grad}
+    mismatch = name_mismatch(params, shapes[0])
+    if mismatch:
+        raise CellFailure("check-failed", mismatch)
+    rtol, atol = grad_tolerance(tolerance)["rtol"], grad_tolerance(tolerance)["atol"]
+    over = []
+    for name, param in params.items():
+        grad = grad_or_zeros(param).detach()
+        if not hasattr(grad, "device_mesh"):  # a plain tensor: its gather works
+            mine = placed.global_view(name, grad).float()
+            device = mine.device
+        else:
+            device = grad.to_local().device
+        full = want[name].to(device) if want is not None else torch.empty(shapes[0][name], device=device)
+        dist.broadcast(full, src=0)
+        if hasattr(grad, "device_mesh"):
+            piece = distribute_tensor(full, grad.device_mesh, grad.placements, src_data_rank=None).to_local()
+            mine, full = grad.to_local().float(), piece
+        diff = torch.tensor([float((mine - full).abs().max()) if full.numel() else 0.0], device=device)
+        dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+        if want is None:
+            continue
+        largest = float(want[name].abs().max()) if want[name].numel() else 0.0
+        value = float(diff)
+        over.append((value / (atol + rtol * largest) if math.isfinite(value) else math.inf, name, step,
+                     value, largest))
+    return over
+
+
 def _one_device_grads(placed) -> dict:
     return {name: grad_or_zeros(param).detach().float().cpu()
             for name, param in placed.model.named_parameters() if param.requires_grad}
@@ -172,6 +217,7 @@ def run(cr: CellRun) -> dict:
     timing = {"layout_s": 0.0, "reference_s": 0.0, "gather_s": 0.0}
     compared: list[tuple] = []
     mismatch = None
+    by_shard = ""  # why the gradients are compared shard by shard (torch's gather message)
     while True:
         start = time.perf_counter()
         try:
@@ -182,7 +228,21 @@ def run(cr: CellRun) -> dict:
             break
         timing["layout_s"] += time.perf_counter() - start
         start = time.perf_counter()
-        grads = layout.global_grads()  # every rank takes part; rank 0 compares
+        if not by_shard:
+            try:
+                grads = layout.global_grads()  # every rank takes part; rank 0 compares
+            except CellFailure as failure:  # torch cannot gather them: compare shard by shard
+                if failure.category != EVIDENCE_UNAVAILABLE:
+                    raise
+                by_shard = failure.message
+        if by_shard:
+            want = None
+            if reference_steps is not None:
+                next(reference_steps)
+                want = _one_device_grads(reference)
+            compared += shard_comparison(layout, want, step, cr.tolerance)
+            timing["gather_s"] += time.perf_counter() - start
+            continue
         timing["gather_s"] += time.perf_counter() - start
         if reference_steps is not None:
             start = time.perf_counter()
@@ -195,6 +255,8 @@ def run(cr: CellRun) -> dict:
                 compared += compare_grads(step, grads, want, cr.tolerance)
     metrics = {**training_metrics(result, layout), **timing,
                **{k: v for k, v in prepared.items() if v}}
+    if by_shard:
+        metrics["grads_compared"] = f"shard by shard: {by_shard[:300]}"
     if reference_steps is None:
         return metrics
     if mismatch:

@@ -133,6 +133,10 @@ CATEGORY_TEXT = {
     "harness-error": (
         "The harness itself failed (its own code or configuration), not the stack under test.",
         "Open an issue against the harness with the message."),
+    "evidence-unavailable": (
+        "The check could not gather its own evidence for this layout (torch cannot gather a weight "
+        "or gradient whole); no verdict on the stack, which its users never ask for that gather.",
+        "Nothing to fix in the stack; the harness needs another way to compare (see the message)."),
     "error": (
         "Any other exception while loading or training the model.",
         "Read the traceback in the record and open an issue with it."),

@@ -194,7 +194,8 @@ class RankPool:
         """Wait for every rank's reply to `task_id` (None: the start-up 'ready' message)."""
         deadline = time.monotonic() + timeout_s
         values: dict[int, object] = {}
-        errors: list[tuple[int, str, str, str]] = []  # (rank, category, message, traceback)
+        # (rank, category, message, traceback, metrics, whether the rank raised a CellFailure)
+        errors: list[tuple[int, str, str, str, dict, bool]] = []
         pending = set(range(self.world_size))
         while pending:
             remaining = deadline - time.monotonic()
@@ -226,7 +227,8 @@ class RankPool:
                 if task_id is None or reply[1] == task_id:
                     pending.discard(rank)
                     if reply[0] == "error":
-                        errors.append((rank, *reply[2:5], reply[5] if len(reply) > 5 else {}))
+                        errors.append((rank, *reply[2:5], reply[5] if len(reply) > 5 else {},
+                                       len(reply) > 6 and bool(reply[6])))
                         deadline = min(deadline, time.monotonic() + self.error_grace_s)
                     else:
                         values[rank] = reply[-1] if task_id is not None else reply[2]
@@ -234,7 +236,7 @@ class RankPool:
                             self._threads = max(self._threads, reply[2])
         if errors:
             kept = self._after_error(pending)
-            rank, category, message, text, metrics = min(errors, key=lambda e: e[0])  # lowest rank: stable
+            rank, category, message, text, metrics, deliberate = min(errors, key=lambda e: e[0])  # stable
             if kept:
                 note = ""
             elif pending:
@@ -242,7 +244,7 @@ class RankPool:
                         "stuck in a collective: pool torn down)")
             else:
                 note = " (process group unhealthy afterwards: pool torn down)"
-            raise PoolTaskError(category, f"rank {rank}: {message}{note}", rank, text, metrics)
+            raise PoolTaskError(category, f"rank {rank}: {message}{note}", rank, text, metrics, deliberate)
         if pending:
             self._dump_stacks(pending)
             tails = "\n".join(f"--- rank {r} log tail ---\n{self.log_tail(r)}" for r in sorted(pending))

@@ -27,10 +27,12 @@ class PoolTaskError(CellFailure):
     """A pool task failed: category, message, which rank, and that rank's traceback."""
 
     def __init__(self, category: str, message: str, rank: int | None = None, rank_traceback: str = "",
-                 metrics: dict | None = None):
+                 metrics: dict | None = None, deliberate: bool = False):
         super().__init__(category, message, metrics)
         self.rank = rank
         self.rank_traceback = rank_traceback
+        # The rank raised a CellFailure: a verdict the check decided, whose message says it all.
+        self.deliberate = deliberate
 
     def __str__(self) -> str:
         return f"{self.message}\n{self.rank_traceback}" if self.rank_traceback else self.message
@@ -187,7 +189,8 @@ def _worker_main(rank: int, local_rank: int, spec: RankSpec, conn, log_path: str
             text = "".join(traceback.format_exception(exc))
             print(text, flush=True)
             # a failing check's measurements (CellFailure.metrics) still belong in the record
-            conn.send(("error", task_id, category, message, text, getattr(exc, "metrics", None) or {}))
+            conn.send(("error", task_id, category, message, text, getattr(exc, "metrics", None) or {},
+                       isinstance(exc, CellFailure)))
     dist.destroy_process_group()
 
 

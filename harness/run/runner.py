@@ -7,6 +7,11 @@ This is the only place that maps failures to statuses:
 - a failure that a row declares in `known_limits` is `xfail`;
 - anything else is `fail`, with its category and the real message and traceback.
 
+A deliberate verdict (a CellFailure, raised by a check or a stack on any rank) is `deliberate`:
+pytest shows its one-line message, since the traceback through harness code only says where the
+check decided; the record keeps the traceback all the same. An unexpected exception is shown
+with its full traceback.
+
 A cell whose layout has more than one rank runs on the persistent rank pool (harness/run/pool.py):
 every rank runs the same check module through `rank_task`, with a CellRun for that rank, and
 rank 0's metrics come back. A rank that raises, dies or hangs fails the cell with its category
@@ -33,11 +38,13 @@ from harness.run.pool import get_pool
 from harness.run.ranks import PoolTaskError
 from harness.spec.cells import Cell, cell_architecture
 from harness.spec.load import load_matrix, matrix_files
-from harness.spec.matrix import REFERENCE_STACK, Matrix
+from harness.spec.matrix import REFERENCE_STACK, TRANSFORMERS, Matrix
 from harness.stacks.native.placement import choose_api
 from harness.stacks.registry import missing_packages
 
 DEFAULT_CELL_TIMEOUT_S = 300.0
+# The record's `code.kind` of a class the stack brought itself (the report's views name it so too).
+STACK_OWN = "stack-own"
 RANK_TASK = "harness.run.runner:rank_task"
 
 
@@ -65,6 +72,8 @@ class Outcome:
     stale_limit: int | None = None  # the index in its row's known_limits of the limit that passed
     # Whose model code ran (implementations.provenance): the record's `code`.
     code: dict = field(default_factory=dict)
+    # A verdict a check or stack decided (CellFailure): its message is the whole story.
+    deliberate: bool = False
 
 
 def _peak_memory(device: str) -> dict:
@@ -220,8 +229,21 @@ def call_verdict(matrix: Matrix, asked: dict, category: str, message: str) -> tu
 
 def run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
     outcome = _run_cell(matrix, cell, device)
-    outcome.code = code_of(matrix, cell)
+    outcome.code = with_class_that_ran(code_of(matrix, cell), outcome.metrics.get("model_code"))
     return outcome
+
+
+def with_class_that_ran(code: dict, ran: dict | None) -> dict:
+    """The record's `code` with the class that ran (Placed.record's `model_code`: class, package,
+    release). A transformers row whose stack ran a class of another package (NeMo AutoModel's
+    own) is that package's code, not transformers': its kind says `stack-own`."""
+    if not ran:
+        return code
+    kind = code.get("kind")
+    if kind == TRANSFORMERS and ran.get("package") != "transformers":
+        kind = STACK_OWN
+    return {**code, "kind": kind, "class": ran.get("class"), "package": ran.get("package"),
+            "release": ran.get("release")}
 
 
 def _run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
@@ -249,7 +271,8 @@ def _run_cell(matrix: Matrix, cell: Cell, device: str) -> Outcome:
             text = trimmed(f"rank {exc.rank}:\n{exc.rank_traceback}", 8000)
         else:
             text = format_traceback(exc)
-        return Outcome(status, category, message, text, metrics=duration)
+        deliberate = exc.deliberate if isinstance(exc, PoolTaskError) else isinstance(exc, CellFailure)
+        return Outcome(status, category, message, text, metrics=duration, deliberate=deliberate)
     metrics = {**asked, **metrics, "duration_s": time.perf_counter() - start}
     stale = index = None
     if limit:

@@ -14,6 +14,7 @@ TP plan says. Nothing here changes what the stack built.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -93,6 +94,7 @@ class Placed:
             out.update(api=self.api, api_call=self.call)
         if self.moe:
             out["experts_implementation"] = experts_implementation(self.model)
+        out["model_code"] = class_that_ran(self.model)
         return out
 
     def global_grads(self) -> dict[str, torch.Tensor]:
@@ -129,11 +131,37 @@ class Placed:
     def global_view(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` (a parameter or its gradient) as the one-device model holds it."""
         if hasattr(tensor, "full_tensor"):
-            tensor = tensor.full_tensor()
+            tensor = whole_dtensor(name, tensor)
         want = (self.global_shapes or {}).get(name)
         if want is None or tuple(tensor.shape) == tuple(want):
             return tensor
         return gather_plain_shard(tensor, tuple(want), self.shard_group, packed_style(self.model, name))
+
+
+EVIDENCE_UNAVAILABLE = "evidence-unavailable"
+
+
+def whole_dtensor(name: str, tensor) -> torch.Tensor:
+    """A DTensor gathered whole: `full_tensor`, else a redistribution to Replicate on every mesh dim.
+
+    Some placements transformers builds cannot be gathered by torch at all (packed expert shards
+    as `_StridedShard`: "use_strided_shard_as_shard_order ... unable to be interpreted"). That is
+    a limit of the check's own evidence step, not something the stack's users call, so it is no
+    verdict on the stack: the cell fails as `evidence-unavailable`, with torch's message.
+    """
+    try:
+        return tensor.full_tensor()
+    except (ValueError, NotImplementedError, RuntimeError) as gather_error:
+        from torch.distributed.tensor import Replicate
+
+        try:
+            return tensor.redistribute(placements=[Replicate()] * tensor.device_mesh.ndim).to_local()
+        except (ValueError, NotImplementedError, RuntimeError) as redistribute_error:
+            raise CellFailure(EVIDENCE_UNAVAILABLE, (
+                f"the check cannot gather {name} whole (placements {tuple(tensor.placements)}): torch's "
+                f"full_tensor raised {type(gather_error).__name__}: {gather_error}; redistribute to "
+                f"Replicate raised {type(redistribute_error).__name__}: {redistribute_error}"),
+            ) from gather_error
 
 
 def _local(tensor) -> torch.Tensor:
@@ -152,17 +180,45 @@ def base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def own_class(model) -> type:
+    """The model's own class under any wrapper: peft's base model, the class before fully_shard
+    swapped it for a subclass of FSDPModule."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(cls for cls in type(base_model(model)).__mro__ if not issubclass(cls, FSDPModule))
+
+
+def class_that_ran(model) -> dict:
+    """The record's name for the code that ran: the class with its package and that package's
+    installed release (None where no installed distribution holds it: hub remote code, a
+    custom registry's local module; their `code` names their files and revision)."""
+    cls = own_class(model)
+    package = cls.__module__.split(".")[0]
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "package": package,
+            "release": package_release(package)}
+
+
+@functools.cache
+def package_release(package: str) -> str | None:
+    """The installed release of the distribution that holds an importable top-level package."""
+    import importlib.metadata
+
+    for dist in importlib.metadata.packages_distributions().get(package, []):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def experts_implementation(model) -> str | None:
     """The MoE experts kernel the model runs: transformers' choice at load (not in config.json).
 
     "own loop" where the model class does not route its experts through transformers' experts
     interface, whatever the config says.
     """
-    from torch.distributed.fsdp import FSDPModule
-
     base = base_model(model)
-    # fully_shard swaps the class for a subclass of FSDPModule: ask the model's own class.
-    own = next(cls for cls in type(base).__mro__ if not issubclass(cls, FSDPModule))
+    own = own_class(model)  # fully_shard swaps the class for a subclass of FSDPModule
     # a class that is not a transformers model (e.g. NeMo AutoModel's own) has no experts interface
     if not getattr(own, "_can_set_experts_implementation", lambda: False)():
         return "own loop"
