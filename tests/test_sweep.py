@@ -8,6 +8,8 @@ list as data, the committed records of the release bump, and a real wheel built 
 
 from __future__ import annotations
 
+import gzip
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from harness.run import overlays
+from harness.run.bisect import read_records
 from harness.run.sweep import (
     HostTrees,
     Paths,
@@ -179,7 +182,7 @@ class ThisInterpreter:
 
 def test_finished_releases_are_kept_and_a_failing_session_is_no_verdict(tmp_path, capsys):
     finished = Paths(tmp_path, "transformers", "5.24.0")
-    finished.records.write_text(BASELINE.read_text())
+    finished.records.write_bytes(gzip.compress(BASELINE.read_bytes()))  # as a sweep leaves it
     left = Paths(tmp_path, "transformers", "5.25.0")
     left.partial.write_text(CANDIDATE.read_text().splitlines()[0] + "\n")  # what a killed session left
     sessions = ThisInterpreter()
@@ -294,3 +297,20 @@ def test_a_release_runs_with_a_tree_of_each_requirement_the_host_does_not_meet(t
     # the host's packaging fits; the extra's requirement does not apply
     assert paths[:2] == [str(tmp_path / "sweep-probe-1.2.0"), str(tmp_path / "sweep-dep-0.1.0")]
     assert paths[2] == str(REPO_ROOT)
+
+
+def test_a_release_with_a_verdict_keeps_its_records_gzipped_and_a_rerun_reads_them(tmp_path, capsys):
+    """One real single-device cell under the installed transformers: its records end as
+    transformers-VERSION.jsonl.gz (no partial left), and the next sweep keeps them as they are."""
+    version = importlib.metadata.version("transformers")
+    selection = ["matrix", "-m", "cpu", "--arch", "LlamaForCausalLM", "--method", "sft", "--layout", "single",
+                 "--tier", "tiny", "--check", "train"]
+    args = dict(held={}, out=tmp_path, selection=selection, slice_name="t")
+    first = sweep("transformers", [version], sessions=ThisInterpreter(), **args)
+    done = Paths(tmp_path, "transformers", version)
+    assert done.records.name == f"transformers-{version}.jsonl.gz" and not done.partial.exists()
+    records = read_records(done.records)
+    assert [r["status"] for r in records] == ["pass"] and first.harness_failures == []
+    again = ThisInterpreter()
+    sweep("transformers", [version], sessions=again, **args)
+    assert again.asked == [] and "finished by an earlier sweep" in capsys.readouterr().out

@@ -36,6 +36,7 @@ from packaging.version import InvalidVersion, Version
 
 from harness.report.bisects import DEFAULT_BISECTS, Finding, load_findings
 from harness.report.results import read_records
+from harness.report.sweeps import sweep_record_files
 from harness.spec.matrix import REFERENCE_STACK, REPO_ROOT, KnownLimit, Matrix, version_in
 
 RECORDS_DIR = REPO_ROOT / "reports" / "records"
@@ -45,13 +46,14 @@ LOCAL_PREFIX = "local"
 # The packages a limit's specifiers name (KnownLimit.transformers, KnownLimit.peft).
 LIMIT_PACKAGES = ("transformers", "peft")
 RAN = ("pass", "fail", "xfail")
-NOT_THE_STACKS = ("harness-error", "matrix-error")
+NOT_THE_STACKS = ("harness-error", "matrix-error", "evidence-unavailable")
 
 
 def evidence_files(records_dir: Path | str = RECORDS_DIR, sweeps_dir: Path | str = SWEEPS_DIR) -> list[Path]:
-    """The committed record files: reports/records/*.jsonl and every sweep's reports/sweeps/**/*.jsonl."""
+    """The committed record files: reports/records/*.jsonl and every sweep's records
+    (reports/sweeps/NAME/PACKAGE-VERSION.jsonl.gz)."""
     found = [p for p in sorted(Path(records_dir).glob("*.jsonl")) if not p.name.startswith(LOCAL_PREFIX)]
-    found += sorted(Path(sweeps_dir).glob("**/*.jsonl"))
+    found += sweep_record_files(Path(sweeps_dir), recursive=True)
     return found
 
 

@@ -17,6 +17,7 @@ shape and variant; `shape_and_variant` reads them from the end of the id, here a
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import re
 import warnings
@@ -119,8 +120,10 @@ def shape_and_variant(record: dict) -> dict[str, str] | None:
 
 
 def read_file(path: Path | str) -> Iterator[SourcedRecord]:
-    """Every valid record of one JSONL file; corrupt lines are skipped with a warning."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    """Every valid record of one JSONL file (or a gzipped one, `.jsonl.gz`: the sweeps keep theirs
+    so); corrupt lines are skipped with a warning."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

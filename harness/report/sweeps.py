@@ -45,12 +45,21 @@ def line_of(record: dict, package: str) -> tuple:
     return tuple(str(env.get(k)) for k in ("transformers", "peft", "torch", "device_type") if k != package)
 
 
+def sweep_record_files(directory: Path, recursive: bool = False) -> list[Path]:
+    """A sweep's records, one file per release that ended with a verdict: PACKAGE-VERSION.jsonl.gz
+    (or .jsonl, as an earlier sweep left it); never those of a session without a verdict.
+    recursive: every sweep's under `directory`."""
+    where = "**/*" if recursive else "*"
+    files = [*directory.glob(f"{where}.jsonl"), *directory.glob(f"{where}.jsonl.gz")]
+    return sorted(f for f in files if ".no-verdict." not in f.name)
+
+
 def load_sweeps(directory: Path | str = SWEEPS_DIR) -> list[Sweep]:
     out = []
     for summary in sorted(Path(directory).glob("*/sweep.json")):
         data = json.loads(summary.read_text())
         package = str(data["package"])
-        records = [s.record for s in read_records(sorted(summary.parent.glob("*.jsonl")))]
+        records = [s.record for s in read_records(sweep_record_files(summary.parent))]
         if records:
             first = line_of(records[0], package)
             records = [r for r in records if line_of(r, package) == first]

@@ -16,6 +16,7 @@ bad release against each named release of the other package.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
@@ -117,8 +118,10 @@ def store_dir(selection: list[str]) -> Path:
 
 
 def read_records(path: Path) -> list[dict]:
-    """A probe's records (written by the harness in its environment, complete or not kept)."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """A probe's or a sweep's records (written by the harness in its environment; a sweep keeps
+    them gzipped, PACKAGE-VERSION.jsonl.gz)."""
+    text = gzip.decompress(path.read_bytes()).decode() if path.name.endswith(".gz") else path.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def probe(pins: dict[str, str], selection: list[str], *, jobs: int = 1, wheels: Path | None = None,

@@ -12,8 +12,9 @@ it). Two kinds of environment:
   environment is made; the release's tree ROOT/NAME-VERSION (and each held package's) is checked
   against its RECORD (harness/run/overlays.py) and put first on the session's PYTHONPATH.
 
-A release's records go to OUT/NAME-VERSION.jsonl only when its session ended with a verdict (pytest
-exit 0 or 1), under a temporary name until then, so a killed sweep resumes where it stopped. Any
+A release's records go to OUT/NAME-VERSION.jsonl.gz (gzipped: a sweep's tracebacks are most of
+the repository's size otherwise) only when its session ended with a verdict (pytest exit 0 or 1),
+under a temporary name until then, so a killed sweep resumes where it stopped. Any
 other exit is a harness problem of that release, never a verdict: it is reported and kept in
 OUT/sweep.json, the sweep goes on, and exits non-zero at the end. The end is the table of cells x
 releases (harness/run/sweep_grid.py): OUT/grid.md in full, the changing rows on the terminal.
@@ -21,6 +22,7 @@ releases (harness/run/sweep_grid.py): OUT/grid.md in full, the changing rows on 
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -243,7 +245,9 @@ class Paths:
 
     @property
     def records(self) -> Path:
-        return self.out / f"{self.stem}.jsonl"
+        """The finished release's records; a sweep of an earlier format left them as plain .jsonl."""
+        plain = self.out / f"{self.stem}.jsonl"
+        return plain if plain.is_file() else self.out / f"{self.stem}.jsonl.gz"
 
     @property
     def partial(self) -> Path:
@@ -348,7 +352,10 @@ def run_release(version: str, *, package: str, wanted: dict[str, str], selection
         run.state, run.error = "harness-failure", f"{problem}; log: {paths.log}"
         return run
     paths.meta.write_text(json.dumps(asdict(run), indent=1) + "\n")
-    paths.partial.replace(paths.records)  # the release is finished only now
+    finished_file = paths.out / f"{paths.stem}.jsonl.gz"
+    finished_file.with_suffix(".tmp").write_bytes(gzip.compress(paths.partial.read_bytes(), mtime=0))
+    finished_file.with_suffix(".tmp").replace(finished_file)  # the release is finished only now
+    paths.partial.unlink()
     say(f"{label}: done in {seconds:.0f} s (exit {done.returncode}; environment {env_s:.0f} s): "
         f"{_counts_text(run.counts)}")
     return run
