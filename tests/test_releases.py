@@ -64,11 +64,19 @@ def test_first_failing_release_is_the_first_of_the_trailing_failures():
     assert regression({Release("5.0.0"): BAD, Release("5.1.0"): BAD}) is None  # never passed
 
 
-def test_each_peft_release_is_its_own_line():
+def test_lines_that_differ_only_in_peft_are_one_peft_line_in_peft_ranges():
     same = {Release("5.17.0", "0.21.0"): OK, Release("5.17.0", "0.21.2"): OK}
-    assert spans_text(spans(same)) == "5.17 ✓ (peft 0.21.0); 5.17 ✓ (peft 0.21.2)"
+    assert spans_text(spans(same)) == "peft 0.21.0–0.21.2 ✓ (transformers 5.17)"
     differ = {Release("5.17.0", "0.21.0"): OK, Release("5.17.0", "0.21.2"): BAD}
-    assert spans_text(spans(differ)) == "5.17 ✓ (peft 0.21.0); 5.17 ✗ (peft 0.21.2)"
+    assert spans_text(spans(differ)) == "peft 0.21.0 ✓ · peft 0.21.2 ✗ (transformers 5.17)"
+    # a peft sweep beside a transformers line: the transformers line keeps its own ranges, and a
+    # peft release seen on one transformers release only is never joined with another torch's
+    mixed = {Release("5.24.0", "0.21.2", "2.13", "cpu"): OK, Release("5.25.0", "0.21.2", "2.13", "cpu"): BAD,
+             Release("5.25.0", "0.17.0", "2.13", "cpu"): BAD, Release("5.25.0", "0.18.0", "2.13", "cpu"): OK,
+             Release("5.25.0", "0.18.0", "2.11", "cpu"): OK}
+    assert spans_text(spans(mixed)) == ("5.25 ✓ (peft 0.18.0, torch 2.11, cpu); 5.24 ✓ · 5.25 ✗ (peft 0.21.2, "
+                                        "torch 2.13, cpu); peft 0.17.0 ✗ · peft 0.18.0 ✓ (transformers 5.25, "
+                                        "torch 2.13, cpu)")
 
 
 def test_outcomes_of_statuses_and_their_combination():

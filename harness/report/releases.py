@@ -11,6 +11,8 @@ same outcome; releases in between that no record ran are not claimed. A release 
 without a zero patch ("5.17.0" -> "5.17"). A range lies on one release line: peft, torch and the
 device held fixed. Records that differ in any of them are separate lines, each named where there
 are several ("5.15 ✓ · 5.24 ✗ (peft 0.21.2, torch 2.11.0+cu130, cpu); 5.17 ✗ (peft 0.21.0, ...)").
+Lines that differ only in peft, each on the same one transformers release (a peft sweep), are one
+peft line in peft's ranges: "peft 0.17.0–0.18.1 ✗ · peft 0.19.0–0.21.2 ✓ (transformers 5.25, ...)".
 
 A regression is a cell (or a group of cells) whose newest release on a line fails while an earlier
 release of the same line passed; its first failing release is the first of the trailing run of
@@ -127,31 +129,61 @@ def lines(per_release: Mapping[Release, Outcome | None]) -> list[dict[Release, O
 
 @dataclass(frozen=True)
 class Span:
-    """Adjacent releases of one line (as the records show them) with one outcome symbol."""
+    """Adjacent releases of one line (as the records show them) with one outcome symbol. Along a
+    transformers line the releases are transformers'; along a peft line (a peft sweep: transformers,
+    torch and the device held) they are peft's, and the text says so."""
 
     first: str
     last: str
     symbol: str
-    line: str = ""  # the peft, torch and device held along it, where the records show several lines
+    line: str = ""  # what is held along it, where the records show several lines
+    package: str = "transformers"
 
     @property
     def text(self) -> str:
         releases = self.first if self.first == self.last else f"{self.first}–{self.last}"
-        return f"{releases} {self.symbol}"
+        return f"{'peft ' if self.package == 'peft' else ''}{releases} {self.symbol}"
+
+
+def _compress(items: list[tuple[str, Outcome]], label: str, package: str) -> list[Span]:
+    out: list[Span] = []
+    for release, found in items:
+        if out and out[-1].symbol == found.symbol:
+            out[-1] = Span(out[-1].first, release, found.symbol, label, package)
+        else:
+            out.append(Span(release, release, found.symbol, label, package))
+    return out
+
+
+def peft_lines(split: list[dict[Release, Outcome]]) -> dict[tuple, list[tuple[Release, Outcome]]]:
+    """Release lines that a peft sweep made: each ran one transformers release, and several lines
+    ran the same one with the same torch and device (only peft differs). Keyed by what they hold."""
+    found: dict[tuple, list[tuple[Release, Outcome]]] = {}
+    for line in split:
+        if len({r.transformers for r in line}) == 1:
+            release, outcome_ = next(iter(line.items()))
+            found.setdefault((release.transformers, release.torch, release.device), []).append(
+                (release, outcome_))
+    return {held: sorted(items, key=lambda item: version_key(item[0].peft))
+            for held, items in found.items() if len(items) > 1}
 
 
 def spans(per_release: Mapping[Release, Outcome | None]) -> list[Span]:
-    """Ranges of equal outcome within each release line; a range never joins two lines."""
+    """Ranges of equal outcome within each release line; a range never joins two lines. Lines that
+    differ only in peft (transformers, torch and device held) are one peft line, in peft ranges."""
     split = lines(per_release)
+    by_peft = peft_lines(split)
     out: list[Span] = []
     for line in split:
-        label = next(iter(line)).line_label() if len(split) > 1 else ""
-        start = len(out)
-        for release, found in line.items():
-            if len(out) > start and out[-1].symbol == found.symbol:
-                out[-1] = Span(out[-1].first, release.label(), found.symbol, label)
-            else:
-                out.append(Span(release.label(), release.label(), found.symbol, label))
+        first = next(iter(line))
+        if len(line) == 1 and (first.transformers, first.torch, first.device) in by_peft:
+            continue
+        label = first.line_label() if len(split) > 1 else ""
+        out += _compress([(r.label(), o) for r, o in line.items()], label, "transformers")
+    for (transformers, torch, device), items in by_peft.items():
+        held = (f"transformers {short(transformers)}", f"torch {torch}" if torch else "", str(device or ""))
+        label = ", ".join(p for p in held if p)
+        out += _compress([(str(r.peft), o) for r, o in items], label, "peft")
     return out
 
 
