@@ -35,7 +35,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from harness.report.bisects import DEFAULT_BISECTS, Finding, load_findings
-from harness.report.results import read_records
+from harness.report.results import read_records, shape_and_variant
 from harness.report.sweeps import sweep_record_files
 from harness.spec.matrix import REFERENCE_STACK, REPO_ROOT, KnownLimit, Matrix, version_in
 
@@ -109,9 +109,11 @@ def observation(record: dict, source: str) -> Observation | None:
     if record["status"] not in RAN or record.get("category") in NOT_THE_STACKS:
         return None
     env = record["env"]
+    # schema 1 records did not write their variant: it is read from the end of the cell id
+    variant = (shape_and_variant(record) or {}).get("variant")
     return Observation(
         record["cell_id"], record["architecture"], record["method"], record["layout"], record["tier"],
-        record["check"], record.get("variant") or "default", record.get("stack") or REFERENCE_STACK,
+        record["check"], variant or "default", record.get("stack") or REFERENCE_STACK,
         record.get("implementation") or "default", str(env.get("transformers")),
         env.get("peft") and str(env["peft"]), env.get("torch") and str(env["torch"]),
         str(env.get("device_type") or "cpu"), record["status"] != "pass", record.get("category"), source,
