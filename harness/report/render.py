@@ -637,9 +637,12 @@ def regression_items(views: list[ArchView], findings: Iterable[Finding] = ()) ->
         if not groups:
             continue
         first = releases.earliest(g.regression for g in groups)
+        # each layout's methods; one that turned later than the row's first says from which release
         layouts: dict[str, list[str]] = {}
         for g in groups:
-            layouts.setdefault(g.layout, []).append(g.method)
+            turned = g.regression.first_failing
+            later = "" if turned.key == first.first_failing.key else f" from **{turned.label()}**"
+            layouts.setdefault(g.layout, []).append(f"{g.method}{later}")
         failing = [e for g in groups for c in g.cells for e in c.current
                    if c.regression and e.status in FAILED]
         example = min(failing, key=lambda e: (e.release.key, e.cell_id, where_order(e.where)))
