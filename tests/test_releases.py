@@ -74,9 +74,9 @@ def test_lines_that_differ_only_in_peft_are_one_peft_line_in_peft_ranges():
     mixed = {Release("5.24.0", "0.21.2", "2.13", "cpu"): OK, Release("5.25.0", "0.21.2", "2.13", "cpu"): BAD,
              Release("5.25.0", "0.17.0", "2.13", "cpu"): BAD, Release("5.25.0", "0.18.0", "2.13", "cpu"): OK,
              Release("5.25.0", "0.18.0", "2.11", "cpu"): OK}
-    assert spans_text(spans(mixed)) == ("5.25 ✓ (peft 0.18.0, torch 2.11, cpu); 5.24 ✓ · 5.25 ✗ (peft 0.21.2, "
-                                        "torch 2.13, cpu); peft 0.17.0 ✗ · peft 0.18.0 ✓ (transformers 5.25, "
-                                        "torch 2.13, cpu)")
+    assert spans_text(spans(mixed)) == (
+        "5.25 ✓ (peft 0.18.0, torch 2.11, cpu); 5.24 ✓ · 5.25 ✗ (peft 0.21.2, torch 2.13, cpu); "
+        "peft 0.17.0 ✗ · peft 0.18.0 ✓ (transformers 5.25, torch 2.13, cpu)")
 
 
 def test_outcomes_of_statuses_and_their_combination():

@@ -394,6 +394,10 @@ def auto_class_table(views: list[ArchView]) -> list[dict]:
 
 # --- index.html ----------------------------------------------------------------------------
 
+# Per cell of the dashboard, the newest results listed (the rest: a count, and the family page).
+DASHBOARD_ENTRIES = 6
+
+
 def grid(matrix: Matrix, views: list[ArchView], run_short: dict[str, str],
          history: dict[str, list[dict]]) -> dict:
     """index.html: one row per architecture, one column per (method, layout), each cell holding its
@@ -415,8 +419,12 @@ def grid(matrix: Matrix, views: list[ArchView], run_short: dict[str, str],
                 # One message per cell, its newest failure's (or skip reason): the page stays light;
                 # the family page has every release's message.
                 messages = [e.message for e in newest_first if e.status in (*FAILED, "skip") and e.message]
+                # The newest releases and places only (a sweep adds one per release): the family
+                # page lists every one.
                 cells.append({"suffix": c.suffix, "message": messages[0] if messages else "",
-                              "entries": [{"e": e, "run": run_short[e.run_id]} for e in newest_first]})
+                              "entries": [{"e": e, "run": run_short[e.run_id]}
+                                          for e in newest_first[:DASHBOARD_ENTRIES]],
+                              "older": max(0, len(newest_first) - DASHBOARD_ENTRIES)})
             runs = sorted((h for c in group.cells for h in history.get(c.cell.id, [])),
                           key=lambda h: (h["timestamp"], h["run_id"], h["where"], h["status"]))
             tds.append({"group": group, "cells": cells, "history": runs[-HISTORY_LIMIT:]})
@@ -628,6 +636,7 @@ def bisect_text(view: ArchView, groups, findings: Iterable[Finding]) -> str:
     return "; ".join(f.text for f in findings if cells & set(f.cells))
 
 
+
 def regression_items(views: list[ArchView], findings: Iterable[Finding] = ()) -> list[dict]:
     """The regressions listed at the top of llm.md: per row, the layouts that regressed, the first
     failing release seen (and the last passing one), a failing message, the evidence link."""
@@ -775,7 +784,8 @@ def render_docs(matrix: Matrix, records: pd.DataFrame,
                 s for c in stacks[v.name][1:] for lay in layouts
                 for s in [layout_section(c.view, lay, methods, matrix.layouts[lay].world_size)] if s.history]
         shown = [views_of[index[v.name]] for v in page["archs"] for views_of in by_column.values()]
-        page_runs = [r for r in runs if r.run_id in {e.run_id for v in shown for e in v.evidence}]
+        shown_runs = {e.run_id for v in shown for e in v.evidence}
+        page_runs = [r for r in runs if r.run_id in shown_runs]
         grids = {v.name: [g for sweep in sweeps for g in [sweep_grid(sweep, v.name, v.stack)] if g]
                  for v in page["archs"]}
         docs[f"models/{page['slug']}.md"] = family.render(
