@@ -163,7 +163,7 @@ def peft_lines(split: list[dict[Release, Outcome]]) -> dict[tuple, list[tuple[Re
     ran the same one with the same torch and device (only peft differs). Keyed by what they hold."""
     found: dict[tuple, list[tuple[Release, Outcome]]] = {}
     for line in split:
-        if len({r.transformers for r in line}) == 1:
+        if len(line) == 1:  # a line holds peft, torch and device: one entry is one transformers release
             release, outcome_ = next(iter(line.items()))
             found.setdefault((release.transformers, release.torch, release.device), []).append(
                 (release, outcome_))

@@ -247,7 +247,11 @@ class Paths:
     def records(self) -> Path:
         """The finished release's records; a sweep of an earlier format left them as plain .jsonl."""
         plain = self.out / f"{self.stem}.jsonl"
-        return plain if plain.is_file() else self.out / f"{self.stem}.jsonl.gz"
+        return plain if plain.is_file() else self.gzipped
+
+    @property
+    def gzipped(self) -> Path:
+        return self.out / f"{self.stem}.jsonl.gz"
 
     @property
     def partial(self) -> Path:
@@ -352,9 +356,9 @@ def run_release(version: str, *, package: str, wanted: dict[str, str], selection
         run.state, run.error = "harness-failure", f"{problem}; log: {paths.log}"
         return run
     paths.meta.write_text(json.dumps(asdict(run), indent=1) + "\n")
-    finished_file = paths.out / f"{paths.stem}.jsonl.gz"
-    finished_file.with_suffix(".tmp").write_bytes(gzip.compress(paths.partial.read_bytes(), mtime=0))
-    finished_file.with_suffix(".tmp").replace(finished_file)  # the release is finished only now
+    staged = paths.gzipped.with_suffix(".tmp")
+    staged.write_bytes(gzip.compress(paths.partial.read_bytes(), mtime=0))
+    staged.replace(paths.gzipped)  # the release is finished only now
     paths.partial.unlink()
     say(f"{label}: done in {seconds:.0f} s (exit {done.returncode}; environment {env_s:.0f} s): "
         f"{_counts_text(run.counts)}")
