@@ -9,6 +9,8 @@ the harness's loop. The native stack's own train cell must start exactly where t
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -21,6 +23,7 @@ from harness.data.batches import fixed_batch
 from harness.failures import CellFailure
 from harness.spec.cells import Cell
 from harness.spec.load import load_matrix
+from harness.spec.matrix import DEFAULT_MATRIX_DIR, MatrixError
 from harness.stacks import loop
 
 ARCH = "LlamaForCausalLM"
@@ -110,6 +113,30 @@ def test_renames_map_an_implementations_names_and_refuse_collisions():
     collide = reference.renamer([[r"\.[ab]$", ".x"]])
     with pytest.raises(CellFailure, match="two parameters"):
         reference.renamed({"w.a": 1, "w.b": 2}, collide)
+
+
+def test_a_rename_may_transpose_the_value_it_names():
+    """AutoModel's grouped experts are (experts, in, out) where transformers' are (experts, out, in)."""
+    rename = reference.renamer([[r"^(.*)\.experts\.gate_and_up_projs$", r"\1.experts.gate_up_proj",
+                                 "transpose"]])
+    grouped = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    norm = torch.ones(3)
+    out = reference.renamed({"mlp.experts.gate_and_up_projs": grouped, "model.norm.weight": norm}, rename)
+    assert sorted(out) == ["mlp.experts.gate_up_proj", "model.norm.weight"]
+    assert out["mlp.experts.gate_up_proj"].shape == (2, 4, 3)
+    assert torch.equal(out["mlp.experts.gate_up_proj"][1, 2], grouped[1, :, 2])
+    assert out["model.norm.weight"] is norm
+
+
+def test_a_rows_parity_renames_are_checked_at_load(tmp_path):
+    """A transform the check does not know is one message naming the row's key."""
+    bad = tmp_path / "matrix"
+    shutil.copytree(DEFAULT_MATRIX_DIR, bad)
+    path = bad / "architectures.toml"
+    text = path.read_text()
+    path.write_text(text.replace("experts.down_proj', 'transpose']", "experts.down_proj', 'flip']", 1))
+    with pytest.raises(MatrixError, match=r"parity_renames\.\"automodel\"\[1\]\[2\].*transpose"):
+        load_matrix(bad)
 
 
 def test_the_native_train_cell_starts_exactly_where_the_reference_does(matrix, tmp_path):

@@ -40,10 +40,12 @@ def owner(cr: CellRun) -> str:
 
 
 def renames_for(cr: CellRun) -> list[list[str]]:
-    """The declared renames of the cell's stack, then of its stack~implementation."""
+    """The declared renames of the cell's stack, then of its stack~implementation (the check's
+    options), then the row's own (`parity_renames`, for the same two keys)."""
+    keys = [cr.cell.stack, *([owner(cr)] if cr.cell.implementation else [])]
     declared = cr.check_options.get("renames", {})
-    own = declared.get(owner(cr), []) if cr.cell.implementation else []
-    return [*declared.get(cr.cell.stack, []), *own]
+    row = cr.arch.parity_renames
+    return [rule for table in (declared, row) for key in keys for rule in table.get(key, [])]
 
 
 def within(got: float, want: float, tolerance: dict) -> bool:

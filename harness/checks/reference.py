@@ -86,26 +86,52 @@ def step_zero(cr: CellRun, placed: Placed) -> StepZero:
     return StepZero(result.losses[0], out, grads, result.grad_norms[0])
 
 
-def renamer(renames: list[list[str]]):
-    """A function from an implementation's parameter name to the reference's (matrix renames, in order)."""
-    compiled = [(re.compile(pattern), replacement) for pattern, replacement in renames]
-
-    def rename(name: str) -> str:
-        for pattern, replacement in compiled:
-            name = pattern.sub(replacement, name)
-        return name
-    return rename
+# What a rename may do to the value besides naming it: an implementation that stores a weight as
+# (in, out) where the reference stores (out, in), e.g. AutoModel's grouped experts against
+# transformers' fused ones, declares "transpose" (the last two dims swapped).
+TRANSFORMS = {"transpose": lambda value: value.transpose(-2, -1)}
 
 
-def renamed(values: dict, rename) -> dict:
-    """`values` under the reference's names; two names that map to one is the matrix's mistake."""
+@dataclass(frozen=True)
+class Renamer:
+    """An implementation's parameter names (and layouts) mapped to the reference's: the matrix's
+    renames, in order; a rule is [regex, replacement] or [regex, replacement, transform]."""
+
+    rules: tuple[tuple[re.Pattern, str, str | None], ...]
+
+    def __call__(self, name: str) -> str:
+        return self.map(name)[0]
+
+    def map(self, name: str) -> tuple[str, list[str]]:
+        """The reference's name for `name`, and the transforms of the rules that matched it."""
+        transforms = []
+        for pattern, replacement, transform in self.rules:
+            name, hits = pattern.subn(replacement, name)
+            if hits and transform:
+                transforms.append(transform)
+        return name, transforms
+
+
+def renamer(renames: list[list[str]]) -> Renamer:
+    """A Renamer from the matrix's rules (checks.implementation_parity.options.renames, then the row's
+    parity_renames)."""
+    return Renamer(tuple((re.compile(rule[0]), rule[1], rule[2] if len(rule) > 2 else None)
+                         for rule in renames))
+
+
+def renamed(values: dict, rename: Renamer) -> dict:
+    """`values` under the reference's names and layouts; two names that map to one is the matrix's
+    mistake."""
     out: dict = {}
     for name, value in values.items():
-        target = rename(name)
+        target, transforms = rename.map(name)
         if target in out:
             raise CellFailure("matrix-error", f"implementation_parity renames map two parameters to "
                                               f"{target!r} (matrix/axes.toml "
-                                              "checks.implementation_parity.options.renames)")
+                                              "checks.implementation_parity.options.renames, or the row's "
+                                              "parity_renames)")
+        for transform in transforms:
+            value = TRANSFORMS[transform](value)
         out[target] = value
     return out
 

@@ -217,6 +217,10 @@ def release_in(package: str, *specs: str) -> bool:
     return installed is not None and version_in(installed, specs)
 
 
+# What an implementation_parity rename may do to a value besides naming it (harness/checks/reference.py).
+PARITY_TRANSFORMS = ("transpose",)
+
+
 @dataclass(frozen=True)
 class Architecture:
     """One row of the supported-models table: a transformers class and how to build and train it."""
@@ -273,6 +277,11 @@ class Architecture:
         default=None)
     tp_plan: dict = toml_key(
         TABLE, "The row's own tensor-parallel plan, module path -> TP style (none: the model's own).",
+        default_factory=dict)
+    parity_renames: dict = toml_key(
+        TABLE, "implementation_parity: how an implementation names (and lays out) the row's parameters, per "
+               "stack or \"stack~implementation\": [regex, replacement] rules, a third element \"transpose\" "
+               "where it stores a weight transposed (after the check's own renames).",
         default_factory=dict)
     known_limits: tuple[KnownLimit, ...] = toml_key(
         list, "Declared, expected failures (KnownLimit).", default=())

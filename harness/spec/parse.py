@@ -35,6 +35,7 @@ from harness.spec.matrix import (
     MESH_DIMS,
     MODALITIES,
     NUM,
+    PARITY_TRANSFORMS,
     REFERENCE_STACK,
     REPO_ROOT,
     STACK_NAMES,
@@ -343,6 +344,8 @@ def _architecture(file: str, name: str, body: dict, matrix_names: dict[str, tupl
                 "a module path from the model's root, e.g. \"model.layers.*.self_attn.o_proj\"")
         if not isinstance(style, str):
             raise MatrixError(file, f'{path}.tp_plan."{key}"', style, "must be the name of a TP style")
+    if "parity_renames" in body:
+        _renames(file, f"{path}.parity_renames", body["parity_renames"])
     lora_targets = body.get("lora_targets")
     if isinstance(lora_targets, list):
         lora_targets = tuple(lora_targets)
@@ -656,14 +659,34 @@ def _check_options(file: str, path: str, check: str, options: dict) -> None:
         _at_least(file, f"{path}.new_tokens", options["new_tokens"], 1)
     for stack, bounds in options.get("curve_tolerance", {}).items():
         _tolerance(file, f"{path}.curve_tolerance.{stack}", bounds)
-    for owner, renames in options.get("renames", {}).items():
-        if not (isinstance(renames, list) and all(isinstance(r, list) and len(r) == 2
-                                                  and all(isinstance(x, str) for x in r) for r in renames)):
-            raise MatrixError(file, f"{path}.renames.{owner}", renames,
-                              "must be a list of [regex, replacement] pairs of strings")
+    _renames(file, f"{path}.renames", options.get("renames", {}))
     for dtype, bounds in options.get("merge_tolerance", {}).items():
         _must_be_one_of(file, f"{path}.merge_tolerance", dtype, DTYPES)
         _tolerance(file, f"{path}.merge_tolerance.{dtype}", bounds)
+
+
+def _renames(file: str, path: str, table: Any) -> None:
+    """implementation_parity's renames: per owner ("stack" or "stack~implementation") a list of
+    [regex, replacement] or [regex, replacement, transform] rules, each regex compiling."""
+    if not isinstance(table, dict):
+        raise MatrixError(file, path, table, "must be a table of owner = [[regex, replacement], ...]")
+    for owner, rules in table.items():
+        where = f'{path}."{owner}"'
+        ok = isinstance(rules, list) and all(
+            isinstance(rule, list) and len(rule) in (2, 3) and all(isinstance(x, str) for x in rule)
+            for rule in rules)
+        if not ok:
+            raise MatrixError(file, where, rules, "must be a list of [regex, replacement] or [regex, "
+                                                  "replacement, transform] rules (transforms: "
+                                                  f"{list(PARITY_TRANSFORMS)})")
+        for i, rule in enumerate(rules):
+            try:
+                re.compile(rule[0])
+            except re.error as exc:
+                raise MatrixError(file, f"{where}[{i}]", rule[0],
+                                  f"is not a regular expression: {exc}") from exc
+            if len(rule) == 3:
+                _must_be_one_of(file, f"{where}[{i}][2]", rule[2], list(PARITY_TRANSFORMS))
 
 
 def _tolerance(file: str, path: str, body: Any, partial: bool = False) -> dict:
