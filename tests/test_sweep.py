@@ -31,7 +31,7 @@ from harness.run.sweep import (
     select_releases,
     sweep,
 )
-from harness.run.sweep_grid import build_grid, compact, counts, mark, markdown
+from harness.run.sweep_grid import build_grid, compact, counts, mark, markdown, verdict
 from harness.run.sweep_slice import SLICES_FILE, SliceError, load_slice, parse_slice
 from harness.spec.load import load_matrix
 from harness.spec.matrix import REPO_ROOT
@@ -148,14 +148,24 @@ def test_the_grid_of_real_records_shows_what_changed_between_two_releases():
     expected = {r["cell_id"] for r in after} - set()
     old = {r["cell_id"]: mark(r) for r in before}
     new = {r["cell_id"]: mark(r) for r in after}
-    assert set(flipped) == {c for c in expected | set(old) if old.get(c, "-") != new.get(c, "-")}
-    assert any(v.startswith("x -> ") for v in flipped.values())  # known limits that no longer fail
+    assert set(flipped) == {c for c in expected | set(old)
+                            if verdict(old.get(c, "-")) != verdict(new.get(c, "-"))}
+    assert any(v.startswith("x:") and v.endswith(" -> P") for v in flipped.values())  # limits now passing
     assert counts(after) == {"fail": 2, "pass": 480, "skip": 138, "xfail": 24}
     lines = compact(grid)
     assert lines[0].startswith("| cell") and len(lines) == len(flipped) + 3
     assert "row(s) the same in every release" in lines[-1]
     text = markdown(grid, "t")
     assert text.count("\n| ") == len(grid.cells) + 1  # every row, and the header
+
+
+def test_a_fail_that_a_later_commit_declared_is_not_a_change_of_the_stack():
+    failed = {"cell_id": "c", "status": "fail", "category": "error"}
+    declared = {**failed, "status": "xfail"}
+    grid = build_grid({"5.5.0": [failed], "5.5.1": [declared], "5.6.0": [{**failed, "category": "numerics"}]},
+                      ["5.5.0", "5.5.1", "5.6.0"])
+    assert grid.row("c") == ["F:error", "x:error", "F:numerics"]
+    assert grid.changed_releases() == {"5.6.0": ["c: x:error -> F:numerics"]}
 
 
 def test_a_release_without_a_verdict_is_a_column_of_marks_never_a_change():

@@ -13,16 +13,22 @@ from dataclasses import dataclass
 
 NOT_COLLECTED = "-"
 HARNESS_FAILURE = "!"
-SHORT = {"pass": "P", "xfail": "x", "skip": "s", "n/a": "n"}
-LEGEND = ("P pass, F:CATEGORY fail, x xfail (a declared known limit), s skip, n n/a, "
+SHORT = {"pass": "P", "skip": "s", "n/a": "n"}
+LEGEND = ("P pass, F:CATEGORY fail, x:CATEGORY xfail (a fail a known limit declares), s skip, n n/a, "
           "- not collected in that release, ! no verdict (the release's session failed: a harness problem)")
 
 
 def mark(record: dict) -> str:
     status = record["status"]
-    if status == "fail":
-        return f"F:{record.get('category') or '?'}"
+    if status in ("fail", "xfail"):
+        return f"{'F' if status == 'fail' else 'x'}:{record.get('category') or '?'}"
     return SHORT.get(status, status)
+
+
+def verdict(mark_: str) -> str:
+    """What the stack did, whether or not a known limit declared it: a sweep's releases may have run
+    under commits that declared different limits, and a declaration is not a change of the stack."""
+    return "F:" + mark_[2:] if mark_.startswith("x:") else mark_
 
 
 @dataclass
@@ -55,8 +61,8 @@ class Grid:
             if previous is not None:
                 changes = [f"{cell}: {self.marks[cell].get(previous, NOT_COLLECTED)} -> "
                            f"{self.marks[cell].get(release, NOT_COLLECTED)}" for cell in self.cells
-                           if self.marks[cell].get(previous, NOT_COLLECTED)
-                           != self.marks[cell].get(release, NOT_COLLECTED)]
+                           if verdict(self.marks[cell].get(previous, NOT_COLLECTED))
+                           != verdict(self.marks[cell].get(release, NOT_COLLECTED))]
                 if changes:
                     out[release] = changes
             previous = release
