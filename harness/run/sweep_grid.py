@@ -2,9 +2,10 @@
 
 Built from the records the harness wrote in each release's session (nothing else): a cell's mark
 is P pass, F:CATEGORY fail, x:CATEGORY xfail (a fail a known limit declares), s skip, n n/a, and
-`-` where the release did not collect the cell; a release whose session ended without a verdict (a harness problem) is a column of `!`, and
-is left out when releases are compared, so a harness failure is never read as a change, and an
-xfail compares as the fail it is, so a limit declared between two releases' runs is not one either.
+`-` where the release did not collect the cell; a release whose session ended without a verdict
+(a harness problem) is a column of `!`, and is left out when releases are compared, so a harness
+failure is never read as a change. An xfail compares as the fail it is, so a limit declared
+between two releases' runs is no change either.
 """
 
 from __future__ import annotations
