@@ -601,7 +601,13 @@ def run_sweep(args) -> int:
         if args.on_host:
             available, source = overlays.overlay_versions(args.on_host, package), str(args.on_host)
         elif explicit and args.wheels is None:
-            available, source = [], "the index"  # named releases: the environment says if one is missing
+            # named releases: the environment says if one is missing; the index, where it answers,
+            # says which releases of the range the sweep leaves out (unknown without it)
+            source = "the index"
+            try:
+                available = index_versions(package)
+            except BisectError:
+                available = []
         else:
             available = index_versions(package, args.wheels)
             source = str(args.wheels) if args.wheels else "the index"
@@ -622,7 +628,7 @@ def run_sweep(args) -> int:
           flush=True)
     result = sweep.sweep(package, releases, held=held, selection=chosen.selection, out=out, sessions=sessions,
                          jobs=args.jobs, parallel=args.parallel, rerun=args.rerun, slice_name=chosen.name,
-                         mode=mode)
+                         mode=mode, skipped=sweep.unswept(available, releases))
     for line in result.lines:
         print(line)
     if result.stopped:

@@ -266,15 +266,21 @@ def test_a_sweeps_grid_is_on_the_family_page_and_its_full_range_in_llm_md(tmp_pa
     for version, status in zip(releases, ("pass", "xfail", "xfail"), strict=True):
         write(sweep / f"transformers-{version}.jsonl", [record(status, version)])
     write(sweep / "transformers-5.22.0-other-torch.jsonl", [record("pass", "5.22.0", torch="2.11.0+cu130")])
-    (sweep / "sweep.json").write_text(
-        json.dumps({"package": "transformers", "held": {"peft": "0.21.2"}, "releases": releases})
-    )
+    summary = {"package": "transformers", "held": {"peft": "0.21.2"}, "releases": releases}
+    (sweep / "sweep.json").write_text(json.dumps({**summary, "unswept": []}))
     sweeps = load_sweeps(tmp_path / "sweeps")
     docs = render_docs(matrix, load_results(sorted(sweep.glob("*.jsonl"))), sweeps=sweeps)
     page = docs["models/llama.md"]
-    assert "### Sweep `tf-lora-tp`: every transformers release, peft 0.21.2, torch 2.13.0+cpu, cpu" in page
+    assert "### Sweep `tf-lora-tp`: transformers releases, peft 0.21.2, torch 2.13.0+cpu, cpu" in page
+    assert "Every transformers release from 5.20.2 to 5.22.0 ran" in page
     assert "| cell | 5.20.2 | 5.21 | 5.22 |" in page
     assert "| `LlamaForCausalLM-lora-tp-tiny-train` | ✓ | ✗ error | ✗ error |" in page
     assert "every transformers release 5.20.2–5.22.0 ran (sweep tf-lora-tp" in docs["llm.md"]
+    # a sampled range (5.21.1 left out) claims only what ran
+    (sweep / "sweep.json").write_text(json.dumps({**summary, "unswept": ["5.21.1"]}))
+    sampled = render_docs(matrix, load_results(sorted(sweep.glob("*.jsonl"))),
+                          sweeps=load_sweeps(tmp_path / "sweeps"))
+    assert "Final releases of the range that the sweep left out: 5.21.1." in sampled["models/llama.md"]
+    assert "every transformers release" not in sampled["llm.md"]
     without = render_docs(matrix, load_results(sorted(sweep.glob("*.jsonl"))))
     assert "Sweep" not in without["models/llama.md"]  # no sweep given: the page says nothing of one

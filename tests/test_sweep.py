@@ -30,6 +30,7 @@ from harness.run.sweep import (
     parse_holds,
     select_releases,
     sweep,
+    unswept,
 )
 from harness.run.sweep_grid import build_grid, compact, counts, mark, markdown, verdict
 from harness.run.sweep_slice import SLICES_FILE, SliceError, load_slice, parse_slice
@@ -61,6 +62,13 @@ def test_a_range_is_every_final_release_between_inclusive():
     assert "5.0.0rc3" not in releases and "4.57.6" not in releases
     assert select_releases(INDEX, start="5.20.0", end="5.21.1") == ["5.20.0", "5.20.1", "5.20.2", "5.21.0",
                                                                    "5.21.1"]
+
+
+def test_the_summary_names_the_final_releases_a_sampled_sweep_left_out():
+    minors = select_releases(INDEX, start="5.20.0", end="5.22.0", minors_only=True)
+    assert unswept(INDEX, minors) == ["5.20.1", "5.20.2", "5.21.1"]
+    assert unswept(INDEX, select_releases(INDEX, start="5.20.0", end="5.22.0")) == []
+    assert unswept([], minors) is None  # no index: not known, so nothing is claimed
 
 
 def test_minors_only_is_the_first_final_release_of_each_minor():

@@ -620,7 +620,7 @@ def claim_rows(matrix: Matrix, views: list[ArchView]) -> list[dict]:
 
 def sweep_notes(view: ArchView, sweeps: list[Sweep]) -> list[str]:
     """'every transformers release 5.15.0–5.25.0 ran (sweep NAME, peft 0.21.2, torch 2.13.0+cpu, cpu)'
-    for each sweep that ran every release it meant to on this row's cells."""
+    for each sweep that ran every final release of its range (none left out) on this row's cells."""
     notes = []
     for sweep in sweeps:
         found = sweep_grid(sweep, view.name, view.stack)

@@ -4,8 +4,9 @@
 reports/sweeps/NAME/sweep.json (`package`, `held`, `releases`: every final release it meant to
 run). A sweep is one release line: the records of one NAME that differ in torch, peft or device
 from the sweep's first line are left out of its grid (they are still evidence elsewhere), so a
-column never mixes two lines. Where a sweep's records cover every release of its `releases`, the
-page says so: the range then claims every release in between, not only the sampled ones.
+column never mixes two lines. Where a sweep's records cover every release of its `releases` and its
+`unswept` (the range's final releases it left out, from the index) is empty, the page says so: the
+range then claims every release in between, not only the sampled ones.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class Sweep:
     held: dict[str, str]
     releases: list[str]  # what the sweep meant to run, in version order
     records: list[dict] = field(default_factory=list)
+    # the final releases of its range that it left out; None: not known (a summary without the key)
+    unswept: list[str] | None = None
 
     @property
     def line(self) -> str:
@@ -64,7 +67,8 @@ def load_sweeps(directory: Path | str = SWEEPS_DIR) -> list[Sweep]:
             first = line_of(records[0], package)
             records = [r for r in records if line_of(r, package) == first]
         releases = sorted((str(v) for v in data.get("releases", [])), key=version_key)
-        out.append(Sweep(summary.parent.name, package, dict(data.get("held", {})), releases, records))
+        out.append(Sweep(summary.parent.name, package, dict(data.get("held", {})), releases, records,
+                         data.get("unswept")))
     return out
 
 
@@ -75,7 +79,8 @@ class Grid:
     line: str
     releases: list[str]
     rows: list[tuple[str, list[str]]]  # cell id, a mark per release
-    every_release: bool  # every release the sweep meant to run has records
+    every_release: bool  # every final release of the range has records (none left out, none unknown)
+    unswept: list[str] | None = None  # the range's final releases that did not run (None: not known)
 
     @property
     def header(self) -> str:
@@ -118,5 +123,5 @@ def grid(sweep: Sweep, architecture: str, stack: str = "native") -> Grid | None:
             else:
                 marks.append(result.symbol)
         rows.append((cell_id, marks))
-    every = bool(sweep.releases) and set(sweep.releases) <= ran
-    return Grid(sweep.name, sweep.package, sweep.line, releases, rows, every)
+    every = bool(sweep.releases) and set(sweep.releases) <= ran and sweep.unswept == []
+    return Grid(sweep.name, sweep.package, sweep.line, releases, rows, every, sweep.unswept)

@@ -91,6 +91,16 @@ def select_releases(available: list[str], *, start: str | None = None, end: str 
     return [str(v) for v in chosen]
 
 
+def unswept(available: list[str], releases: list[str]) -> list[str] | None:
+    """The final releases of `available` between the first and the last of `releases` that the sweep
+    does not run (a sampled sweep claims only what ran); None where `available` is unknown."""
+    if not available or not releases:
+        return None
+    low, high, ran = Version(releases[0]), Version(releases[-1]), {Version(v) for v in releases}
+    finals = {v for v in map(final_release, available) if v is not None}
+    return [str(v) for v in sorted(finals) if low <= v <= high and v not in ran]
+
+
 def _nearest(finals: list[Version], version: Version) -> list[Version]:
     return sorted(finals, key=lambda v: abs(v.release[-1] - version.release[-1])
                   if v.release[:2] == version.release[:2] else 10**6)[:3]
@@ -424,8 +434,10 @@ class SweepResult:
 
 def sweep(package: str, releases: list[str], *, held: dict[str, str], selection: list[str], out: Path,
           sessions, jobs: int = 1, parallel: int = 1, rerun: bool = False, slice_name: str = "",
-          mode: str = "local", say: Callable[[str], None] | None = None) -> SweepResult:
-    """Run the selection under each release (`parallel` at once), then write the grid and summary."""
+          mode: str = "local", say: Callable[[str], None] | None = None,
+          skipped: list[str] | None = None) -> SweepResult:
+    """Run the selection under each release (`parallel` at once), then write the grid and summary.
+    `skipped`: the final releases in the range that the sweep leaves out (`unswept`), for the summary."""
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     STOPPING.clear()
@@ -470,15 +482,17 @@ def sweep(package: str, releases: list[str], *, held: dict[str, str], selection:
         tell(f"stopped: {len(left)} release(s) without a verdict, for the next sweep: {', '.join(left)}")
     wall = round(time.perf_counter() - start, 1)
     result = finish(package, releases, runs, out=out, held=held, selection=selection, slice_name=slice_name,
-                    mode=mode, wall=wall)
+                    mode=mode, wall=wall, skipped=skipped)
     result.stopped = stopped
     return result
 
 
 def finish(package: str, releases: list[str], runs: dict[str, ReleaseRun], *, out: Path,
            held: dict[str, str], selection: list[str], slice_name: str, mode: str,
-           wall: float) -> SweepResult:
-    """The grid (OUT/grid.md) and the summary (OUT/sweep.json) of every release's outcome."""
+           wall: float, skipped: list[str] | None = None) -> SweepResult:
+    """The grid (OUT/grid.md) and the summary (OUT/sweep.json) of every release's outcome. The
+    summary's `unswept` lists the range's final releases that did not run (null: not known, as for
+    --releases without the index), so that no page claims every release where some were left out."""
     records = {v: read_records(Paths(out, package, v).records) for v in releases if runs[v].verdict}
     failed = {v for v in releases if not runs[v].verdict}
     grid = build_grid(records, releases, failed)
@@ -490,7 +504,7 @@ def finish(package: str, releases: list[str], runs: dict[str, ReleaseRun], *, ou
     grid_path.write_text(markdown(grid, title))
     summary = {
         "package": package, "held": held, "slice": slice_name, "selection": selection, "mode": mode,
-        "releases": releases, "wall_s": wall,
+        "releases": releases, "unswept": skipped, "wall_s": wall,
         "session_s_total": round(sum(r.seconds or 0 for r in runs.values()), 1),
         "env_s_total": round(sum(r.env_s or 0 for r in runs.values()), 1),
         "runs": [asdict(runs[v]) for v in releases],
