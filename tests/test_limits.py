@@ -117,6 +117,23 @@ def test_a_planted_too_wide_limit_fails_with_the_specifiers_to_write(tmp_path, m
     assert "remove that known_limits entry" not in out
 
 
+def test_the_advice_leaves_out_failures_another_limit_declares(tmp_path, matrix_dir):
+    """A layout-wide limit (5.15.0-5.16.0 broke the call) that a patch release fixed: its advice is the
+    narrower range, not one that also swallows the LoRA limit's failures of later releases."""
+    broad = ('  { category = "error", layout = "tp", transformers = ">=5.15.0,<5.17.0", '
+             'reason = "call dropped" },')
+    matrix = matrix_with(matrix_dir, "\n".join([
+        broad, LORA_TP.format(spec='transformers = ">=5.21.0", peft = "==0.21.2"')]))
+    planted = [*(record("fail", v) for v in ("5.15.0", "5.16.0", "5.21.0", "5.24.0")),
+               *(record("pass", v) for v in ("5.16.1", "5.20.2"))]
+    report = check_limits(matrix, load_evidence([write(tmp_path / "r.jsonl", planted)], bisects=None))
+    [wide] = report.too_wide
+    assert wide.limit.transformers == ">=5.15.0,<5.17.0"
+    assert [entry.toml for entry in wide.suggestion] == [
+        'transformers = ">=5.15.0,<5.16.1", peft = "==0.21.2"']
+    assert not wide.conflicts
+
+
 def test_the_narrowed_limits_are_green(tmp_path, matrix_dir, capsys):
     matrix_with(
         matrix_dir,

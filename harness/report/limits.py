@@ -345,13 +345,20 @@ def check_limits(matrix: Matrix, evidence: list[Observation]) -> LimitsReport:
     for name in sorted(matrix.architectures):
         arch = matrix.architectures[name]
         seen = by_arch.get(name, [])
+        items = []
         for index, limit in enumerate(arch.known_limits):
             named = [o for o in seen if names(limit, o)]
             failures = [o for o in named if o.failed and o.category in (None, limit.category)]
             passes = [o for o in named if not o.failed]
-            item = LimitEvidence(name, index, arch.source_file, limit, failures, passes,
-                                 [o for o in passes if holds(limit, o.releases)])
-            item.suggestion, item.conflicts = narrowest(failures, passes)
+            items.append(LimitEvidence(name, index, arch.source_file, limit, failures, passes,
+                                       [o for o in passes if holds(limit, o.releases)]))
+        for item in items:
+            # what this limit has to declare: its failures that no other limit of the row, one that
+            # covers no pass, already declares (e.g. LoRA's own limit under the same layout), so
+            # that the advice never widens an entry over another entry's failures
+            sound = [other.limit for other in items if other is not item and not other.covered_passes]
+            own = [o for o in item.failures if not any(declares(limit, o) for limit in sound)]
+            item.suggestion, item.conflicts = narrowest(own, item.passes)
             out.append(item)
     undeclared = []
     for obs in evidence:
