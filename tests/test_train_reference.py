@@ -104,6 +104,23 @@ def test_uniform_logits_fail_implementation_parity_naming_parameters(matrix):
     assert caught.value.metrics["grad_worst_param"] in want.grads
 
 
+def test_a_gradient_term_the_loss_does_not_show_is_told_as_such(matrix):
+    """AutoModel's own MoE classes add the router's load-balancing gradient in backward only: the same
+    loss and logits, other gradients. The failure says the forward agrees."""
+    tolerance = dict(matrix.tolerances["float32"])
+    want = _step_zero(matrix, uniform=False)
+    extra = {name: grad + 1e-2 * grad.abs().max() if name == "lm_head.weight" else grad
+             for name, grad in want.grads.items()}
+    with pytest.raises(CellFailure) as caught:
+        implementation_parity.decide(
+            "an implementation with an extra gradient term", (want.loss, want.loss),
+            implementation_parity.compare_logits(want.logits, want.logits, tolerance),
+            implementation_parity.compare_grads(extra, want.grads, tolerance), tolerance)
+    assert "1 of" in str(caught.value) and "lm_head.weight" in str(caught.value)
+    assert "The start loss and the logits agree" in str(caught.value)
+    assert caught.value.metrics["forward_agrees"] is True
+
+
 def test_renames_map_an_implementations_names_and_refuse_collisions():
     rename = reference.renamer([[r"^(.*)\.lora_([AB])\.weight$",
                                  r"base_model.model.\1.lora_\2.default.weight"]])

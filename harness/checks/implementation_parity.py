@@ -64,12 +64,13 @@ def compare_grads(got: dict, want: dict, tolerance: dict) -> list[tuple]:
     """[(diff / bound, name, diff, largest)] for every reference parameter; names must agree."""
     only_impl, only_ref = sorted(set(got) - set(want)), sorted(set(want) - set(got))
     if only_impl or only_ref:
-        raise CellFailure("check-failed", f"the trainable parameters differ by name from the reference's: "
+        raise CellFailure("check-failed", f"the implementation trains other parameters than the reference: "
                                           f"only in the implementation {only_impl[:WORST_SHOWN]} "
                                           f"({len(only_impl)}), only in the reference "
-                                          f"{only_ref[:WORST_SHOWN]} ({len(only_ref)}); where the "
-                                          "implementation renames them, declare it in matrix/axes.toml "
-                                          "checks.implementation_parity.options.renames")
+                                          f"{only_ref[:WORST_SHOWN]} ({len(only_ref)}) (where these are the "
+                                          "same parameters under other names, declare the renames: "
+                                          "matrix/axes.toml checks.implementation_parity.options.renames or "
+                                          "the row's parity_renames)")
     bound = grad_tolerance(tolerance)
     out = []
     for name, ref in want.items():
@@ -111,6 +112,11 @@ def decide(what: str, start: tuple[float, float], logit_diff: tuple[float, float
                  f"atol {bound['atol']:g} + rtol {bound['rtol']:g} x their largest gradient; the worst:"]
         lines += [f"  {name}: max |diff| {diff:.3e}, largest gradient {largest:.3e}"
                   for _, name, diff, largest in over[:WORST_SHOWN]]
+        if not problems:  # the forward agrees: what differs is added to the gradient alone
+            lines.append(f"The start loss and the logits agree (|diff| {abs(got_loss - want_loss):.2e} and "
+                         f"{logit_diff[0]:.2e}): the implementation's backward adds or drops a term that "
+                         "the loss does not show (e.g. a router's auxiliary load-balancing loss).")
+            metrics["forward_agrees"] = True
         problems.append("\n".join(lines))
     if curves is not None:
         got, want, curve_tol = curves

@@ -217,14 +217,31 @@ def judge_against_reference(cr: CellRun, result: TrainResult) -> dict:
     if text.uses_text(cr) or cr.tier.source != "tiny":
         return {}
     bounds = ReferenceBounds.of(cr.tier)
-    assert_fall_beyond_noise(result, bounds)
     from harness.checks.reference import is_reference, reference_curve
 
     # Another stack is judged against the native stack; the native stack's own custom class is
     # compared with the remote code it stands in for by implementation_parity, where that code runs.
     if not bounds.asks_reference or is_reference(cr.cell) or cr.cell.stack == REFERENCE_STACK:
+        assert_fall_beyond_noise(result, bounds)
         return {}
-    return compare_with_reference(result, reference_curve(cr), bounds, cr.config.get_text_config().vocab_size)
+    # Both judgements, so that a loss that barely moves is told with its cause where the reference
+    # shows one (uniform logits, a vanishing gradient), not only as "did not fall".
+    try:
+        assert_fall_beyond_noise(result, bounds)
+        noise = None
+    except CellFailure as failure:
+        noise = failure
+    try:
+        measured = compare_with_reference(result, reference_curve(cr), bounds,
+                                          cr.config.get_text_config().vocab_size)
+    except CellFailure as failure:
+        if noise is None:
+            raise
+        raise CellFailure(failure.category, f"{noise.message}; and {failure.message}",
+                          failure.metrics) from None
+    if noise is not None:
+        raise CellFailure(noise.category, noise.message, {**noise.metrics, **measured})
+    return measured
 
 
 def start_loss_max(cr: CellRun) -> float | None:
