@@ -211,37 +211,47 @@ def compare_with_reference(result: TrainResult, reference: TrainResult, bounds: 
     return measured
 
 
+def compared_with_reference(cr: CellRun) -> bool:
+    """Whether the cell's curve is judged against the reference's: the tiny tier's fixed batch, on a
+    stack other than native (the native stack's own custom class is compared with the remote code it
+    stands in for by implementation_parity, where that code runs)."""
+    from harness.checks.reference import is_reference
+
+    return (not text.uses_text(cr) and cr.tier.source == "tiny" and ReferenceBounds.of(cr.tier).asks_reference
+            and not is_reference(cr.cell) and cr.cell.stack != REFERENCE_STACK)
+
+
+def with_reference_causes(cr: CellRun, result: TrainResult, failure: CellFailure) -> CellFailure:
+    """`failure` of the cell's own curve, told with what the reference shows of it (uniform logits, a
+    vanishing gradient), so that a loss that barely moves or stands still names its cause."""
+    if not compared_with_reference(cr):
+        return failure
+    from harness.checks.reference import reference_curve
+
+    try:
+        compare_with_reference(result, reference_curve(cr), ReferenceBounds.of(cr.tier),
+                               cr.config.get_text_config().vocab_size)
+    except CellFailure as more:
+        return CellFailure(failure.category, f"{failure.message}; and {more.message}",
+                           {**failure.metrics, **more.metrics})
+    return failure
+
+
 def judge_against_reference(cr: CellRun, result: TrainResult) -> dict:
     """The tiny tier's bounds for this cell: the fall beyond noise, and (a cell that is not the
     reference) the reference's start loss, fall and gradient norm. Returns the record's measurements."""
     if text.uses_text(cr) or cr.tier.source != "tiny":
         return {}
     bounds = ReferenceBounds.of(cr.tier)
-    from harness.checks.reference import is_reference, reference_curve
-
-    # Another stack is judged against the native stack; the native stack's own custom class is
-    # compared with the remote code it stands in for by implementation_parity, where that code runs.
-    if not bounds.asks_reference or is_reference(cr.cell) or cr.cell.stack == REFERENCE_STACK:
+    try:
         assert_fall_beyond_noise(result, bounds)
+    except CellFailure as failure:
+        raise with_reference_causes(cr, result, failure) from None
+    if not compared_with_reference(cr):
         return {}
-    # Both judgements, so that a loss that barely moves is told with its cause where the reference
-    # shows one (uniform logits, a vanishing gradient), not only as "did not fall".
-    try:
-        assert_fall_beyond_noise(result, bounds)
-        noise = None
-    except CellFailure as failure:
-        noise = failure
-    try:
-        measured = compare_with_reference(result, reference_curve(cr), bounds,
-                                          cr.config.get_text_config().vocab_size)
-    except CellFailure as failure:
-        if noise is None:
-            raise
-        raise CellFailure(failure.category, f"{noise.message}; and {failure.message}",
-                          failure.metrics) from None
-    if noise is not None:
-        raise CellFailure(noise.category, noise.message, {**noise.metrics, **measured})
-    return measured
+    from harness.checks.reference import reference_curve
+
+    return compare_with_reference(result, reference_curve(cr), bounds, cr.config.get_text_config().vocab_size)
 
 
 def start_loss_max(cr: CellRun) -> float | None:
@@ -294,7 +304,10 @@ def run(cr: CellRun) -> dict:
         torch.cuda.reset_peak_memory_stats()
     result = fit_on_tier(cr, placed)
     after = snapshot(model)  # each rank's shards: compared shard by shard (changed_on_any_rank)
-    assert_loss_falls(result, start_loss_max(cr), heldout_fall_min(cr))
+    try:
+        assert_loss_falls(result, start_loss_max(cr), heldout_fall_min(cr))
+    except CellFailure as failure:
+        raise with_reference_causes(cr, result, failure) from None
     counts = assert_updates(trainable, before, after, cr.method.is_lora)
     try:
         against_reference = judge_against_reference(cr, result)
