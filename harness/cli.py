@@ -192,9 +192,9 @@ def add_which(subparsers) -> None:
     p.add_argument("--method", default=None)
     p.add_argument("--layout", default=None)
     p.add_argument("--stack", default="native")
-    p.add_argument("--with", dest="releases", nargs="+", default=[], metavar="PKG==VERSION",
+    p.add_argument("--with", dest="releases", nargs="+", action="extend", default=[], metavar="PKG==VERSION",
                    help="the releases to ask about (default: the installed transformers and peft); "
-                        "torch==... narrows to one torch build")
+                        "torch==... narrows to one torch build; repeatable")
     p.add_argument("--records", nargs="+", default=None, metavar="GLOB")
     p.add_argument("--bisects", default=None)
     p.add_argument("--matrix", "--matrix-dir", dest="matrix", default=str(DEFAULT_MATRIX_DIR))

@@ -255,6 +255,19 @@ def test_which_answers_a_measured_set_and_brackets_an_unmeasured_one(tmp_path, m
     assert "✗ fail (error)" in other and "peft 0.21.2" not in other
 
 
+def test_which_takes_each_release_in_its_own_with(tmp_path, matrix_dir, capsys):
+    """`--with transformers==X --with peft==Y` asks about both (the later --with does not replace the
+    earlier one), as `--with transformers==X peft==Y` does."""
+    matrix_with(matrix_dir, LORA_TP.format(spec='transformers = ">=5.21.0", peft = "==0.21.2"'))
+    records = write(tmp_path / "records" / "run.jsonl", SWEPT)
+    common = ["which", "--arch", "LlamaForCausalLM", "--method", "lora", "--layout", "tp", "--matrix",
+              str(matrix_dir), "--records", str(records), "--bisects", str(tmp_path / "none")]
+    for asked in (["--with", "transformers==5.20.2", "--with", "peft==0.21.2"],
+                  ["--with", "transformers==5.20.2", "peft==0.21.2"]):
+        assert main([*common, *asked]) == 0
+        assert "on transformers 5.20.2, peft 0.21.2: measured." in capsys.readouterr().out
+
+
 def test_a_stale_limit_is_told_the_narrower_entries_while_other_releases_fail(tmp_path, matrix_dir):
     """The pytest failure of a cell passing under a limit (runner + plugin) names the entries to write,
     never "remove the entry" while other releases still fail."""
