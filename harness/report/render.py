@@ -346,9 +346,13 @@ def known_limit_rows(matrix: Matrix) -> list[dict]:
     rows = []
     for name in sorted(matrix.architectures):
         for limit in matrix.architectures[name].known_limits:
+            # the stack and implementation only where they are not the native stack's own class
+            stack = limit.stack if limit.stack != REFERENCE_STACK else None
+            implementation = limit.implementation if limit.implementation != "default" else None
             scope = " · ".join(f"{axis} {value}" for axis, value in (
-                ("method", limit.method), ("layout", limit.layout), ("check", limit.check),
-                ("tier", limit.tier), ("variant", limit.variant)) if value) or "every cell"
+                ("stack", stack), ("implementation", implementation), ("method", limit.method),
+                ("layout", limit.layout), ("check", limit.check), ("tier", limit.tier),
+                ("variant", limit.variant)) if value) or "every cell"
             releases = " · ".join(f"{package} {spec}" for package, spec in (
                 ("transformers", limit.transformers), ("peft", limit.peft)) if spec) or "every release"
             rows.append({"arch": name, "category": limit.category, "scope": scope, "releases": releases,
