@@ -23,7 +23,7 @@ from harness.data.batches import fixed_batch
 from harness.failures import CellFailure
 from harness.spec.cells import Cell
 from harness.spec.load import load_matrix
-from harness.spec.matrix import DEFAULT_MATRIX_DIR, MatrixError
+from harness.spec.matrix import DEFAULT_MATRIX_DIR, PARITY_TRANSFORMS, MatrixError
 from harness.stacks import loop
 
 ARCH = "LlamaForCausalLM"
@@ -143,6 +143,10 @@ def test_a_rename_may_transpose_the_value_it_names():
     assert out["mlp.experts.gate_up_proj"].shape == (2, 4, 3)
     assert torch.equal(out["mlp.experts.gate_up_proj"][1, 2], grouped[1, :, 2])
     assert out["model.norm.weight"] is norm
+
+
+def test_every_transform_the_matrix_accepts_is_one_the_check_applies():
+    assert set(reference.TRANSFORMS) == set(PARITY_TRANSFORMS)
 
 
 def test_a_rows_parity_renames_are_checked_at_load(tmp_path):

@@ -640,7 +640,6 @@ def bisect_text(view: ArchView, groups, findings: Iterable[Finding]) -> str:
     return "; ".join(f.text for f in findings if cells & set(f.cells))
 
 
-
 def regression_items(views: list[ArchView], findings: Iterable[Finding] = ()) -> list[dict]:
     """The regressions listed at the top of llm.md: per row, the layouts that regressed, the first
     failing release seen (and the last passing one), a failing message, the evidence link."""
