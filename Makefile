@@ -19,6 +19,10 @@ TEST_RECORDS ?= reports/local/test
 JOBS ?= 2
 export COMPAT_HARNESS_CACHE ?= $(CURDIR)/.cache/compat-harness
 export OMP_NUM_THREADS ?= 1
+# Python caches bytecode under make whatever the shell says: with PYTHONDONTWRITEBYTECODE set (as on
+# this project's development machines), every process (xdist workers, gloo ranks, the tests' fresh
+# processes) compiles the harness and pytest's assertion rewrites anew, about 1 s each.
+unexport PYTHONDONTWRITEBYTECODE
 # pytest exits 5 when a selection collects nothing: that is not a failure of the suite.
 PYTEST_OK = || [ $$? -eq 5 ]
 

@@ -31,6 +31,10 @@ pip=("$venv/bin/python" -m pip install -q "${index[@]}")
 # uv installs the rest (seconds where pip takes minutes); it comes first, alone, from the lock's own line.
 "${pip[@]}" --no-deps --require-hashes -r <(awk '/^uv==/ {p = 1; print; next} p && /^ / {print; next} {p = 0}' "$lock")
 uv=("$venv/bin/uv" pip install -q --python "$venv/bin/python" "${index[@]}")
-"${uv[@]}" --no-deps --require-hashes -r "$lock"
+# --compile-bytecode: uv writes no .pyc by default (pip does), so without it every process compiles
+# the transformers, peft and trl modules it imports, again and again where PYTHONDONTWRITEBYTECODE
+# is set (as on this project's development machines): about 4 s a process that imports transformers,
+# and the sessions start many (xdist workers, gloo rank pools, the tests' fresh processes).
+"${uv[@]}" --no-deps --require-hashes --compile-bytecode -r "$lock"
 "${uv[@]}" --no-deps --no-build-isolation -e .
 "$venv/bin/compat-harness" lock --verify "$set_name"
