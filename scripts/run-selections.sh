@@ -4,7 +4,7 @@
 # Each SELECTION is pytest's matrix arguments, word-split (e.g. 'matrix -m cpu --tier tiny
 # --layout single --arch LlamaForCausalLM'); an argument may hold several, separated by ';' (as a
 # make variable or an environment variable carries a list of them). Each is collected alone (--collect-only -q: no torch,
-# seconds) into a list of node ids; the lists are concatenated, in the order given (put the slow
+# seconds; all of them at once) into a list of node ids; the lists are concatenated, in the order given (put the slow
 # selections first, so that the quick cells fill in around them on the other worker), and run
 # by one `pytest -n JOBS @list PYTEST_ARGS` (e.g. --results FILE). Why one session: each session
 # pays its xdist workers' start (torch and transformers imports, about 10 s a worker) and a cold
@@ -44,16 +44,26 @@ done
 mkdir -p "$CELLS_DIR"
 list="$CELLS_DIR/$name.txt"
 : > "$list.all"
+# The collections run side by side (each is one process that imports the harness and loads the
+# matrix, single-threaded, a few seconds), then are read in the order given.
+pids=()
+k=0
+for selection in "${selections[@]}"; do
+  k=$((k + 1))
+  # shellcheck disable=SC2086  # a selection is a word list on purpose
+  "$BIN/pytest" -q --collect-only $selection > "$CELLS_DIR/$name.$k" &
+  pids+=($!)
+done
 k=0
 for selection in "${selections[@]}"; do
   k=$((k + 1))
   part="$CELLS_DIR/$name.$k"
-  # shellcheck disable=SC2086  # a selection is a word list on purpose
-  "$BIN/pytest" -q --collect-only $selection > "$part"
+  wait "${pids[$((k - 1))]}"
   rc=$?
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then
     cat "$part" >&2
     echo "$name: collecting selection $k failed (exit $rc): $selection" >&2
+    kill "${pids[@]}" 2>/dev/null
     exit "$rc"
   fi
   grep '::' "$part" >> "$list.all"
