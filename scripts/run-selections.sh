@@ -3,10 +3,11 @@
 #   scripts/run-selections.sh NAME 'SELECTION' ['SELECTION' ...] [-- PYTEST_ARGS ...]
 # Each SELECTION is pytest's matrix arguments, word-split (e.g. 'matrix -m cpu --tier tiny
 # --layout single --arch LlamaForCausalLM'); an argument may hold several, separated by ';' (as a
-# make variable or an environment variable carries a list of them). Each is collected alone (--collect-only -q: no torch,
-# seconds; all of them at once) into a list of node ids; the lists are concatenated, in the order given (put the slow
-# selections first, so that the quick cells fill in around them on the other worker), and run
-# by one `pytest -n JOBS @list PYTEST_ARGS` (e.g. --results FILE). Why one session: each session
+# make variable or an environment variable carries a list of them). Each is collected by a pytest
+# of its own (--collect-only -q: no torch, seconds; all of them at once) into a list of node ids;
+# the lists are concatenated, in the order given (put the slow selections first, so that the quick
+# cells fill in around them on the other worker), and run by one `pytest -n JOBS @list
+# PYTEST_ARGS` (e.g. --results FILE). Why one session: each session
 # pays its xdist workers' start (torch and transformers imports, about 10 s a worker) and a cold
 # gloo rank pool per world size (every rank imports them too); a selection's cells are the same
 # whichever session runs them.
