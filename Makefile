@@ -63,9 +63,9 @@ browser:
 
 # After `real`: the tests of the real checkpoints' packages would otherwise skip on a fresh clone for
 # want of an install that `make test` does anyway. The tests marked `slow` (SmolLM2's and
-# Gemma-3-270M's GGUF dequantised into the hub cache layout and checked against their probes: 2.5
-# min of CPU, 81 s of it Gemma's) run in `slow-tests`, nightly (.github/workflows/nightly.yml), not
-# in `make test`: CI's real slice materialises SmolLM2 from its GGUF anyway.
+# Gemma-3-270M's GGUF dequantised into the hub cache layout and checked against their probes: 112 s
+# on 2 cores, 81 s of it Gemma's) run in `slow-tests`, nightly (.github/workflows/nightly.yml), not
+# in `make test`: CI's real slice materialises SmolLM2 from its GGUF where the hub cache lacks it.
 unit: setup real browser
 	$(BIN)/pytest -q -n $(JOBS) --dist worksteal -m "not slow" tests $(PYTEST_OK)
 

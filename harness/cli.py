@@ -579,7 +579,7 @@ def add_sweep(subparsers) -> None:
 
 
 def run_sweep(args) -> int:
-    from harness.run import overlays, sweep
+    from harness.run import envs, overlays, sweep
     from harness.run.bisect import BisectError, index_versions
     from harness.run.sweep_slice import SliceError, load_slice
     from harness.spec.cells import split_values
@@ -606,7 +606,7 @@ def run_sweep(args) -> int:
             # host, COMPAT_HARNESS_OFFLINE=1, does not ask it)
             source = "the index"
             try:
-                available = [] if os.environ.get("COMPAT_HARNESS_OFFLINE") == "1" else index_versions(package)
+                available = [] if envs.offline() else index_versions(package)
             except BisectError:
                 available = []
         else:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from harness.cache import cache_root
 from harness.lockfile import TORCH_BUILD, digest, lock_path, normalize, pinned_versions, pins
-from harness.run.envs import torch_spec, uv_binary
+from harness.run.envs import offline, torch_spec, uv_binary
 from harness.spec.matrix import REPO_ROOT, Matrix, ReleaseSet
 from harness.spec.providers import load_providers
 
@@ -185,7 +185,7 @@ def candidate_lock(release_set: ReleaseSet, overrides: dict[str, str], *, torch:
     dirs = [str(d) for d in find_links or []]
     if dirs:
         env["UV_FIND_LINKS"] = ",".join([*dirs, *filter(None, [os.environ.get("UV_FIND_LINKS")])])
-    if os.environ.get("COMPAT_HARNESS_OFFLINE") == "1":
+    if offline():
         env["UV_OFFLINE"] = "1"
     partial = out.with_suffix(".partial")
     compile_set(release_set, partial, overrides=overrides, torch=torch, env=env)
@@ -196,7 +196,7 @@ def candidate_lock(release_set: ReleaseSet, overrides: dict[str, str], *, torch:
     try:
         if dirs:
             os.environ["UV_FIND_LINKS"] = ",".join([*dirs, *filter(None, [saved["UV_FIND_LINKS"]])])
-        if os.environ.get("COMPAT_HARNESS_OFFLINE") == "1":
+        if offline():
             os.environ["UV_OFFLINE"] = "1"
         partial = out.with_suffix(".partial")
         compile_set(release_set, partial, overrides=overrides, torch=torch)
