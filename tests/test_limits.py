@@ -255,6 +255,22 @@ def test_which_answers_a_measured_set_and_brackets_an_unmeasured_one(tmp_path, m
     assert "✗ fail (error)" in other and "peft 0.21.2" not in other
 
 
+def test_which_holds_an_asked_torch_build_fixed_for_the_nearest_sets(tmp_path, matrix_dir):
+    """A question naming torch gets the nearest sets on that torch build, as it does for peft: a pass
+    on another torch between them is not an answer for this one. A build no record ran is said."""
+    matrix_with(matrix_dir, LORA_TP.format(spec='transformers = ">=5.21.0", peft = "==0.21.2"'))
+    other_torch = record("pass", "5.22.0", torch="2.11.0+cu130")
+    evidence = load_evidence([write(tmp_path / "r.jsonl", [*SWEPT, other_torch])], bisects=None)
+    asked = {"transformers": "5.23.0", "peft": "0.21.2"}
+    on_cpu_torch = answer(Question("LlamaForCausalLM", {**asked, "torch": "2.13.0+cpu"}, "lora", "tp"),
+                          evidence, [])
+    assert "below: transformers 5.21.0, peft 0.21.2, torch 2.13.0+cpu" in on_cpu_torch
+    assert "2.11.0+cu130" not in on_cpu_torch
+    unrun = answer(Question("LlamaForCausalLM", {**asked, "torch": "2.15.0+cpu"}, "lora", "tp"), evidence, [])
+    assert "no record of this row ran torch 2.15.0+cpu; measured with torch 2.11.0+cu130, 2.13.0+cpu" in unrun
+    assert "below: transformers 5.22.0, peft 0.21.2, torch 2.11.0+cu130" in unrun
+
+
 def test_which_takes_each_release_in_its_own_with(tmp_path, matrix_dir, capsys):
     """`--with transformers==X --with peft==Y` asks about both (the later --with does not replace the
     earlier one), as `--with transformers==X peft==Y` does."""

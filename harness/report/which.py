@@ -4,7 +4,7 @@ A user asks about their releases (the installed ones, or `--with transformers==5
 row (and optionally a method, layout, stack). Where that exact set (transformers and peft; torch too
 when given) was measured, the answer is its verdicts, cell group by cell group. Otherwise the
 answer is the nearest measured sets on each side of its transformers release, on the same peft
-release (the other packages held fixed), with their verdicts and the bisect finding that separates
+release and (where asked) the same torch build, with their verdicts and the bisect finding that separates
 them where one does. Evidence is what `limits --check` reads (harness/report/limits.py): the
 committed records and sweeps, latest run per cell and releases.
 """
@@ -61,6 +61,25 @@ def set_label(obs: Observation) -> str:
     return f"transformers {obs.transformers}, peft {obs.peft}, torch {obs.torch}, {obs.device}"
 
 
+def held_fixed(q: Question, mine: list[Observation], out: list[str]) -> list[Observation]:
+    """The observations on the asked peft and torch (where asked), so that the nearest sets differ from
+    the question in transformers alone. A package this row never ran on the asked release is let go,
+    and `out` says so with the releases it did run on."""
+    line = mine
+    for package in ("peft", "torch"):
+        wanted = q.releases.get(package)
+        if not wanted:
+            continue
+        kept = [o for o in line if str(getattr(o, package)) == wanted]
+        if not kept:
+            ran = sorted({str(getattr(o, package)) for o in line}, key=vkey)
+            out.append(f"  (no record of this row ran {package} {wanted}; measured with {package} "
+                       f"{', '.join(ran)})")
+            continue
+        line = kept
+    return line
+
+
 def answer(q: Question, evidence: list[Observation], findings: list[Finding]) -> str:
     mine = [o for o in evidence if matches(q, o)]
     asked = ", ".join(f"{k} {v}" for k, v in q.releases.items() if v)
@@ -81,15 +100,11 @@ def answer(q: Question, evidence: list[Observation], findings: list[Finding]) ->
         return "\n".join(out)
     out = [f"{head}: not measured; the nearest measured sets"]
     peft = q.releases.get("peft")
-    line = [o for o in mine if peft is None or o.peft == peft]
-    if not line:
-        pefts = sorted({str(o.peft) for o in mine}, key=vkey)
-        out.append(f"  (no record of this row ran peft {peft}; measured with peft {', '.join(pefts)})")
-        line = mine
+    line = held_fixed(q, mine, out)
     wanted = vkey(q.releases["transformers"])
     below = [o for o in line if vkey(o.transformers) < wanted]
     above = [o for o in line if vkey(o.transformers) > wanted]
-    same = [o for o in line if vkey(o.transformers) == wanted]  # same transformers, another torch
+    same = [o for o in line if vkey(o.transformers) == wanted]  # same transformers, another set or device
     sides = []
     for name, found, pick in (("below", below, max), ("at", same, max), ("above", above, min)):
         if not found:
