@@ -9,6 +9,7 @@ the harness's loop. The native stack's own train cell must start exactly where t
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -25,6 +26,7 @@ from harness.spec.cells import Cell
 from harness.spec.load import load_matrix
 from harness.spec.matrix import DEFAULT_MATRIX_DIR, PARITY_TRANSFORMS, MatrixError
 from harness.stacks import loop
+from harness.stacks.result import TrainResult
 
 ARCH = "LlamaForCausalLM"
 
@@ -167,3 +169,23 @@ def test_the_native_train_cell_starts_exactly_where_the_reference_does(matrix, t
                     scratch_root=tmp_path)
     assert reference.reference_curve(other).losses == own["losses"]
     assert reference.reference_curve(other).grad_norms == own["grad_norms"]
+
+
+def test_a_lora_loss_that_stands_still_names_its_cause(matrix, tmp_path):
+    """AutoModel's own Qwen3Next class under its LoRA kept the loss at ln(vocab) to every digit: the
+    `train` failure must say why (uniform logits, no gradient), not only that the loss did not fall.
+    The cell's curve is planted; the reference is the native LoRA run on the same checkpoint."""
+    cr = CellRun(matrix, Cell(ARCH, "lora", "single", "tiny", "train", stack="trl"), "cpu",
+                 scratch_root=tmp_path)
+    vocab = cr.config.get_text_config().vocab_size
+    still = TrainResult([math.log(vocab)] * 6, [1e-9] * 6, [0.1] * 6, 64)
+    with pytest.raises(CellFailure) as stood:
+        train.assert_loss_falls(still)
+    told = train.with_reference_causes(cr, still, stood.value)
+    assert told.message.startswith("loss did not fall over 6 steps")
+    assert f"The first loss is ln(vocab size {vocab})" in told.message
+    assert "logits are uniform" in told.message
+    assert "vanishing gradient" in told.message and "reference's" in told.message
+    assert told.category == stood.value.category and told.metrics["grad_norm_ratio"] < 1e-6
+    honest = reference.reference_curve(cr)
+    assert train.with_reference_causes(cr, honest, stood.value) is stood.value
