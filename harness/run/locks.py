@@ -191,20 +191,3 @@ def candidate_lock(release_set: ReleaseSet, overrides: dict[str, str], *, torch:
     compile_set(release_set, partial, overrides=overrides, torch=torch, env=env)
     partial.rename(out)
     return out
-    saved = {name: os.environ.get(name) for name in ("UV_FIND_LINKS", "UV_OFFLINE")}
-    dirs = [str(d) for d in find_links or []]
-    try:
-        if dirs:
-            os.environ["UV_FIND_LINKS"] = ",".join([*dirs, *filter(None, [saved["UV_FIND_LINKS"]])])
-        if offline():
-            os.environ["UV_OFFLINE"] = "1"
-        partial = out.with_suffix(".partial")
-        compile_set(release_set, partial, overrides=overrides, torch=torch)
-        partial.rename(out)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-    return out
