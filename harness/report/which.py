@@ -61,11 +61,11 @@ def set_label(obs: Observation) -> str:
     return f"transformers {obs.transformers}, peft {obs.peft}, torch {obs.torch}, {obs.device}"
 
 
-def held_fixed(q: Question, mine: list[Observation], out: list[str]) -> list[Observation]:
+def held_fixed(q: Question, mine: list[Observation]) -> tuple[list[Observation], list[str]]:
     """The observations on the asked peft and torch (where asked), so that the nearest sets differ from
-    the question in transformers alone. A package this row never ran on the asked release is let go,
-    and `out` says so with the releases it did run on."""
-    line = mine
+    the question in transformers alone; and a note for each package this row never ran on the asked
+    release, which is let go (the note names the releases it did run on)."""
+    line, notes = mine, []
     for package in ("peft", "torch"):
         wanted = q.releases.get(package)
         if not wanted:
@@ -73,11 +73,11 @@ def held_fixed(q: Question, mine: list[Observation], out: list[str]) -> list[Obs
         kept = [o for o in line if str(getattr(o, package)) == wanted]
         if not kept:
             ran = sorted({str(getattr(o, package)) for o in line}, key=vkey)
-            out.append(f"  (no record of this row ran {package} {wanted}; measured with {package} "
-                       f"{', '.join(ran)})")
+            notes.append(f"  (no record of this row ran {package} {wanted}; measured with {package} "
+                         f"{', '.join(ran)})")
             continue
         line = kept
-    return line
+    return line, notes
 
 
 def answer(q: Question, evidence: list[Observation], findings: list[Finding]) -> str:
@@ -100,7 +100,8 @@ def answer(q: Question, evidence: list[Observation], findings: list[Finding]) ->
         return "\n".join(out)
     out = [f"{head}: not measured; the nearest measured sets"]
     peft = q.releases.get("peft")
-    line = held_fixed(q, mine, out)
+    line, notes = held_fixed(q, mine)
+    out.extend(notes)
     wanted = vkey(q.releases["transformers"])
     below = [o for o in line if vkey(o.transformers) < wanted]
     above = [o for o in line if vkey(o.transformers) > wanted]
